@@ -1,0 +1,137 @@
+"""Shared fixtures: a real local Ray, a real S3-compatible server on loopback, test rasters."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# -- object storage: a moto server on loopback ---------------------------------------------
+# The endpoint and dummy credentials are set before Ray starts so that Ray's worker
+# processes inherit them; the server itself starts only when a test asks for it.
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+S3_PORT = _free_port()
+S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
+os.environ.update(
+    {
+        "AWS_ENDPOINT_URL": S3_ENDPOINT,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+)
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+CHIAPAS = REAL_DATA / "chiapas_landsat7"
+ABER = REAL_DATA / "aberystwyth_sentinel2"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3-compatible server (moto, server mode) on 127.0.0.1; yields its endpoint."""
+    exe = Path(sys.executable).with_name("moto_server")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+    proc = subprocess.Popen(
+        [*cmd, "-H", "127.0.0.1", "-p", str(S3_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", S3_PORT), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("moto server did not start")
+    yield S3_ENDPOINT
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A fresh, empty bucket on the loopback S3 server; yields ``s3://name``."""
+    import boto3
+
+    name = f"w2w-test-{time.time_ns()}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+# -- Ray -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One real local Ray for the whole test session (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=300 * 1024 * 1024,
+            log_to_driver=False,
+        )
+    yield
+    ray.shutdown()
+
+
+# -- rasters ---------------------------------------------------------------------------------
+
+
+def write_tif(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str = "EPSG:32613",
+    transform: tuple[float, ...] = (10.0, 0.0, 300000.0, 0.0, -10.0, 3500000.0),
+    nodata: float | None = None,
+    tiled: bool = True,
+) -> Path:
+    """Write a (band, h, w) or (h, w) array as a GeoTIFF with a real CRS and transform."""
+    import rasterio
+    from affine import Affine
+
+    arr = data if data.ndim == 3 else data[None]
+    profile = {
+        "driver": "GTiff",
+        "width": arr.shape[2],
+        "height": arr.shape[1],
+        "count": arr.shape[0],
+        "dtype": str(arr.dtype),
+        "crs": crs,
+        "transform": Affine(*transform),
+        "nodata": nodata,
+    }
+    if tiled and arr.shape[1] >= 16 and arr.shape[2] >= 16:
+        profile.update(tiled=True, blockxsize=16, blockysize=16)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(arr)
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded random generator."""
+    return np.random.default_rng(12345)

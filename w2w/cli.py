@@ -1,0 +1,342 @@
+"""The ``w2w`` command line.
+
+Every command takes its settings from options and/or ``--config FILE.yaml`` (options given
+on the command line win). Bad input ends with a one-line ``error: ...`` on stderr and a
+non-zero exit; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from w2w.config import StageConfig, load_yaml
+from w2w.errors import ConfigError, W2WError
+from w2w.progress import console, out, set_enabled, setup_logging
+
+app = typer.Typer(
+    name="w2w",
+    help="Wall-to-wall land-cover mapping: ingest, train, predict, export, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state: dict[str, bool] = {"debug": False}
+log = logging.getLogger("w2w")
+
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=StageConfig)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML file with the stage's settings; options override it."
+    ),
+]
+OverwriteOpt = Annotated[
+    bool | None, typer.Option("--overwrite", help="Replace an existing output.", show_default=False)
+]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option("--engine", help="'ray' (parallel, default) or 'local' (this process only)."),
+]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """w2w: map land cover for a whole state, every pixel, from satellite imagery."""
+    _state["debug"] = debug
+    set_enabled(not quiet)
+    setup_logging(logging.DEBUG if debug else logging.INFO)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn w2w errors into one line on stderr and a non-zero exit (tracebacks with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except W2WError as exc:
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                "(re-run with --debug for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def build_config(
+    cls: type[C], config: Path | None, section: str | None = None, **options: Any
+) -> C:
+    """A stage config from an optional YAML file overlaid with the options that were given."""
+    base: dict[str, Any] = {}
+    if config is not None:
+        data = load_yaml(config)
+        if section and section in data and isinstance(data[section], dict):
+            data = data[section]
+        base = dict(data)
+    given = {k: v for k, v in options.items() if v is not None}
+    source = str(config) if config else "command line"
+    return cls.from_dict({**base, **given}, source=source)
+
+
+def parse_label_map(text: str | None) -> dict[int, int] | None:
+    """Parse ``'-5=0;2,3,6=1'`` into ``{-5: 0, 2: 1, 3: 1, 6: 1}``."""
+    if text is None:
+        return None
+    mapping: dict[int, int] = {}
+    for group in filter(None, (g.strip() for g in text.replace(" ", ";").split(";"))):
+        if "=" not in group:
+            raise ConfigError(
+                f"label map entry '{group}' has no '='; write SOURCE[,SOURCE...]=CLASS "
+                "groups separated by ';', e.g. '-5=0;2,3,6=1'"
+            )
+        sources, target = group.rsplit("=", 1)
+        try:
+            tgt = int(target)
+            for src in sources.split(","):
+                mapping[int(src)] = tgt
+        except ValueError:
+            raise ConfigError(f"label map entry '{group}' is not made of integers") from None
+    return mapping
+
+
+def parse_class_names(text: str | None) -> dict[int, str] | None:
+    """Parse ``'1=forest,2=water'`` into ``{1: 'forest', 2: 'water'}``."""
+    if text is None:
+        return None
+    names: dict[int, str] = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        key, sep, name = item.partition("=")
+        if not sep or not key.strip().lstrip("-").isdigit() or not name.strip():
+            raise ConfigError(f"class entry '{item}' should look like ID=NAME, e.g. '1=forest'")
+        names[int(key)] = name.strip()
+    return names
+
+
+def _split_csv(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+# -- synth ----------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def synth(
+    output: Annotated[
+        str | None, typer.Argument(help="Folder for GeoTIFFs, or store path.")
+    ] = None,
+    size: Annotated[
+        str | None, typer.Option(help="HEIGHTxWIDTH or one number, in pixels (e.g. 512, 97x130).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    pixel_size: Annotated[float | None, typer.Option(help="Pixel size in metres.")] = None,
+    store: Annotated[
+        bool, typer.Option("--store", help="Write a scene store instead of GeoTIFFs.")
+    ] = False,
+    separate_bands: Annotated[
+        bool, typer.Option("--separate-bands", help="One GeoTIFF per band.")
+    ] = False,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = None,
+    engine: EngineOpt = None,
+) -> None:
+    """Generate a synthetic state: imagery with land-cover labels, as GeoTIFFs or a store."""
+    from w2w.synth import SynthConfig, synthesize
+
+    height = width = None
+    if size is not None:
+        h, _, w = size.lower().partition("x")
+        try:
+            height, width = int(h), int(w or h)
+        except ValueError:
+            raise ConfigError(f"--size '{size}' should be HEIGHTxWIDTH or one number") from None
+    cfg = build_config(
+        SynthConfig,
+        config,
+        "synth",
+        output=output,
+        height=height,
+        width=width,
+        seed=seed,
+        pixel_size=pixel_size,
+        format="store" if store else None,
+        separate_bands=separate_bands or None,
+        overwrite=overwrite,
+        engine=engine,
+    )
+    result = synthesize(cfg)
+    if result.store:
+        out.print(f"scene store: {result.store}")
+    else:
+        for path in result.images:
+            out.print(f"image: {path}")
+        out.print(f"labels: {result.label}")
+    out.print(f"grid: {result.grid.describe()}")
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def ingest(
+    images: Annotated[
+        list[str] | None, typer.Argument(help="Image raster(s); several are stacked in order.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Scene store to write.")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="Label raster (one integer band).")] = None,
+    band_names: Annotated[
+        str | None, typer.Option(help="Comma-separated band names, one per stacked band.")
+    ] = None,
+    nodata: Annotated[
+        str | None,
+        typer.Option(help="Image nodata: one value, or comma-separated, one per image file."),
+    ] = None,
+    label_nodata: Annotated[int | None, typer.Option(help="Label value meaning no data.")] = None,
+    label_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Map label values to classes: 'SRC[,SRC]=CLASS;...', e.g. '-5=0;2,3,6=1'."
+        ),
+    ] = None,
+    unlabelled: Annotated[
+        int | None, typer.Option(help="Class id meaning 'not labelled' (ignored in training).")
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class names: '1=forest,2=water,...'.")
+    ] = None,
+    reproject_labels: Annotated[
+        bool,
+        typer.Option("--reproject-labels", help="Warp labels on another grid onto the image grid."),
+    ] = False,
+    chunk: Annotated[int | None, typer.Option(help="Store chunk edge in pixels.")] = None,
+    block: Annotated[
+        int | None, typer.Option(help="Pixels per task edge (multiple of chunk).")
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = None,
+    engine: EngineOpt = None,
+) -> None:
+    """Ingest GeoTIFF image(s) and optional labels into a chunked Zarr scene store."""
+    from w2w.ingest import IngestConfig
+    from w2w.ingest import ingest as run_ingest
+
+    nodata_values = None
+    if nodata is not None:
+        try:
+            nodata_values = [float(v) for v in nodata.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--nodata '{nodata}' should be numbers separated by commas"
+            ) from None
+    cfg = build_config(
+        IngestConfig,
+        config,
+        "ingest",
+        images=images or None,
+        output=output,
+        label=label,
+        band_names=_split_csv(band_names),
+        nodata=nodata_values,
+        label_nodata=label_nodata,
+        label_map=parse_label_map(label_map),
+        unlabelled=unlabelled,
+        classes=parse_class_names(classes),
+        reproject_labels=reproject_labels or None,
+        chunk=chunk,
+        block=block,
+        overwrite=overwrite,
+        engine=engine,
+    )
+    report = run_ingest(cfg)
+    out.print(f"scene store: {report.output}")
+    out.print(f"grid: {report.grid.describe()}")
+    out.print(f"bands: {', '.join(report.band_names)}")
+    out.print(f"valid pixels: {report.valid_pixels:,}")
+    if report.class_histogram:
+        hist = ", ".join(f"{k}: {v:,}" for k, v in report.class_histogram.items())
+        out.print(f"labelled pixels per class: {hist}")
+
+
+# -- info -----------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def info(
+    store: Annotated[str, typer.Argument(help="A scene or mosaic store.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the raw metadata as JSON.")
+    ] = False,
+) -> None:
+    """Describe a scene or mosaic store: grid, bands, statistics, classes."""
+    from w2w.store import GeoStore, MosaicStore, SceneStore
+
+    opened: GeoStore
+    try:
+        opened = SceneStore.open(store)
+    except W2WError:
+        opened = MosaicStore.open(store)
+    if as_json:
+        sys.stdout.write(json.dumps(opened.meta, indent=2) + "\n")
+        return
+    out.print(f"{opened.kind} store: {opened.url}")
+    out.print(f"grid: {opened.grid.describe()}")
+    if isinstance(opened, SceneStore):
+        meta = opened.info
+        out.print(
+            f"bands ({meta.n_bands}, {meta.dtype}, nodata {meta.nodata}): "
+            f"{', '.join(meta.band_names)}"
+        )
+        for name, s in meta.stats.items():
+            out.print(
+                f"  {name}: mean {s.mean:.4g}, std {s.std:.4g}, p2 {s.p2:.4g}, p98 {s.p98:.4g}"
+            )
+        for c in meta.classes:
+            n = meta.class_histogram.get(c.id, 0)
+            out.print(f"  class {c.id} {c.name}: {n:,} labelled px")
+    else:
+        done = opened.done_blocks()
+        out.print(f"blocks done: {int(done.sum())} of {done.size}")
+        for c in opened.classes:
+            out.print(f"  class {c.id} {c.name}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
