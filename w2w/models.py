@@ -1,0 +1,145 @@
+"""Segmentation models by name, through segmentation-models-pytorch.
+
+A :class:`ModelSpec` names the architecture (``Unet``, ``FPN``, ``UnetPlusPlus``, ...) and
+encoder (``resnet34``, ``efficientnet-b0``, timm's ``tu-*`` encoders, ...); weights are
+randomly initialised -- nothing is downloaded -- unless a local or ``s3://`` weights file is
+given. Unknown names fail with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from w2w.errors import ConfigError, InputError
+
+
+def architectures() -> list[str]:
+    """Architecture names segmentation-models-pytorch provides."""
+    import segmentation_models_pytorch as smp
+
+    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+
+
+def encoders() -> list[str]:
+    """Encoder names segmentation-models-pytorch provides (timm's are ``tu-<name>``)."""
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
+    return list(get_encoder_names())
+
+
+def _canonical_arch(name: str) -> str:
+    import segmentation_models_pytorch as smp
+
+    mapping = {k.lower(): k for k in smp.MODEL_ARCHITECTURES_MAPPING}
+    key = name.lower()
+    if key not in mapping:
+        raise ConfigError(
+            f"unknown model architecture '{name}'; choose one of: {', '.join(architectures())}"
+        )
+    return mapping[key]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is needed to rebuild a model: architecture, encoder, bands in, classes out."""
+
+    arch: str
+    encoder: str
+    in_channels: int
+    classes: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, stored in the model bundle."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            d["arch"],
+            d["encoder"],
+            int(d["in_channels"]),
+            int(d["classes"]),
+            dict(d.get("options", {})),
+        )
+
+
+def build_model(spec: ModelSpec) -> Any:
+    """A freshly initialised ``torch.nn.Module`` for ``spec`` (no weights downloaded)."""
+    import segmentation_models_pytorch as smp
+
+    arch = _canonical_arch(spec.arch)
+    enc = spec.encoder
+    if not enc.startswith("tu-") and enc not in encoders():
+        raise ConfigError(
+            f"unknown encoder '{enc}'; choose one of: {', '.join(encoders())}, "
+            "or a timm encoder as 'tu-<name>'"
+        )
+    options = dict(spec.options)
+    if "decoder_channels" in options:
+        options["decoder_channels"] = tuple(options["decoder_channels"])
+    try:
+        return smp.create_model(
+            arch,
+            encoder_name=enc,
+            encoder_weights=None,
+            in_channels=spec.in_channels,
+            classes=spec.classes,
+            **options,
+        )
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"cannot build {arch} with encoder {enc}: {exc}") from None
+
+
+def output_stride(model: Any) -> int:
+    """The factor by which the model's encoder downsamples; chips must be a multiple of it."""
+    encoder = getattr(model, "encoder", None)
+    return int(getattr(encoder, "output_stride", 1) or 1)
+
+
+def check_chip_size(model: Any, spec: ModelSpec, chip_size: int) -> None:
+    """Refuse a chip size the model cannot take, naming the nearest one that works."""
+    stride = output_stride(model)
+    if chip_size % stride:
+        up = -(-chip_size // stride) * stride
+        raise ConfigError(
+            f"chip size {chip_size} is not a multiple of {stride}, which {spec.arch}/"
+            f"{spec.encoder} needs; use {up} (or {up - stride})"
+        )
+
+
+def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
+    """Load weights from a local or ``s3://`` file into ``model`` (or its encoder), safely.
+
+    ``.safetensors`` files and PyTorch files saved as plain tensors are accepted; pickled
+    objects are never executed (``torch.load(weights_only=True)``).
+    """
+    import io
+
+    import torch
+    from safetensors.torch import load as load_safetensors
+
+    from w2w import storage
+
+    raw = storage.read_bytes(url)
+    try:
+        if url.endswith(".safetensors"):
+            state = load_safetensors(raw)
+        else:
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise InputError(
+            f"cannot load weights from {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
+            "give a .safetensors file or a torch state_dict of tensors"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    target = model.encoder if encoder_only else model
+    result = target.load_state_dict(state, strict=False)
+    if len(result.missing_keys) == len(list(target.state_dict())):
+        raise InputError(
+            f"weights in {url} match none of the model's parameters; check that they are for "
+            f"this {'encoder' if encoder_only else 'model'}"
+        )
