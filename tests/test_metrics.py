@@ -50,7 +50,7 @@ def test_headline_metrics() -> None:
 
 def test_olofsson_worked_example() -> None:
     """Olofsson et al. (2014), section 5: deforestation area 21,158 ha +- 6,158 ha (95%)."""
-    # Sample counts with map classes as rows (deforestation, gain, stable forest, stable non-forest).
+    # Sample counts, map classes as rows: deforestation, gain, stable forest, stable non-forest.
     by_map = np.array([[66, 0, 5, 4], [0, 55, 8, 12], [1, 0, 153, 11], [2, 1, 9, 313]])
     mapped = np.array([200_000, 150_000, 3_200_000, 6_450_000])  # 30 m pixels
     estimates, oa = stratified_area(by_map.T, mapped, pixel_area=0.09)  # hectares
