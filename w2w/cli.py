@@ -289,6 +289,158 @@ def ingest(
         out.print(f"labelled pixels per class: {hist}")
 
 
+# -- train ----------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def train(
+    scene: Annotated[str | None, typer.Argument(help="Scene store with labels.")] = None,
+    run_name: Annotated[
+        str | None, typer.Option(help="Run name; re-run the same to resume.")
+    ] = None,
+    storage_path: Annotated[
+        str | None, typer.Option(help="Folder or s3:// prefix for runs and checkpoints.")
+    ] = None,
+    bundle: Annotated[str | None, typer.Option(help="Where to write the model bundle.")] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="Architecture, e.g. Unet, FPN, UnetPlusPlus.")
+    ] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="Encoder, e.g. resnet34, efficientnet-b0.")
+    ] = None,
+    chip_size: Annotated[int | None, typer.Option(help="Chip edge in pixels.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Chips per batch per worker.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Training workers (DDP).")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per worker.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a segmentation model on a scene store with Ray Train; writes a model bundle."""
+    from w2w.train import TrainConfig
+    from w2w.train import train as run_train
+
+    base = {}
+    if config is not None:
+        data = load_yaml(config)
+        base = dict(data.get("train", data))
+    nested = {
+        "model": {"arch": arch, "encoder": encoder},
+        "chips": {"size": chip_size},
+        "optim": {"lr": lr},
+        "workers": {"num_workers": workers, "use_gpu": True if gpu else None},
+    }
+    for section, values in nested.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            base[section] = {**dict(base.get(section) or {}), **given}
+    flat = {
+        "scene": scene,
+        "run_name": run_name,
+        "storage_path": storage_path,
+        "bundle": bundle,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    merged = {**base, **{k: v for k, v in flat.items() if v is not None}}
+    cfg = TrainConfig.from_dict(merged, source=str(config) if config else "command line")
+    report = run_train(cfg)
+    m = report.metrics
+    out.print(f"model bundle: {report.bundle}")
+    out.print(f"run directory: {report.run_dir}")
+    out.print(f"epochs run: {report.epochs_run}, best epoch: {report.best_epoch}")
+    if m.get("val_pixels"):
+        scores = f"OA {m['val_oa']:.3f}, mIoU {m['val_miou']:.3f}, kappa {m['val_kappa']:.3f}"
+        out.print(f"validation: {scores}")
+
+
+@app.command("bundle-info")
+@handle_errors
+def bundle_info(
+    bundle: Annotated[str, typer.Argument(help="A model bundle (.safetensors).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+) -> None:
+    """Describe a model bundle: model, bands, normalisation, classes, metrics; checks its hash."""
+    from w2w.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    if as_json:
+        sys.stdout.write(
+            json.dumps({**b.metadata(), "content_hash": b.content_hash}, indent=2) + "\n"
+        )
+        return
+    n_params = sum(int(t.numel()) for t in b.state.values())
+    out.print(f"bundle: {bundle}")
+    out.print(f"content hash: {b.content_hash} (verified)")
+    out.print(
+        f"model: {b.spec.arch} / {b.spec.encoder}, {n_params:,} parameters, "
+        f"{b.spec.in_channels} bands in, {b.spec.classes} classes out"
+    )
+    out.print(f"chip size: {b.chip_size} px; normalisation: {b.normalizer.method}")
+    out.print(f"bands: {', '.join(b.bands)}")
+    for i, c in enumerate(b.classes):
+        out.print(f"  output {i}: class {c.id} {c.name} rgb{tuple(c.color)}")
+    m = b.metrics
+    if m.get("val_pixels"):
+        out.print(
+            f"validation (epoch {m.get('epoch')}): OA {m['val_oa']:.3f}, "
+            f"mIoU {m['val_miou']:.3f}, kappa {m['val_kappa']:.3f}, {m['val_pixels']:,} px"
+        )
+    if b.created:
+        out.print(f"created: {b.created}")
+
+
+# -- predict --------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def predict(
+    scene: Annotated[str | None, typer.Argument(help="Scene store to map.")] = None,
+    bundle: Annotated[str | None, typer.Option("--bundle", "-m", help="Model bundle.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Mosaic store to write.")
+    ] = None,
+    block: Annotated[int | None, typer.Option(help="Block edge in pixels (mosaic chunk).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Chips per forward pass.")] = None,
+    stride: Annotated[int | None, typer.Option(help="Chip step (default: half a chip).")] = None,
+    actors: Annotated[int | None, typer.Option(help="Inference actors (GPUs when --gpu).")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per inference actor.")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = None,
+) -> None:
+    """Predict every pixel of a scene into a Zarr mosaic (resumes an unfinished run)."""
+    from w2w.predict import PredictConfig
+    from w2w.predict import predict as run_predict
+
+    cfg = build_config(
+        PredictConfig,
+        config,
+        "predict",
+        scene=scene,
+        bundle=bundle,
+        output=output,
+        block=block,
+        batch_size=batch_size,
+        stride=stride,
+        actors=actors,
+        use_gpu=gpu or None,
+        tta=tta or None,
+        overwrite=overwrite,
+    )
+    report = run_predict(cfg)
+    out.print(f"mosaic: {report.output}")
+    out.print(
+        f"blocks: {report.blocks_written} written, {report.blocks_done_before} already done "
+        f"(skipped), {report.blocks_total} in all"
+    )
+    out.print(f"throughput: {report.pixels_per_second / 1e6:.3f} Mpx/s over {report.seconds:.1f} s")
+
+
 # -- info -----------------------------------------------------------------------------------
 
 

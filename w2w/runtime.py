@@ -40,9 +40,23 @@ def ensure_ray(**init_kwargs: Any) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "logging_config": ray.LoggingConfig(log_level="WARNING"),
+    }
     kwargs.update(init_kwargs)
     ray.init(**kwargs)
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """No per-operator progress bars from Ray Data (w2w shows its own progress)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
 
 
 def unwrap_ray_error(exc: BaseException) -> BaseException:
