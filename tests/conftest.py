@@ -135,3 +135,58 @@ def write_tif(
 def rng() -> np.random.Generator:
     """A seeded random generator."""
     return np.random.default_rng(12345)
+
+
+# -- a small trained model, shared by the training, prediction and evaluation tests ---------
+
+#: A small, fast model for tests: a 3-stage ResNet-10 encoder under a light U-Net decoder.
+TINY_MODEL = {
+    "arch": "Unet",
+    "encoder": "tu-resnet10t",
+    "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_scene(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 384 x 384 synthetic state with labels, as a scene store."""
+    from w2w.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("scene") / "scene.zarr"
+    synthesize(
+        SynthConfig(
+            output=str(out),
+            format="store",
+            height=384,
+            width=384,
+            chunk=128,
+            block=128,
+            engine="local",
+        ),
+        progress=False,
+    )
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_session: None, synthetic_scene: str, tmp_path_factory: pytest.TempPathFactory):
+    """A model trained with 2 DDP workers on the synthetic scene: (config, report)."""
+    from w2w.train import TrainConfig, train
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = TrainConfig.from_dict(
+        {
+            "scene": synthetic_scene,
+            "run_name": "tiny",
+            "storage_path": str(runs),
+            "model": TINY_MODEL,
+            "chips": {"size": 64, "stride": 64},
+            "split": {"block_chips": 2, "seed": 1},
+            "epochs": 12,
+            "batch_size": 4,
+            "optim": {"lr": 0.003},
+            "workers": {"num_workers": 2},
+            "patience": None,
+        }
+    )
+    return cfg, train(cfg, progress=False)

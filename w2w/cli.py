@@ -317,6 +317,9 @@ def train(
     gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per worker.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     config: ConfigOpt = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Start the run again from scratch.")
+    ] = None,
 ) -> None:
     """Train a segmentation model on a scene store with Ray Train; writes a model bundle."""
     from w2w.train import TrainConfig
@@ -344,6 +347,7 @@ def train(
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": seed,
+        "overwrite": overwrite,
     }
     merged = {**base, **{k: v for k, v in flat.items() if v is not None}}
     cfg = TrainConfig.from_dict(merged, source=str(config) if config else "command line")
@@ -352,6 +356,8 @@ def train(
     out.print(f"model bundle: {report.bundle}")
     out.print(f"run directory: {report.run_dir}")
     out.print(f"epochs run: {report.epochs_run}, best epoch: {report.best_epoch}")
+    if len(report.starts) > 1:
+        out.print(f"resumed at epoch(s): {', '.join(str(s) for s in report.starts[1:])}")
     if m.get("val_pixels"):
         scores = f"OA {m['val_oa']:.3f}, mIoU {m['val_miou']:.3f}, kappa {m['val_kappa']:.3f}"
         out.print(f"validation: {scores}")

@@ -127,6 +127,7 @@ class TrainConfig(StageConfig):
     val_batch_size: int = Field(default=16, ge=1)
     seed: int = 0
     engine: Literal["ray", "local"] = Field(default="ray", description="for the chip index scan")
+    overwrite: bool = Field(default=False, description="delete an existing run of this name first")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -160,6 +161,7 @@ class TrainReport:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     chips: dict[str, Any]
+    starts: list[int]  # the epoch each (re)start of training began at: [0, 3] = resumed at 3
 
 
 # -- driver ---------------------------------------------------------------------------------
@@ -257,6 +259,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     ensure_ray()
     quiet_ray_data()
     plan = prepare(cfg, progress=progress)
+    claim_run(cfg, plan)
     ds = chip_dataset(plan["train_rows"], plan["reader"], batch_size=max(4, cfg.batch_size))
     if _should_cache(cfg, plan, ray):
         ds = ds.materialize()
@@ -303,6 +306,56 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     if result.error is not None:
         raise _training_error(result.error)
     return finish(cfg, plan, result)
+
+
+RUN_FILE = "w2w-run.json"
+
+
+def run_fingerprint(cfg: TrainConfig, plan: dict[str, Any]) -> dict[str, Any]:
+    """What must not change between a run and its resumption: scene, model, chips, split."""
+    return {
+        "scene": plan["scene"]["url"],
+        "model": plan["spec"],
+        "chips": cfg.chips.to_dict(),
+        "split": cfg.split.to_dict(),
+        "normalization": cfg.normalization,
+        "classes": plan["classes"],
+    }
+
+
+def claim_run(cfg: TrainConfig, plan: dict[str, Any]) -> None:
+    """Start a new run, or check that an existing run of this name can be resumed.
+
+    Ray Train resumes any run with the same name and storage path; resuming one that was
+    made with another model or data would fail deep inside a worker, so the settings that
+    define a run are recorded in the run directory and compared here.
+    """
+    run_file = storage.join(cfg.run_dir, RUN_FILE)
+    if cfg.overwrite and storage.exists(cfg.run_dir):
+        storage.remove_tree(cfg.run_dir)
+    mine = run_fingerprint(cfg, plan)
+    if storage.exists(run_file):
+        theirs = json.loads(storage.read_bytes(run_file))
+        if theirs != mine:
+            changed = sorted(k for k in mine if mine.get(k) != theirs.get(k))
+            raise ConfigError(
+                f"run '{cfg.run_name}' in {cfg.storage_path} was started with other "
+                f"{', '.join(changed)} settings and cannot be resumed with these; choose another "
+                "--run-name, or pass overwrite to start it again"
+            )
+        log.info("resuming run %s from its last checkpoint", cfg.run_name)
+    elif storage.exists(cfg.run_dir) and _has_checkpoints(cfg.run_dir):
+        raise ConfigError(f"{cfg.run_dir} holds a run w2w did not start; choose another --run-name")
+    else:
+        storage.atomic_write_bytes(run_file, json.dumps(mine, indent=2, sort_keys=True).encode())
+
+
+def _has_checkpoints(run_dir: str) -> bool:
+    fs = storage.filesystem(run_dir)
+    try:
+        return any("checkpoint_" in p for p in fs.ls(run_dir, detail=False))
+    except FileNotFoundError:
+        return False
 
 
 def _should_cache(cfg: TrainConfig, plan: dict[str, Any], ray: Any) -> bool:
@@ -412,6 +465,7 @@ def finish(cfg: TrainConfig, plan: dict[str, Any], result: Any) -> TrainReport:
         metrics={**metrics, "content_hash": saved.content_hash},
         history=history,
         chips=plan["chips"],
+        starts=[int(s) for s in latest_state.get("starts", [0])],
     )
 
 
@@ -493,7 +547,7 @@ def train_loop(config: dict[str, Any]) -> None:
     reader: ChipReader = plan["reader"]
     val_windows = [Window(**w) for w in plan["val_windows"]][rank::world]
 
-    start_epoch, history = 0, []
+    start_epoch, history, starts = 0, [], []
     best_score, since_best = -math.inf, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -504,7 +558,9 @@ def train_loop(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"]) + 1
         history = list(state["history"])
+        starts = list(state.get("starts", []))
         best_score, since_best = float(state["best_score"]), int(state["since_best"])
+    starts.append(start_epoch)  # where each (re)start of the loop began
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
@@ -541,6 +597,11 @@ def train_loop(config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             _step_scheduler(scheduler)
 
+        if world > 1 and dist.is_initialized():
+            # Each rank's last forward pass updated its own batch-norm statistics; validate
+            # every rank with rank 0's (the ones the checkpoint saves).
+            for buf in core.buffers():
+                dist.broadcast(buf, src=0)
         cm = validate(core, reader, val_windows, n_classes, device, cfg.val_batch_size, use_bf16)
         cm_t = torch.as_tensor(cm, dtype=torch.float64, device=device)
         if world > 1 and dist.is_initialized():
@@ -549,6 +610,7 @@ def train_loop(config: dict[str, Any]) -> None:
         cm = cm_t.cpu().numpy().astype(np.int64)
         train_loss = float(loss_sum[0] / loss_sum[1]) if float(loss_sum[1]) else float("nan")
         record = epoch_record(epoch, train_loss, cm, plan, optimizer, time.time() - t0)
+        record["started_at_epoch"] = starts[-1]
         score = record["val_miou"] if cm.sum() > 0 else -train_loss
         record["score"] = score
         if score > best_score:
@@ -571,6 +633,7 @@ def train_loop(config: dict[str, Any]) -> None:
                         "history": history,
                         "best_score": best_score,
                         "since_best": since_best,
+                        "starts": starts,
                     },
                     os.path.join(tmp, "state.pt"),
                 )

@@ -1,0 +1,263 @@
+"""Training: DDP over two CPU workers, metrics summed across workers, resume, sparse labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.conftest import CHIAPAS, TINY_MODEL
+from w2w.bundle import load_bundle
+from w2w.chips import IGNORE, ChipConfig, ChipIndex, select_chips
+from w2w.errors import ConfigError, InputError
+from w2w.grid import Window
+from w2w.losses import LossConfig, SegmentationLoss
+from w2w.split import SplitConfig, make_split
+from w2w.synth import SynthConfig
+from w2w.train import TrainConfig, prepare, train, validate
+
+
+def test_ddp_training_learns(tiny_run) -> None:
+    cfg, report = tiny_run
+    losses = [h["train_loss"] for h in report.history]
+    assert len(losses) == cfg.epochs
+    assert losses[-1] < 0.8 * losses[0], losses
+    best = report.metrics
+    # Six classes: guessing scores a mean IoU under 0.1 and the largest class is ~35%.
+    assert best["val_miou"] > 0.2, [h["val_miou"] for h in report.history]
+    assert best["val_oa"] > 0.5
+    run = Path(report.run_dir)
+    for name in ("metrics.json", "metrics.csv", "learning_curves.png", "confusion_matrix.png"):
+        assert (run / name).stat().st_size > 0
+    assert json.loads((run / "metrics.json").read_text())[-1]["epoch"] == cfg.epochs - 1
+
+
+def test_validation_summed_over_workers_equals_one_process(tiny_run) -> None:
+    """The per-epoch metric reported by 2 workers equals one pass over all val chips."""
+    cfg, report = tiny_run
+    bundle = load_bundle(report.bundle)
+    plan = prepare(cfg, progress=False)
+    windows = [Window(**w) for w in plan["val_windows"]]
+    assert len(windows) >= 2  # both workers had validation chips to sum
+    torch.set_num_threads(1)  # as in each Ray worker, so floating point matches exactly
+    cm = validate(
+        bundle.model(), plan["reader"], windows, len(bundle.classes), torch.device("cpu"), 16, False
+    )
+    np.testing.assert_array_equal(cm, np.asarray(bundle.metrics["val_confusion"]))
+    assert int(cm.sum()) == bundle.metrics["val_pixels"]
+
+
+def test_bundle_describes_the_model(tiny_run) -> None:
+    cfg, report = tiny_run
+    b = load_bundle(report.bundle)
+    assert b.bands == ("B02", "B03", "B04", "B08", "B11", "B12")
+    assert [c.name for c in b.classes] == [
+        "forest",
+        "grassland",
+        "shrubland",
+        "water",
+        "urban",
+        "bare",
+    ]
+    assert b.chip_size == 64 and b.spec.encoder == TINY_MODEL["encoder"]
+    assert b.split is not None and b.split.summary()["test"] > 0
+    assert b.content_hash.startswith("sha256:")
+    assert b.metrics["epoch"] == report.best_epoch
+
+
+def test_loss_ignores_unlabelled_pixels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8, requires_grad=True)
+    target = torch.randint(0, 4, (2, 8, 8))
+    target[:, :4] = IGNORE
+    for terms in (
+        {"ce": 1},
+        {"ce": 0, "dice": 1},
+        {"ce": 0, "focal": 1},
+        {"ce": 1, "dice": 0.5, "focal": 0.5},
+    ):
+        loss_fn = SegmentationLoss(
+            LossConfig(**terms, label_smoothing=0.1), 4, [1.0, 2.0, 0.5, 1.0]
+        )
+        loss = loss_fn(logits, target)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.all(grad[:, :, :4] == 0), terms  # no gradient from unlabelled pixels
+        changed = logits.detach().clone()
+        changed[:, :, :4] = torch.randn(2, 4, 4, 8) * 10
+        assert float(loss_fn(changed, target)) == pytest.approx(float(loss.detach()), rel=1e-6)
+    empty = torch.full((2, 8, 8), IGNORE)
+    assert float(SegmentationLoss(LossConfig(), 4, None)(logits, empty).detach()) == 0.0
+
+
+def test_chip_filters_and_class_balance() -> None:
+    grid = SynthConfig(output="u", height=256, width=256).grid
+    counts = np.zeros((4, 4, 3), dtype=np.int64)
+    counts[..., 0] = 100  # common class everywhere
+    counts[0, 0, 2] = 5  # a rare class in one chip
+    valid = np.full((4, 4), 64 * 64)
+    valid[3, 3] = 10  # almost all nodata
+    counts[3, 2] = 0  # no labels
+    index = ChipIndex(64, 64, (4, 4), valid, counts)
+    plan = make_split(grid, 64, 64, SplitConfig(val_fraction=0, test_fraction=0))
+    sel = select_chips(
+        index, plan, "train", ChipConfig(size=64, min_valid_fraction=0.5), balance=True
+    )
+    kept = {(w.row, w.col) for w in sel.windows}
+    assert (192, 192) not in kept and (192, 128) not in kept and len(kept) == 14
+    repeats = dict(zip([(w.row, w.col) for w in sel.windows], sel.repeats, strict=True))
+    assert repeats[(0, 0)] > 1 and all(r == 1 for k, r in repeats.items() if k != (0, 0))
+
+
+def test_bad_training_settings(synthetic_scene: str, tmp_path: Path) -> None:
+    base = {"scene": synthetic_scene, "storage_path": str(tmp_path), "chips": {"size": 64}}
+    with pytest.raises(ConfigError, match="unknown model architecture 'Unnet'; choose one of"):
+        prepare(TrainConfig.from_dict({**base, "model": {"arch": "Unnet"}}), progress=False)
+    with pytest.raises(ConfigError, match="unknown encoder 'resnet1000'"):
+        prepare(TrainConfig.from_dict({**base, "model": {"encoder": "resnet1000"}}), progress=False)
+    with pytest.raises(ConfigError, match="chip size 50 is not a multiple of 32.*use 64"):
+        prepare(TrainConfig.from_dict({**base, "chips": {"size": 50}}), progress=False)
+    with pytest.raises(ConfigError, match="unknown key 'model.archh'"):
+        TrainConfig.from_dict({**base, "model": {"archh": "Unet"}})
+    with pytest.raises(ConfigError, match="class_weights has 2 values but the scene has 6 classes"):
+        prepare(TrainConfig.from_dict({**base, "loss": {"class_weights": [1, 2]}}), progress=False)
+
+
+def test_scene_without_labels_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    from tests.conftest import write_tif
+    from w2w.ingest import IngestConfig, ingest
+
+    img = write_tif(tmp_path / "i.tif", rng.integers(1, 100, (3, 64, 64)).astype("uint16"))
+    ingest(
+        IngestConfig(images=[str(img)], output=str(tmp_path / "s.zarr"), engine="local"),
+        progress=False,
+    )
+    with pytest.raises(InputError, match="has no labels"):
+        prepare(TrainConfig(scene=str(tmp_path / "s.zarr")), progress=False)
+
+
+def _train_yaml(tmp_path: Path, scene: str, epochs: int) -> Path:
+    cfg = {
+        "train": {
+            "scene": scene,
+            "run_name": "resume",
+            "storage_path": str(tmp_path / "runs"),
+            "model": TINY_MODEL,
+            "chips": {"size": 64},
+            "split": {"block_chips": 2},
+            "epochs": epochs,
+            "batch_size": 8,
+            "workers": {"num_workers": 1},
+            "patience": None,
+        }
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_killed_training_resumes_from_its_checkpoint(
+    tmp_path: Path, synthetic_scene: str, ray_session: None
+) -> None:
+    """Kill the whole training job after its first checkpoint; re-running the same run name
+    continues from that checkpoint instead of starting over."""
+    config = _train_yaml(tmp_path, synthetic_scene, epochs=4)
+    run_dir = tmp_path / "runs" / "resume"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "w2w.cli", "--quiet", "train", "--config", str(config)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            # Ray Train resumes from the checkpoints its snapshot lists.
+            if (run_dir / "checkpoint_manager_snapshot.json").exists():
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "training ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = json.loads((run_dir / "metrics.json").read_text())
+    assert 1 <= len(first) < 4
+
+    report = train(TrainConfig.from_yaml(config, section="train"), progress=False)
+    assert report.starts[0] == 0 and report.starts[-1] >= 1  # resumed, not from scratch
+    assert [h["epoch"] for h in report.history] == [0, 1, 2, 3]
+    assert report.history[0] == first[0]  # epoch 0 kept from the killed run, not redone
+
+
+def test_resuming_with_other_model_settings_is_refused(
+    tmp_path: Path, synthetic_scene: str
+) -> None:
+    from w2w.train import claim_run
+
+    cfg = TrainConfig.from_yaml(_train_yaml(tmp_path, synthetic_scene, 1), section="train")
+    plan = prepare(cfg, progress=False)
+    claim_run(cfg, plan)
+    other = cfg.replace(
+        model={**TINY_MODEL, "options": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}}
+    )
+    with pytest.raises(ConfigError, match="started with other model settings"):
+        claim_run(other, prepare(other, progress=False))
+    claim_run(other.replace(overwrite=True), prepare(other, progress=False))  # starts afresh
+
+
+@pytest.mark.skipif(not CHIAPAS.exists(), reason="real imagery (../shared/data/real) absent")
+def test_sparse_labels_chiapas(tmp_path: Path, ray_session: None) -> None:
+    """718 labelled pixels: unlabelled pixels never enter the loss or the metrics."""
+    from w2w.ingest import IngestConfig, ingest
+    from w2w.store import SceneStore
+
+    scene = str(tmp_path / "chiapas.zarr")
+    ingest(
+        IngestConfig(
+            images=[str(CHIAPAS / "LE70220491999322EDC01_stack.gtif")],
+            label=str(CHIAPAS / "training_data.gtif"),
+            output=scene,
+            chunk=64,
+            block=128,
+            engine="local",
+        ),
+        progress=False,
+    )
+    cfg = TrainConfig.from_dict(
+        {
+            "scene": scene,
+            "run_name": "chiapas",
+            "storage_path": str(tmp_path / "runs"),
+            "model": TINY_MODEL,
+            "chips": {"size": 64, "stride": 64},
+            "split": {"block_chips": 1, "val_fraction": 0.25, "test_fraction": 0.2, "seed": 3},
+            "epochs": 3,
+            "batch_size": 4,
+            "workers": {"num_workers": 2},
+            "patience": None,
+        }
+    )
+    report = train(cfg, progress=False)
+    plan = prepare(cfg, progress=False)
+    store = SceneStore.open(scene)
+    labelled_in_val = 0
+    for w in plan["val_windows"]:
+        win = Window(**w)
+        image = store.read_image(win)
+        lab = store.read_label(win)
+        labelled_in_val += int(((lab != 0) & store.valid_mask(image, win)).sum())
+    assert labelled_in_val > 0
+    for h in report.history:
+        assert h["val_pixels"] == labelled_in_val  # exactly the labelled pixels, nothing else
+    assert report.chips["train"]["labelled_pixels"] + labelled_in_val <= 718
+    assert np.isfinite([h["train_loss"] for h in report.history]).all()
