@@ -57,7 +57,7 @@ def test_validation_summed_over_workers_equals_one_process(tiny_run) -> None:
 
 
 def test_bundle_describes_the_model(tiny_run) -> None:
-    cfg, report = tiny_run
+    _cfg, report = tiny_run
     b = load_bundle(report.bundle)
     assert b.bands == ("B02", "B03", "B04", "B08", "B11", "B12")
     assert [c.name for c in b.classes] == [
