@@ -93,15 +93,23 @@ def handle_errors(fn: F) -> F:
 
 
 def build_config(
-    cls: type[C], config: Path | None, section: str | None = None, **options: Any
+    cls: type[C],
+    config: Path | None,
+    section: str | None = None,
+    *,
+    drop: set[str] | None = None,
+    **options: Any,
 ) -> C:
-    """A stage config from an optional YAML file overlaid with the options that were given."""
+    """A stage config from an optional YAML file overlaid with the options that were given.
+
+    ``drop`` names keys of the file to ignore, e.g. the alternative to an option given.
+    """
     base: dict[str, Any] = {}
     if config is not None:
         data = load_yaml(config)
         if section and section in data and isinstance(data[section], dict):
             data = data[section]
-        base = dict(data)
+        base = {k: v for k, v in data.items() if k not in (drop or set())}
     given = {k: v for k, v in options.items() if v is not None}
     source = str(config) if config else "command line"
     return cls.from_dict({**base, **given}, source=source)
@@ -489,6 +497,58 @@ def info(
         out.print(f"blocks done: {int(done.sum())} of {done.size}")
         for c in opened.classes:
             out.print(f"  class {c.id} {c.name}")
+
+
+# -- sieve ----------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def sieve(
+    mosaic: Annotated[str | None, typer.Argument(help="Mosaic store to sieve.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Mosaic store to write.")
+    ] = None,
+    min_pixels: Annotated[
+        int | None,
+        typer.Option("--min-pixels", help="Merge patches with fewer pixels into a neighbour."),
+    ] = None,
+    min_area_ha: Annotated[
+        float | None,
+        typer.Option("--min-area-ha", help="The same, as an area in hectares (projected CRS)."),
+    ] = None,
+    connectivity: Annotated[
+        int | None,
+        typer.Option(help="4 (pixels join through edges, default) or 8 (corners too)."),
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = None,
+    engine: EngineOpt = None,
+) -> None:
+    """Apply a minimum mapping unit: merge small patches into their largest neighbour."""
+    from w2w.sieve import SieveConfig
+    from w2w.sieve import sieve as run_sieve
+
+    # A unit given on the command line replaces the other unit from the config file.
+    drop = {"min_area_ha"} if min_pixels is not None else set()
+    drop |= {"min_pixels"} if min_area_ha is not None else set()
+    cfg = build_config(
+        SieveConfig,
+        config,
+        "sieve",
+        drop=drop,
+        input=mosaic,
+        output=output,
+        min_pixels=min_pixels,
+        min_area_ha=min_area_ha,
+        connectivity=connectivity,
+        overwrite=overwrite,
+        engine=engine,
+    )
+    report = run_sieve(cfg)
+    out.print(f"mosaic store: {report.output}")
+    out.print(f"minimum mapping unit: {report.min_pixels:,} px, {report.connectivity}-connected")
+    out.print(f"pixels changed: {report.changed_pixels:,}")
 
 
 def main() -> None:
