@@ -299,3 +299,20 @@ def test_clear_errors(case, tmp_path: Path) -> None:
     wrong = make_bundle(str(tmp_path / "wrong.safetensors"), table, small)
     with pytest.raises(InputError, match="was made for a 64 x 64 px scene"):
         run(bundle=wrong, overwrite=True)
+
+
+def test_cli_evaluate(case, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from w2w.cli import app
+
+    scene, mosaic_url, _, _, _ = case
+    runner = CliRunner()
+    args = ["--quiet", "evaluate", mosaic_url, "--scene", scene.url, "-o", str(tmp_path / "r")]
+    result = runner.invoke(app, [*args, "--engine", "local"])
+    assert result.exit_code == 0, result.stderr
+    assert "overall accuracy:" in result.stdout and "kappa:" in result.stdout
+    assert "forest: mapped" in result.stdout and "(95% CI)" in result.stdout
+    assert (tmp_path / "r" / "evaluation.md").exists()
+    bad = runner.invoke(app, [*args, "--split", "test", "--overwrite", "--engine", "local"])
+    assert bad.exit_code == 2 and "needs the model bundle" in bad.stderr

@@ -393,3 +393,20 @@ def test_export_memory_is_flat_when_the_area_grows_4x(tmp_path: Path) -> None:
     # 32 MiB: holding either in memory would break these bounds.
     assert grown_traced < 1.0, peaks
     assert grown_rss < 10.0, peaks
+
+
+def test_cli_export(tmp_path: Path, small) -> None:
+    from typer.testing import CliRunner
+
+    from w2w.cli import app
+
+    url, _, _ = small
+    runner = CliRunner()
+    args = ["--quiet", "export", url, "-o", str(tmp_path / "map.tif"), "--blocksize", "64"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert f"COG: {tmp_path / 'map.tif'}" in result.stdout
+    assert "STAC item:" in result.stdout and "overviews: 2, 4" in result.stdout
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2
+    assert again.stderr.strip().startswith("error:") and "--overwrite" in again.stderr
