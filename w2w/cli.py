@@ -551,6 +551,139 @@ def sieve(
     out.print(f"pixels changed: {report.changed_pixels:,}")
 
 
+# -- export ---------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def export(
+    mosaic: Annotated[str | None, typer.Argument(help="Mosaic store to export.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="COG to write (.tif path or s3:// URL).")
+    ] = None,
+    confidence: Annotated[
+        str | None,
+        typer.Option(help="'file' (<name>_confidence.tif, default), 'band' or 'none'."),
+    ] = None,
+    blocksize: Annotated[int | None, typer.Option(help="COG tile edge in pixels.")] = None,
+    compress: Annotated[
+        str | None, typer.Option(help="'deflate' (default), 'zstd', 'lzw'.")
+    ] = None,
+    overview_resampling: Annotated[
+        str | None, typer.Option(help="Class overviews: 'mode' (default) or 'nearest'.")
+    ] = None,
+    quicklook_size: Annotated[
+        int | None, typer.Option(help="Quicklook long edge in pixels.")
+    ] = None,
+    datetime: Annotated[
+        str | None, typer.Option(help="Nominal date of the map for STAC (ISO 8601).")
+    ] = None,
+    allow_incomplete: Annotated[
+        bool, typer.Option("--allow-incomplete", help="Export an unfinished mosaic.")
+    ] = False,
+    cache_mb: Annotated[int | None, typer.Option(help="GDAL block cache in MB.")] = None,
+    workdir: Annotated[
+        str | None, typer.Option(help="Local scratch folder (default: system temp).")
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = None,
+) -> None:
+    """Export a mosaic as a Cloud-Optimized GeoTIFF with a STAC Item and a quicklook."""
+    from w2w.export import ExportConfig
+    from w2w.export import export as run_export
+
+    cfg = build_config(
+        ExportConfig,
+        config,
+        "export",
+        input=mosaic,
+        output=output,
+        confidence=confidence,
+        blocksize=blocksize,
+        compress=compress,
+        overview_resampling=overview_resampling,
+        quicklook_size=quicklook_size,
+        datetime=datetime,
+        allow_incomplete=allow_incomplete or None,
+        cache_mb=cache_mb,
+        workdir=workdir,
+        overwrite=overwrite,
+    )
+    result = run_export(cfg)
+    out.print(f"COG: {result.cog} ({result.size_bytes / 2**20:,.1f} MiB)")
+    if result.confidence:
+        out.print(f"confidence: {result.confidence}")
+    out.print(f"STAC item: {result.stac}")
+    out.print(f"quicklook: {result.quicklook}")
+    out.print(f"QGIS style: {result.style}")
+    out.print(f"grid: {result.grid.describe()}")
+    levels = ", ".join(str(f) for f in result.overviews) or "none (fits in one tile)"
+    out.print(f"overviews: {levels}")
+
+
+# -- evaluate -------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    mosaic: Annotated[str | None, typer.Argument(help="Mosaic store to evaluate.")] = None,
+    scene: Annotated[
+        str | None, typer.Option(help="Scene store with the reference labels.")
+    ] = None,
+    bundle: Annotated[
+        str | None, typer.Option(help="Model bundle whose spatial split selects the pixels.")
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="'test', 'val', 'train' or 'all' (default: test with a bundle)."),
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Folder or s3:// prefix for reports.")
+    ] = None,
+    allow_incomplete: Annotated[
+        bool, typer.Option("--allow-incomplete", help="Evaluate an unfinished mosaic.")
+    ] = False,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = None,
+    engine: EngineOpt = None,
+) -> None:
+    """Score a mosaic against reference labels and estimate class areas with 95% CIs."""
+    from w2w.evaluate import EvaluateConfig
+    from w2w.evaluate import evaluate as run_evaluate
+
+    cfg = build_config(
+        EvaluateConfig,
+        config,
+        "evaluate",
+        mosaic=mosaic,
+        scene=scene,
+        bundle=bundle,
+        split=split,
+        output=output,
+        allow_incomplete=allow_incomplete or None,
+        overwrite=overwrite,
+        engine=engine,
+    )
+    result = run_evaluate(cfg)
+    out.print(f"report: {result.markdown}")
+    out.print(f"metrics: {result.json}")
+    out.print(f"confusion matrix: {result.figure}")
+    out.print(f"split: {result.split}, reference pixels: {result.reference_pixels:,}")
+    out.print(
+        f"overall accuracy: {result.overall_accuracy:.4f}, kappa: {result.kappa:.4f}, "
+        f"mean IoU: {result.mean_iou:.4f}"
+    )
+    if result.excluded["map_nodata"]:
+        out.print(f"reference pixels left as nodata in the map: {result.excluded['map_nodata']:,}")
+    unit = result.area_unit
+    for a in result.areas:
+        out.print(
+            f"  {a.name}: mapped {a.mapped_area:,.1f} {unit}, estimated "
+            f"{a.estimated_area:,.1f} ± {a.ci95:,.1f} {unit} (95% CI)"
+        )
+
+
 def main() -> None:
     """Console entry point."""
     app()
