@@ -684,6 +684,50 @@ def evaluate(
         )
 
 
+# -- pipeline and demo ----------------------------------------------------------------------
+
+
+def _print_pipeline(result: Any) -> None:
+    for name, where in result.outputs.items():
+        out.print(f"{name}: {where}")
+    m = result.metrics
+    for split in ("val", "test", "all"):
+        if m.get(f"{split}_miou") is not None:
+            oa = m.get(f"{split}_oa")
+            label = {"val": "validation", "test": "test split", "all": "all labels"}[split]
+            out.print(f"{label}: mIoU {m[f'{split}_miou']:.3f}, OA {oa:.3f}")
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    out.print(f"time: {timing} (total {sum(result.seconds.values()):.0f} s)")
+
+
+@app.command()
+@handle_errors
+def pipeline(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML: workdir plus stage sections.")],
+) -> None:
+    """Run the whole job from one config: ingest, train, predict, sieve, export, evaluate."""
+    from w2w.pipeline import PipelineConfig, run_pipeline
+
+    _print_pipeline(run_pipeline(PipelineConfig.load(str(config))))
+
+
+@app.command()
+@handle_errors
+def demo(
+    workdir: Annotated[
+        str, typer.Argument(help="Folder (or s3:// prefix) for the outputs.")
+    ] = "w2w-demo",
+    size: Annotated[int, typer.Option(help="Edge of the synthetic state in pixels.")] = 768,
+    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic state and training.")] = 0,
+) -> None:
+    """The main job on the embedded default: synthetic state -> ingest -> train -> predict ->
+    sieve -> COG -> evaluation, on a local Ray (a few minutes on 2 CPU cores)."""
+    from w2w.pipeline import demo_config, run_pipeline
+
+    _print_pipeline(run_pipeline(demo_config(workdir, size=size, epochs=epochs, seed=seed)))
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -37,8 +37,12 @@ def ensure_ray(**init_kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
+    # Ray Data logs every dataset execution at INFO (each training epoch is one); w2w keeps
+    # the console to its own progress and warnings. Set before Ray starts, so workers see it.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
+        quiet_ray_data()
         return
     kwargs: dict[str, Any] = {
         "include_dashboard": False,

@@ -1,0 +1,226 @@
+"""The whole job: ingest -> train -> predict -> sieve -> export -> evaluate, from one config.
+
+A pipeline config is one YAML file with a ``workdir`` (local folder or ``s3://`` prefix) and
+one section per stage, each holding that stage's own settings. Paths that connect the stages
+(the scene store, the run folder, the bundle, the mosaics, the COG, the reports) default to
+names under ``workdir``, so a minimal config names only the inputs. Every stage config is
+validated before the first stage starts: a typo in the last stage fails in a second, not
+after hours of training.
+
+``w2w demo`` runs the same pipeline on a synthetic state (:func:`demo_config`), and the
+cluster entry point ``jobs/pipeline.py`` runs it under ``ray job submit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from w2w import storage
+from w2w.config import PathStr, StageConfig, load_yaml
+from w2w.errors import ConfigError
+
+log = logging.getLogger("w2w")
+
+STAGES = ("synth", "ingest", "train", "predict", "sieve", "export", "evaluate")
+Stage = Literal["synth", "ingest", "train", "predict", "sieve", "export", "evaluate"]
+
+
+class PipelineConfig(StageConfig):
+    """A whole run: where outputs go, which stages run, and each stage's settings."""
+
+    stage_name: ClassVar[str] = "pipeline"
+
+    workdir: PathStr = Field(description="folder or s3:// prefix for every output")
+    stages: list[Stage] | None = Field(
+        default=None, description="stages to run, in order; default: every section given"
+    )
+    synth: dict[str, Any] | None = None
+    ingest: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    predict: dict[str, Any] | None = None
+    sieve: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
+    evaluate: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _stages_have_sections(self) -> PipelineConfig:
+        for stage in self.stages or []:
+            if getattr(self, stage) is None and stage not in ("sieve", "evaluate"):
+                raise ValueError(f"stage '{stage}' is listed but has no '{stage}:' section")
+        return self
+
+    @property
+    def stage_list(self) -> list[str]:
+        """The stages that will run, in pipeline order."""
+        if self.stages is not None:
+            return [s for s in STAGES if s in self.stages]
+        return [s for s in STAGES if getattr(self, s) is not None]
+
+    @classmethod
+    def load(cls, path: str) -> PipelineConfig:
+        """Load a pipeline YAML file."""
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    def path(self, name: str) -> str:
+        """A default output location under ``workdir``."""
+        return storage.join(self.workdir, name)
+
+
+@dataclass
+class PipelineResult:
+    """Where every output went, the headline metrics, and how long each stage took."""
+
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
+    """Build and validate every stage's config, filling in the paths that link the stages."""
+    from w2w.evaluate import EvaluateConfig
+    from w2w.export import ExportConfig
+    from w2w.ingest import IngestConfig
+    from w2w.predict import PredictConfig
+    from w2w.sieve import SieveConfig
+    from w2w.synth import SynthConfig
+    from w2w.train import TrainConfig
+
+    stages = cfg.stage_list
+    scene = cfg.path("scene.zarr")
+    bundle = cfg.path("model.safetensors")
+    mosaic = cfg.path("mosaic.zarr")
+    sieved = cfg.path("mosaic-mmu.zarr")
+    final_mosaic = sieved if "sieve" in stages else mosaic
+    defaults: dict[str, dict[str, Any]] = {
+        "synth": {"output": cfg.path("synthetic"), "format": "geotiff"},
+        "ingest": {"output": scene},
+        "train": {"scene": scene, "storage_path": cfg.path("runs"), "bundle": bundle},
+        "predict": {"scene": scene, "bundle": bundle, "output": mosaic},
+        "sieve": {"input": mosaic, "output": sieved, "min_area_ha": 1.0},
+        "export": {"input": final_mosaic, "output": cfg.path("landcover.tif")},
+        "evaluate": {
+            "mosaic": final_mosaic,
+            "scene": scene,
+            "bundle": bundle,
+            "output": cfg.path("evaluation"),
+        },
+    }
+    classes = {
+        "synth": SynthConfig,
+        "ingest": IngestConfig,
+        "train": TrainConfig,
+        "predict": PredictConfig,
+        "sieve": SieveConfig,
+        "export": ExportConfig,
+        "evaluate": EvaluateConfig,
+    }
+    if "synth" in stages and "ingest" in stages:
+        folder = storage.join(str((cfg.synth or {}).get("output", defaults["synth"]["output"])))
+        defaults["ingest"]["images"] = [storage.join(folder, "image.tif")]
+        defaults["ingest"]["label"] = storage.join(folder, "labels.tif")
+        from w2w.synth import class_names
+
+        defaults["ingest"]["classes"] = class_names()
+    out: dict[str, StageConfig] = {}
+    for stage in stages:
+        section = dict(getattr(cfg, stage) or {})
+        merged = {**defaults[stage], **section}
+        if stage == "sieve" and "min_pixels" in section:
+            merged.pop("min_area_ha", None)
+        out[stage] = classes[stage].from_dict(merged, source=f"pipeline [{stage}]")
+    return out
+
+
+def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> PipelineResult:
+    """Run the configured stages in order; every config is checked before the first runs."""
+    from w2w.evaluate import evaluate
+    from w2w.export import export
+    from w2w.ingest import ingest
+    from w2w.predict import predict
+    from w2w.sieve import sieve
+    from w2w.synth import synthesize
+    from w2w.train import train
+
+    configs = stage_configs(cfg)
+    if not configs:
+        raise ConfigError("the pipeline has no stages; add sections such as 'ingest:' and 'train:'")
+    result = PipelineResult()
+    for stage, stage_cfg in configs.items():
+        log.info("stage %s", stage)
+        t0 = time.time()
+        if stage == "synth":
+            syn = synthesize(stage_cfg, progress=progress)  # type: ignore[arg-type]
+            result.outputs["synthetic imagery"] = syn.images[0] if syn.images else str(syn.store)
+            result.outputs["synthetic labels"] = str(syn.label)
+        elif stage == "ingest":
+            rep = ingest(stage_cfg, progress=progress)  # type: ignore[arg-type]
+            result.outputs["scene store"] = rep.output
+        elif stage == "train":
+            tr = train(stage_cfg, progress=progress)  # type: ignore[arg-type]
+            result.outputs["model bundle"] = tr.bundle
+            result.outputs["training run"] = tr.run_dir
+            result.metrics["val_miou"] = tr.metrics.get("val_miou")
+            result.metrics["val_oa"] = tr.metrics.get("val_oa")
+            result.metrics["epochs"] = tr.epochs_run
+        elif stage == "predict":
+            pr = predict(stage_cfg, progress=progress)  # type: ignore[arg-type]
+            result.outputs["mosaic"] = pr.output
+            result.metrics["predict_mpx_per_s"] = pr.pixels_per_second / 1e6
+        elif stage == "sieve":
+            sv = sieve(stage_cfg, progress=progress)  # type: ignore[arg-type]
+            result.outputs["sieved mosaic"] = sv.output
+            result.metrics["sieved_pixels"] = sv.changed_pixels
+        elif stage == "export":
+            ex = export(stage_cfg)  # type: ignore[arg-type]
+            result.outputs["COG"] = ex.cog
+            if ex.confidence:
+                result.outputs["confidence COG"] = ex.confidence
+            result.outputs["STAC item"] = ex.stac
+            result.outputs["quicklook"] = ex.quicklook
+        elif stage == "evaluate":
+            ev = evaluate(stage_cfg)  # type: ignore[arg-type]
+            result.outputs["evaluation report"] = ev.markdown
+            result.metrics[f"{ev.split}_oa"] = ev.overall_accuracy
+            result.metrics[f"{ev.split}_kappa"] = ev.kappa
+            result.metrics[f"{ev.split}_miou"] = ev.mean_iou
+        result.seconds[stage] = round(time.time() - t0, 1)
+    return result
+
+
+def demo_config(
+    workdir: str, *, size: int = 768, epochs: int = 30, seed: int = 0
+) -> PipelineConfig:
+    """The embedded default: a synthetic state through every stage, sized for 2 CPU cores."""
+    return PipelineConfig.from_dict(
+        {
+            "workdir": workdir,
+            "synth": {"height": size, "width": size, "seed": seed, "overwrite": True},
+            "ingest": {"chunk": 256, "block": 512, "overwrite": True},
+            "train": {
+                "run_name": "demo",
+                "overwrite": True,
+                "model": {
+                    "arch": "Unet",
+                    "encoder": "tu-resnet10t",
+                    "options": {"encoder_depth": 3, "decoder_channels": [64, 32, 16]},
+                },
+                "chips": {"size": 64, "stride": 64},
+                "split": {"block_chips": 2, "seed": seed},
+                "epochs": epochs,
+                "batch_size": 4,
+                "optim": {"lr": 0.003},
+                "workers": {"num_workers": 2},
+                "patience": 8,
+                "seed": seed,
+            },
+            "predict": {"block": 256, "batch_size": 16, "overwrite": True},
+            "sieve": {"min_area_ha": 0.05, "overwrite": True},
+            "export": {"overwrite": True},
+            "evaluate": {"overwrite": True},
+        }
+    )
