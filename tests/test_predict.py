@@ -37,7 +37,7 @@ def test_mosaic_is_identical_for_any_block_size(
 def test_every_valid_pixel_is_mapped_and_nodata_stays_nodata(
     tiny_run, synthetic_scene: str, tmp_path: Path
 ) -> None:
-    cfg, report = tiny_run
+    _cfg, report = tiny_run
     mosaic = run(synthetic_scene, report.bundle, tmp_path / "m.zarr", block=128)
     scene = SceneStore.open(synthetic_scene)
     image = scene.read_image(scene.grid.full_window)
