@@ -53,7 +53,18 @@ def test_no_val_or_test_chip_overlaps_a_training_chip(
     rows = np.minimum(np.arange(h) // stride, codes.shape[0] - 1)
     cols = np.minimum(np.arange(w) // stride, codes.shape[1] - 1)
     region_of_pixel = codes[rows[:, None], cols[None, :]]
-    assert train[region_of_pixel == TRAIN].all()
+    if mode == "blocks":
+        assert train[region_of_pixel == TRAIN].all()
+    else:
+        # Halves: chips straddling the cut are dropped; both sides are still fully covered,
+        # the training side by training chips (when no validation is carved out of it), the
+        # other by test chips.
+        assert plan.cut is not None and plan.cut % stride == 0
+        west = np.arange(w)[None, :] < plan.cut
+        train_side = np.broadcast_to(west if cfg.train_side == "first" else ~west, (h, w))
+        assert test[~train_side].all()
+        no_val = make_split(grid(h, w), size, stride, cfg.replace(val_fraction=0))
+        assert footprint(no_val, "train")[train_side].all()
     # Same seed, same plan; serialisable.
     again = make_split(grid(h, w), size, stride, cfg)
     np.testing.assert_array_equal(again.regions, plan.regions)

@@ -8,7 +8,8 @@ spatial and decided on *regions* of the global chip grid:
   test, validation and training splits in a seeded random order until each split holds its
   share of the labelled pixels;
 * ``halves`` mode: the scene is cut in two along ``axis``; one side trains (with validation
-  regions drawn from it), the other is the test side.
+  regions drawn from it), the other is the test side. Chips that straddle the cut belong to
+  neither side, so training chips end at the cut and test chips start there.
 
 A chip belongs to its region's split. Then the **buffer**: a validation chip that overlaps a
 training chip is dropped, and a test chip that overlaps a training or validation chip is
@@ -69,6 +70,8 @@ class SplitPlan:
     stride: int
     block_chips: int
     regions: np.ndarray  # (region rows, region cols) uint8 codes TRAIN / VAL / TEST
+    cut: int | None = None  # halves: pixel column (axis x) or row (axis y) of the cut
+    axis: str = "x"
 
     # -- chips -----------------------------------------------------------------------------
 
@@ -90,6 +93,14 @@ class SplitPlan:
     def chip_codes(self) -> np.ndarray:
         """(chip rows, chip cols) split of each chip after the buffer (NONE = dropped)."""
         codes = self.region_codes().copy()
+        if self.cut is not None:
+            along = codes.shape[1] if self.axis == "x" else codes.shape[0]
+            origins = np.arange(along) * self.stride
+            straddle = (origins < self.cut) & (origins + self.chip_size > self.cut)
+            if self.axis == "x":
+                codes[:, straddle] = NONE
+            else:
+                codes[straddle, :] = NONE
         reach = math.ceil(self.chip_size / self.stride) - 1  # chips closer than this overlap
         for code, blockers in ((VAL, (TRAIN,)), (TEST, (TRAIN, VAL))):
             blocked = _dilate(np.isin(codes, blockers), reach)
@@ -145,6 +156,8 @@ class SplitPlan:
             "stride": self.stride,
             "block_chips": self.block_chips,
             "regions": self.regions.astype(int).tolist(),
+            "cut": self.cut,
+            "axis": self.axis,
         }
 
     @classmethod
@@ -157,6 +170,8 @@ class SplitPlan:
             stride=int(d["stride"]),
             block_chips=int(d["block_chips"]),
             regions=np.asarray(d["regions"], dtype=np.uint8),
+            cut=None if d.get("cut") is None else int(d["cut"]),
+            axis=str(d.get("axis", "x")),
         )
 
     def summary(self) -> dict[str, int]:
@@ -195,6 +210,7 @@ def make_split(
         np.add.at(weights, (np.arange(rows)[:, None] // k, np.arange(cols)[None, :] // k), labelled)
     regions = np.full((r_rows, r_cols), TRAIN, dtype=np.uint8)
     rng = np.random.default_rng(cfg.seed)
+    cut = None
 
     if cfg.mode == "halves":
         along = r_cols if cfg.axis == "x" else r_rows
@@ -206,6 +222,13 @@ def make_split(
         # Cut at the scene's middle pixel, rounded to the nearest region boundary.
         length = grid.width if cfg.axis == "x" else grid.height
         mid = min(along - 1, max(1, round(length / 2 / stride / k)))
+        cut = mid * k * stride
+        if cut < chip_size:
+            raise ValueError(
+                f"the scene is too small to cut in halves with {chip_size} px chips along "
+                f"{cfg.axis} (the cut at pixel {cut} leaves no whole chip before it); use a "
+                "smaller chip size"
+            )
         index = np.arange(along)
         first = index < mid
         test_side = ~first if cfg.train_side == "first" else first
@@ -222,7 +245,7 @@ def make_split(
         taken = _draw(regions, candidates, weights, cfg.test_fraction, TEST, rng, shuffle=False)
         rest = np.array([c for c in candidates.tolist() if tuple(c) not in taken], dtype=int)
         _draw(regions, rest.reshape(-1, 2), weights, cfg.val_fraction, VAL, rng, shuffle=False)
-    return SplitPlan(grid.height, grid.width, chip_size, stride, k, regions)
+    return SplitPlan(grid.height, grid.width, chip_size, stride, k, regions, cut, cfg.axis)
 
 
 def _draw(
