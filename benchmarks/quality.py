@@ -95,7 +95,9 @@ def merged(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
     """``base`` with ``over`` merged in (nested dicts merged one level deep)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for k, v in (over or {}).items():
-        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            {**out.get(k, {}), **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -108,24 +110,38 @@ def ingest_scene(scene: Scene, workdir: Path) -> str:
     images, label, classes = list(scene.images), scene.label, scene.classes
     if scene.synthetic is not None:
         syn = synthesize(
-            SynthConfig(output=str(workdir / f"{scene.name}-tif"), overwrite=True, engine="local",
-                        **scene.synthetic),
+            SynthConfig(
+                output=str(workdir / f"{scene.name}-tif"),
+                overwrite=True,
+                engine="local",
+                **scene.synthetic,
+            ),
             progress=False,
         )
         images, label, classes = list(syn.images), syn.label, class_names()
     ingest(
-        IngestConfig(images=images, label=label, output=str(store), classes=classes or {},
-                     chunk=128, block=256, engine="local", overwrite=True),
+        IngestConfig(
+            images=images,
+            label=label,
+            output=str(store),
+            classes=classes or {},
+            chunk=128,
+            block=256,
+            engine="local",
+            overwrite=True,
+        ),
         progress=False,
     )
     return str(store)
 
 
-def train_config(scene: Scene, store: str, side: str, workdir: Path, seed: int) -> Any:
+def train_config(
+    scene: Scene, store: str, side: str, workdir: Path, seed: int, overrides: dict[str, Any]
+) -> Any:
     """The w2w training config of one scene and split direction."""
     from w2w.train import TrainConfig
 
-    recipe = merged(RECIPE, scene.recipe)
+    recipe = merged(merged(RECIPE, scene.recipe), overrides)
     run = f"{scene.name}-{side}"
     return TrainConfig.from_dict(
         {
@@ -134,8 +150,14 @@ def train_config(scene: Scene, store: str, side: str, workdir: Path, seed: int) 
             "run_name": run,
             "storage_path": str(workdir / "runs"),
             "bundle": str(workdir / f"{run}.safetensors"),
-            "split": {"mode": "halves", "axis": "x", "train_side": side, "block_chips": 1,
-                      "val_fraction": 0.0, "seed": seed},
+            "split": {
+                "mode": "halves",
+                "axis": "x",
+                "train_side": side,
+                "block_chips": 1,
+                "val_fraction": 0.0,
+                "seed": seed,
+            },
             "seed": seed,
             "engine": "local",
             "overwrite": True,
@@ -169,8 +191,14 @@ def pixel_sets(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return image, classes, labelled & in_train, labelled & in_test, plan
 
 
-def random_forest(image: np.ndarray, classes: np.ndarray, train: np.ndarray, test: np.ndarray,
-                  n_classes: int, seed: int) -> np.ndarray:
+def random_forest(
+    image: np.ndarray,
+    classes: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    n_classes: int,
+    seed: int,
+) -> np.ndarray:
     """Fit a 200-tree RandomForest on the training pixels; confusion matrix on the test ones."""
     from sklearn.ensemble import RandomForestClassifier
 
@@ -184,7 +212,9 @@ def random_forest(image: np.ndarray, classes: np.ndarray, train: np.ndarray, tes
     return confusion(classes.ravel()[flat_test], pred, n_classes)
 
 
-def run_direction(scene: Scene, store: str, direction: str, workdir: Path, seed: int) -> dict[str, Any]:
+def run_direction(
+    scene: Scene, store: str, direction: str, workdir: Path, seed: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
     """Train, predict and evaluate w2w, and fit and score the RandomForest, on one split."""
     from w2w.evaluate import EvaluateConfig, evaluate
     from w2w.metrics import summary
@@ -192,16 +222,28 @@ def run_direction(scene: Scene, store: str, direction: str, workdir: Path, seed:
     from w2w.train import train
 
     side = DIRECTIONS[direction]
-    cfg = train_config(scene, store, side, workdir, seed)
+    cfg = train_config(scene, store, side, workdir, seed, overrides)
     t0 = time.time()
     report = train(cfg, progress=False)
     t_train = time.time() - t0
     mosaic = workdir / f"{scene.name}-{side}-mosaic.zarr"
-    predict(PredictConfig(scene=store, bundle=report.bundle, output=str(mosaic), block=256,
-                          overwrite=True), progress=False)
-    ev = evaluate(EvaluateConfig(mosaic=str(mosaic), scene=store, bundle=report.bundle,
-                                 split="test", output=str(workdir / f"{scene.name}-{side}-eval"),
-                                 engine="local", overwrite=True))
+    predict(
+        PredictConfig(
+            scene=store, bundle=report.bundle, output=str(mosaic), block=256, overwrite=True
+        ),
+        progress=False,
+    )
+    ev = evaluate(
+        EvaluateConfig(
+            mosaic=str(mosaic),
+            scene=store,
+            bundle=report.bundle,
+            split="test",
+            output=str(workdir / f"{scene.name}-{side}-eval"),
+            engine="local",
+            overwrite=True,
+        )
+    )
     image, classes, train_px, test_px, plan = pixel_sets(cfg)
     names = [c["name"] for c in plan["classes"]]
     t0 = time.time()
@@ -245,9 +287,11 @@ def markdown(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"### Map quality vs a per-pixel RandomForest ({header['date']})",
         "",
         f"- Command: `{header['command']}`",
-        f"- Commit: `{header['commit']}`; machine: {header['machine']}; total {header['seconds']:.0f} s",
+        f"- Commit: `{header['commit']}`; machine: {header['machine']}; "
+        f"total {header['seconds']:.0f} s",
         "",
-        "| scene | direction | train px | test px | w2w OA | RF OA | ΔOA | w2w κ | RF κ | w2w mIoU | RF mIoU |",
+        "| scene | direction | train px | test px | w2w OA | RF OA | ΔOA | w2w κ | RF κ "
+        "| w2w mIoU | RF mIoU |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -268,34 +312,53 @@ def markdown(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines += ["", "Mean over both directions:", ""]
     for name in dict.fromkeys(r["scene"] for r in results):
         rs = [r for r in results if r["scene"] == name]
-        d_oa = np.mean([r["w2w"]["overall_accuracy"] - r["random_forest"]["overall_accuracy"] for r in rs])
+        d_oa = np.mean(
+            [r["w2w"]["overall_accuracy"] - r["random_forest"]["overall_accuracy"] for r in rs]
+        )
         d_iou = np.mean([r["w2w"]["mean_iou"] - r["random_forest"]["mean_iou"] for r in rs])
         w_oa = np.mean([r["w2w"]["overall_accuracy"] for r in rs])
-        lines.append(f"- {name}: w2w OA {w_oa:.3f}; ΔOA {d_oa * 100:+.1f} points; ΔmIoU {d_iou:+.3f}")
+        lines.append(
+            f"- {name}: w2w OA {w_oa:.3f}; ΔOA {d_oa * 100:+.1f} points; ΔmIoU {d_iou:+.3f}"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the quality benchmark; see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench-out/quality", help="folder for stores, runs, results")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out", default="bench-out/quality", help="folder for stores, runs, results"
+    )
     parser.add_argument("--scenes", default="chiapas,aberystwyth,synthetic")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--results", action="store_true", help="append the table to benchmarks/RESULTS.md"
+    )
+    parser.add_argument("--recipe", default="{}", help="JSON overrides of the training recipe")
     args = parser.parse_args(argv)
+    overrides = json.loads(args.recipe)
     logging.basicConfig(level=logging.WARNING)
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        print("the quality benchmark needs scikit-learn: pip install -e '.[bench]'", file=sys.stderr)
+        print(
+            "the quality benchmark needs scikit-learn: pip install -e '.[bench]'", file=sys.stderr
+        )
         return 2
     from w2w.runtime import ensure_ray
 
@@ -312,25 +375,29 @@ def main(argv: list[str] | None = None) -> int:
             continue
         store = ingest_scene(scene, workdir)
         for direction in DIRECTIONS:
-            r = run_direction(scene, store, direction, workdir, args.seed)
+            r = run_direction(scene, store, direction, workdir, args.seed, overrides)
             results.append(r)
             w, f = r["w2w"], r["random_forest"]
             print(
-                f"{name:12s} {direction}: w2w OA {w['overall_accuracy']:.3f} mIoU {w['mean_iou']:.3f}"
+                f"{name:12s} {direction}: w2w OA {w['overall_accuracy']:.3f} "
+                f"mIoU {w['mean_iou']:.3f}"
                 f" | RF OA {f['overall_accuracy']:.3f} mIoU {f['mean_iou']:.3f}"
                 f" | {r['epochs']} epochs, train {r['seconds']['w2w_train']:.0f} s",
                 flush=True,
             )
     header = {
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.quality "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": _git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "seconds": time.time() - t0,
         "seed": args.seed,
-        "recipe": RECIPE,
+        "recipe": merged(RECIPE, overrides),
     }
-    (workdir / "quality.json").write_text(json.dumps({"header": header, "results": results}, indent=2))
+    (workdir / "quality.json").write_text(
+        json.dumps({"header": header, "results": results}, indent=2)
+    )
     table = markdown(results, header)
     (workdir / "quality.md").write_text(table)
     print(table)

@@ -4,12 +4,20 @@ A :class:`ModelSpec` names the architecture (``Unet``, ``FPN``, ``UnetPlusPlus``
 encoder (``resnet34``, ``efficientnet-b0``, timm's ``tu-*`` encoders, ...); weights are
 randomly initialised -- nothing is downloaded -- unless a local or ``s3://`` weights file is
 given. Unknown names fail with the list of valid ones.
+
+Option ``spectral_branch: N`` adds a per-pixel path beside the network: a small MLP of 1x1
+convolutions (N hidden channels) on the input bands, whose logits are added to the
+network's. Encoders start by downsampling, so a plain U-Net cannot reproduce single-pixel
+detail; the branch gives the model what a per-pixel classifier sees at full resolution,
+while the network adds the spatial context.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from torch import nn
 
 from w2w.errors import ConfigError, InputError
 
@@ -78,10 +86,11 @@ def build_model(spec: ModelSpec) -> Any:
             "or a timm encoder as 'tu-<name>'"
         )
     options = dict(spec.options)
+    spectral = int(options.pop("spectral_branch", 0) or 0)
     if "decoder_channels" in options:
         options["decoder_channels"] = tuple(options["decoder_channels"])
     try:
-        return smp.create_model(
+        model = smp.create_model(
             arch,
             encoder_name=enc,
             encoder_weights=None,
@@ -91,6 +100,33 @@ def build_model(spec: ModelSpec) -> Any:
         )
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"cannot build {arch} with encoder {enc}: {exc}") from None
+    if spectral > 0:
+        return SpectralContextModel(model, spec.in_channels, spec.classes, spectral)
+    return model
+
+
+class SpectralContextModel(nn.Module):
+    """A segmentation network plus a per-pixel MLP on the bands; their logits add up."""
+
+    def __init__(self, network: nn.Module, in_channels: int, classes: int, hidden: int) -> None:
+        super().__init__()
+        self.network = network
+        self.spectral = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, classes, 1),
+        )
+
+    @property
+    def encoder(self) -> Any:
+        """The network's encoder (its output stride bounds the chip size)."""
+        return self.network.encoder
+
+    def forward(self, x: Any) -> Any:
+        """Logits of the network plus those of the per-pixel branch."""
+        return self.network(x) + self.spectral(x)
 
 
 def output_stride(model: Any) -> int:

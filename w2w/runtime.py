@@ -44,9 +44,14 @@ def ensure_ray(**init_kwargs: Any) -> None:
         ray.init(log_to_driver=True)
         quiet_ray_data()
         return
+    # Worker output (Ray Train's per-epoch reports, Ray Data's plans) is kept in Ray's log
+    # files; the console shows it with --debug. Errors reach the driver as exceptions anyway.
     kwargs: dict[str, Any] = {
+        # "local": always a new embedded instance, never a cluster someone else started
+        # on this machine with `ray start` (use RAY_ADDRESS to join one on purpose).
+        "address": "local",
         "include_dashboard": False,
-        "log_to_driver": True,
+        "log_to_driver": log.isEnabledFor(logging.DEBUG),
         "logging_config": ray.LoggingConfig(log_level="WARNING"),
     }
     kwargs.update(init_kwargs)
