@@ -43,14 +43,15 @@ BAND_NAMES = ("B02", "B03", "B04", "B08", "B11", "B12")
 NODATA = 0
 UNLABELLED = 0
 
-#: Class id -> (name, mean reflectance per band in BAND_NAMES order, pixel noise sd).
-CLASSES: dict[int, tuple[str, tuple[float, ...], float]] = {
-    1: ("forest", (0.030, 0.050, 0.032, 0.300, 0.150, 0.070), 0.012),
-    2: ("grassland", (0.050, 0.080, 0.062, 0.330, 0.240, 0.135), 0.014),
-    3: ("shrubland", (0.055, 0.082, 0.075, 0.300, 0.255, 0.160), 0.014),
-    4: ("water", (0.060, 0.052, 0.032, 0.020, 0.010, 0.008), 0.006),
-    5: ("urban", (0.100, 0.110, 0.120, 0.210, 0.240, 0.205), 0.030),
-    6: ("bare", (0.100, 0.110, 0.120, 0.210, 0.240, 0.205), 0.030),
+#: Class id -> (name, mean reflectance per band in BAND_NAMES order, brightness sd (a
+#: multiplicative factor shared by the bands), band noise sd (independent per band)).
+CLASSES: dict[int, tuple[str, tuple[float, ...], float, float]] = {
+    1: ("forest", (0.030, 0.050, 0.032, 0.300, 0.150, 0.070), 0.012, 0.012),
+    2: ("grassland", (0.050, 0.080, 0.062, 0.330, 0.240, 0.135), 0.014, 0.022),
+    3: ("shrubland", (0.055, 0.082, 0.075, 0.300, 0.255, 0.160), 0.014, 0.022),
+    4: ("water", (0.060, 0.052, 0.032, 0.020, 0.010, 0.008), 0.006, 0.004),
+    5: ("urban", (0.100, 0.110, 0.120, 0.210, 0.240, 0.205), 0.030, 0.016),
+    6: ("bare", (0.100, 0.110, 0.120, 0.210, 0.240, 0.205), 0.030, 0.016),
 }
 
 
@@ -196,8 +197,8 @@ def land_cover(cfg: SynthConfig, window: Window) -> np.ndarray:
     cover = np.full(elevation.shape, 2, dtype=np.uint8)  # grassland
     cover[moisture > 0.10] = 1  # forest where moist
     cover[(moisture < -0.02) & (elevation > -0.3)] = 3  # shrubland where dry
-    cover[(moisture < -0.16) & (elevation > -0.05)] = 6  # bare soil where dry and high
-    cover[(town > 0.38) & (elevation < 0.3)] = 5  # towns in lower ground
+    cover[(moisture < -0.2) & (elevation > 0.0)] = 6  # bare soil where dry and high
+    cover[(town > 0.33) & (elevation < 0.3)] = 5  # towns in lower ground
     cover[(elevation < -0.42) | (river < 0.022)] = 4  # lakes and rivers
     cover[~state_mask(cfg, window)] = UNLABELLED
     return cover
@@ -230,7 +231,7 @@ def image(cfg: SynthConfig, window: Window, cover: np.ndarray) -> np.ndarray:
     clumps = value_noise(window, 6.0, seed + 23)
 
     out = np.zeros((len(BAND_NAMES), *cover.shape), dtype=np.float64)
-    for cid, (_, means, sd) in CLASSES.items():
+    for cid, (_, means, sd, band_sd) in CLASSES.items():
         where = cover == cid
         if not where.any():
             continue
@@ -244,7 +245,7 @@ def image(cfg: SynthConfig, window: Window, cover: np.ndarray) -> np.ndarray:
             bright = 0.9 * speckle[where]
         for b, mean in enumerate(means):
             band_noise = _gaussian(cc[where], rr[where], seed + 100 + 13 * b + cid)
-            value = mean * (1.0 + bright * sd / 0.1) + 0.25 * sd * band_noise
+            value = mean * (1.0 + bright * sd / 0.1) + band_sd * band_noise
             out[b][where] = value
     out *= light[None]
     dn = np.clip(np.rint(out * 10_000), 1, 10_000).astype(np.uint16)
@@ -265,7 +266,7 @@ class SynthReader:
 
 def class_names() -> dict[int, str]:
     """Class id -> name of the synthetic land-cover classes."""
-    return {cid: name for cid, (name, _, _) in CLASSES.items()}
+    return {cid: name for cid, (name, *_) in CLASSES.items()}
 
 
 def synthesize(cfg: SynthConfig, *, progress: bool = True) -> SynthOutputs:
