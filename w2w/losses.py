@@ -29,6 +29,12 @@ class LossConfig(StageConfig):
     class_weights: str | list[float] = Field(
         default="auto", description="'auto' (from the class histogram), 'none', or one per class"
     )
+    spectral_aux: float = Field(
+        default=0.5,
+        ge=0,
+        description="weight of the same loss on the per-pixel branch alone (models with "
+        "model.options.spectral_branch)",
+    )
 
     @model_validator(mode="after")
     def _some_term(self) -> LossConfig:

@@ -119,6 +119,10 @@ class SpectralContextModel(nn.Module):
             nn.Conv2d(hidden, classes, 1),
         )
 
+        #: In training mode, the per-pixel branch's own logits of the last forward pass, for
+        #: an auxiliary loss that makes it a classifier by itself (faster to converge).
+        self.spectral_logits: Any = None
+
     @property
     def encoder(self) -> Any:
         """The network's encoder (its output stride bounds the chip size)."""
@@ -126,7 +130,9 @@ class SpectralContextModel(nn.Module):
 
     def forward(self, x: Any) -> Any:
         """Logits of the network plus those of the per-pixel branch."""
-        return self.network(x) + self.spectral(x)
+        spectral = self.spectral(x)
+        self.spectral_logits = spectral if self.training else None
+        return self.network(x) + spectral
 
 
 def output_stride(model: Any) -> int:

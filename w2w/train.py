@@ -583,6 +583,9 @@ def train_loop(config: dict[str, Any]) -> None:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(x)
             loss = criterion(logits, y)
+            aux = getattr(core, "spectral_logits", None)
+            if aux is not None and cfg.loss.spectral_aux > 0:
+                loss = loss + cfg.loss.spectral_aux * criterion(aux, y)
             (loss / cfg.accumulate).backward()
             labelled = int((y != IGNORE).sum())
             loss_sum += torch.tensor(
