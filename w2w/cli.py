@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from w2w.config import StageConfig, load_yaml
 from w2w.errors import ConfigError, W2WError
@@ -73,7 +74,9 @@ def handle_errors(fn: F) -> F:
         except W2WError as exc:
             if _state["debug"]:
                 raise
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]")
@@ -82,7 +85,7 @@ def handle_errors(fn: F) -> F:
             if _state["debug"]:
                 raise
             console.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
                 "(re-run with --debug for the traceback)",
                 highlight=False,
                 soft_wrap=True,
@@ -704,11 +707,23 @@ def _print_pipeline(result: Any) -> None:
 @handle_errors
 def pipeline(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML: workdir plus stage sections.")],
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stage",
+            "-s",
+            help="Run only this stage (repeat for several); outputs of the others are found "
+            "under the workdir. Default: the file's 'stages', or every section.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole job from one config: ingest, train, predict, sieve, export, evaluate."""
     from w2w.pipeline import PipelineConfig, run_pipeline
 
-    _print_pipeline(run_pipeline(PipelineConfig.load(str(config))))
+    cfg = PipelineConfig.load(str(config))
+    if stage:
+        cfg = cfg.replace(stages=stage)
+    _print_pipeline(run_pipeline(cfg))
 
 
 @app.command()
@@ -728,9 +743,9 @@ def demo(
     _print_pipeline(run_pipeline(demo_config(workdir, size=size, epochs=epochs, seed=seed)))
 
 
-def main() -> None:
-    """Console entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``argv`` defaults to the process's arguments)."""
+    app(args=argv, prog_name="w2w")
 
 
 if __name__ == "__main__":

@@ -91,11 +91,14 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
     from w2w.train import TrainConfig
 
     stages = cfg.stage_list
+    # Paths link every stage the file configures, not only those run now: a job that runs
+    # only `export` still exports the sieved mosaic when the file has a `sieve:` section.
+    linked = set(stages) | {s for s in STAGES if getattr(cfg, s) is not None}
     scene = cfg.path("scene.zarr")
     bundle = cfg.path("model.safetensors")
     mosaic = cfg.path("mosaic.zarr")
     sieved = cfg.path("mosaic-mmu.zarr")
-    final_mosaic = sieved if "sieve" in stages else mosaic
+    final_mosaic = sieved if "sieve" in linked else mosaic
     defaults: dict[str, dict[str, Any]] = {
         "synth": {"output": cfg.path("synthetic"), "format": "geotiff"},
         "ingest": {"output": scene},
@@ -119,7 +122,7 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
         "export": ExportConfig,
         "evaluate": EvaluateConfig,
     }
-    if "synth" in stages and "ingest" in stages:
+    if "synth" in linked and "ingest" in stages:
         folder = storage.join(str((cfg.synth or {}).get("output", defaults["synth"]["output"])))
         defaults["ingest"]["images"] = [storage.join(folder, "image.tif")]
         defaults["ingest"]["label"] = storage.join(folder, "labels.tif")

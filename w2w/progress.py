@@ -20,7 +20,7 @@ from rich.progress import (
 
 console = Console(stderr=True, soft_wrap=True)
 #: Results of commands (paths written, metrics) go to stdout, everything else to stderr.
-out = Console(soft_wrap=True, highlight=False)
+out = Console(soft_wrap=True, highlight=False, markup=False)
 _state = {"enabled": True}
 
 
