@@ -502,6 +502,25 @@ def info(
             out.print(f"  class {c.id} {c.name}")
 
 
+@app.command()
+@handle_errors
+def verify(
+    mosaic: Annotated[str, typer.Argument(help="A mosaic store (from predict or sieve).")],
+    engine: EngineOpt = None,
+) -> None:
+    """Check a mosaic for holes: every block finished, every valid input pixel classified."""
+    from w2w.errors import StageFailedError
+    from w2w.predict import verify_coverage
+
+    report = verify_coverage(mosaic, engine=engine or "ray")
+    if not report.ok:
+        raise StageFailedError(
+            f"{mosaic}: {report.describe()}; re-run `w2w predict` on it: it predicts blocks that "
+            "are unfinished or have holes again"
+        )
+    out.print(f"{mosaic}: {report.describe()}")
+
+
 # -- sieve ----------------------------------------------------------------------------------
 
 

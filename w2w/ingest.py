@@ -380,6 +380,16 @@ class _BlockWriter:
 
     def __call__(self, window: Window) -> SceneAccumulator:
         image, label = self.reader(window)
+        if image.dtype.kind == "f":
+            infinite = np.isinf(image)
+            if infinite.any():
+                band = int(np.argwhere(infinite.any(axis=(1, 2)))[0, 0])
+                raise InputError(
+                    f"the imagery holds {int(infinite.sum()):,} infinite values (first in band "
+                    f"{band + 1}, in the block at row {window.row}, col {window.col}); a "
+                    "reflectance is never infinite: set those pixels to the nodata value or to "
+                    "NaN (which w2w treats as nodata) and ingest again"
+                )
         valid = valid_pixels(image, self.nodata)
         store = SceneStore.open(self.store_url, mode="r+")
         store.write("image", window, image)

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from w2w import storage
 from w2w.bundle import Bundle, load_bundle
 from w2w.config import PathStr, StageConfig
-from w2w.errors import ConfigError, InputError, OutputError
+from w2w.errors import ConfigError, InputError, OutputError, StageFailedError
 from w2w.grid import Grid, Window, chip_origins
 from w2w.store import CLASS_NODATA, MosaicStore, SceneStore
 
@@ -54,6 +54,12 @@ class PredictConfig(StageConfig):
     actors: int = Field(default=1, ge=1, description="size of the inference actor pool")
     use_gpu: bool = False
     cpus_per_actor: float = Field(default=1, gt=0)
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads of a CPU actor; default: its CPUs (at least 1). More threads "
+        "than CPUs lets one actor use cores the light read/write tasks leave idle",
+    )
     read_cpus: float = Field(
         default=0.5,
         gt=0,
@@ -154,7 +160,7 @@ class Predictor:
         self.class_ids = np.asarray(ids, dtype=np.uint8)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        classes, confidences = [], []
+        classes, confidences, counts = [], [], []
         for i in range(len(batch["row"])):
             block = Window(
                 int(batch["row"][i]),
@@ -165,8 +171,15 @@ class Predictor:
             cls, conf = self.predict_block(block, batch["image"][i], batch["valid"][i])
             classes.append(cls)
             confidences.append(conf)
+            inner = block.relative_to(self.bp.window(block))
+            counts.append(int(batch["valid"][i][inner.slices].sum()))
         out = {k: batch[k] for k in ("row", "col", "height", "width")}
-        return {**out, "class": np.stack(classes), "confidence": np.stack(confidences)}
+        return {
+            **out,
+            "class": np.stack(classes),
+            "confidence": np.stack(confidences),
+            "valid_pixels": np.asarray(counts, dtype=np.int64),
+        }
 
     def predict_block(
         self, block: Window, image: np.ndarray, valid: np.ndarray
@@ -244,7 +257,7 @@ def write_blocks(
         mosaic.write("class", block, batch["class"][i][:h, :w])
         if with_confidence:
             mosaic.write("confidence", block, batch["confidence"][i][:h, :w])
-        mosaic.mark_block_done(block)
+        mosaic.mark_block_done(block, int(batch["valid_pixels"][i]))
     return {"row": batch["row"], "col": batch["col"]}
 
 
@@ -261,6 +274,111 @@ class PredictReport:
     blocks_written: int
     seconds: float
     pixels_per_second: float
+
+
+@dataclass(frozen=True)
+class BlockCoverage:
+    """A block whose written classes do not cover the valid input pixels it recorded."""
+
+    window: Window
+    expected: int  # valid input pixels recorded by the block's writer
+    found: int  # classified pixels read back from the mosaic
+
+
+@dataclass(frozen=True)
+class CoverageReport:
+    """What :func:`verify_coverage` found: blocks never finished, and blocks with holes."""
+
+    blocks_total: int
+    missing: tuple[Window, ...]
+    holes: tuple[BlockCoverage, ...]
+    checked_pixels: int
+
+    @property
+    def ok(self) -> bool:
+        """Every block finished and fully classified."""
+        return not self.missing and not self.holes
+
+    def describe(self) -> str:
+        """One line for messages and the log."""
+        if self.ok:
+            return (
+                f"all {self.blocks_total} blocks finished; every one of the "
+                f"{self.checked_pixels:,} valid pixels has a class"
+            )
+        parts = []
+        if self.missing:
+            shown = ", ".join(f"(row {w.row}, col {w.col})" for w in self.missing[:5])
+            parts.append(f"{len(self.missing)} block(s) never finished: {shown}")
+        if self.holes:
+            shown = ", ".join(
+                f"(row {h.window.row}, col {h.window.col}): {h.expected - h.found:,} of "
+                f"{h.expected:,} valid pixels without a class"
+                for h in self.holes[:5]
+            )
+            parts.append(f"{len(self.holes)} block(s) with holes: {shown}")
+        return "; ".join(parts)
+
+
+def _block_classified(item: tuple[str, dict[str, int]]) -> tuple[dict[str, int], int]:
+    """Coverage task: classified (non-nodata) pixels of one block, read back from storage."""
+    url, window = item
+    mosaic = MosaicStore.open(url)
+    return window, int((mosaic.read_class(Window(**window)) != CLASS_NODATA).sum())
+
+
+def verify_coverage(
+    mosaic_url: str, *, engine: str = "ray", progress: bool = True
+) -> CoverageReport:
+    """Check a mosaic for holes, cheaply: every block is recorded as finished, and the classes
+    read back from storage cover as many pixels as the block's writer found valid in the
+    input (so a lost or partial write shows). Reads only the uint8 class array."""
+    from w2w.runtime import run_blocks
+
+    mosaic = MosaicStore.open(mosaic_url)
+    blocks = mosaic.blocks()
+    done = mosaic.done_blocks()
+    expected = mosaic.expected_valid_pixels()
+    b = mosaic.block
+    missing = tuple(w for w in blocks if not done[w.row // b, w.col // b])
+    finished = [w for w in blocks if done[w.row // b, w.col // b]]
+    holes: list[BlockCoverage] = []
+    checked = 0
+    if expected is None:
+        log.warning("%s records no valid-pixel counts (made by an older w2w)", mosaic_url)
+    else:
+        items = [(mosaic.url, w.to_dict()) for w in finished]
+        for window, found in run_blocks(
+            _block_classified,
+            items,
+            engine=engine,  # type: ignore[arg-type]
+            what="coverage check",
+            num_cpus=0.5,
+            progress=progress,
+        ):
+            w = Window(**window)
+            want = int(expected[w.row // b, w.col // b])
+            checked += max(want, 0)
+            if want < 0 or found != want:
+                holes.append(BlockCoverage(w, want, found))
+    holes.sort(key=lambda h: (h.window.row, h.window.col))
+    return CoverageReport(len(blocks), missing, tuple(holes), checked)
+
+
+def actor_fault_tolerance() -> tuple[int, int]:
+    """(max_restarts, max_task_retries) that Ray Data gives the inference actor pool.
+
+    Prediction relies on both being -1 (restart a lost actor and retry its blocks without
+    limit; blocks are idempotent). Ray 2.60 sets them as defaults of every actor pool and
+    deprecates passing them to ``map_batches``, so w2w checks them instead of setting them.
+    """
+    from ray.data import DataContext
+    from ray.data._internal.execution.operators.actor_pool_map_operator import (
+        ActorPoolMapOperator,
+    )
+
+    args = ActorPoolMapOperator._apply_default_remote_args({}, DataContext.get_current())
+    return int(args.get("max_restarts", 0)), int(args.get("max_task_retries", 0))
 
 
 def check_chunk_ownership(grid: Grid, blocks: list[Window], unit: tuple[int, int]) -> None:
@@ -289,13 +407,8 @@ def check_chunk_ownership(grid: Grid, blocks: list[Window], unit: tuple[int, int
 
 
 def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
-    """Predict every pixel of a scene into a mosaic store (resuming an unfinished one)."""
-    import ray
-    import ray.data
-
-    from w2w.progress import progress_bar
-    from w2w.runtime import ensure_ray, quiet_ray_data
-
+    """Predict every pixel of a scene into a mosaic store (resuming an unfinished one), then
+    check that every valid pixel has a class."""
     scene = SceneStore.open(cfg.scene)
     bundle = load_bundle(cfg.bundle)
     bundle.check_scene(scene.info, scene.url)
@@ -307,6 +420,14 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
             f"block ({cfg.block}) must be a multiple of the chip stride ({stride}) so that every "
             "block sees the same chip pattern"
         )
+    restarts, retries = actor_fault_tolerance()
+    if restarts == 0 or retries == 0:
+        log.warning(
+            "this Ray Data does not restart lost inference actors (max_restarts=%s, "
+            "max_task_retries=%s): a lost worker fails the run; re-run to resume it",
+            restarts,
+            retries,
+        )
     mosaic = _open_or_create_mosaic(cfg, scene, bundle, stride)
     blocks = mosaic.blocks()
     check_chunk_ownership(mosaic.grid, blocks, mosaic.chunk_shape("class"))
@@ -314,65 +435,42 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
     todo = [b for b in blocks if not done[b.row // mosaic.block, b.col // mosaic.block]]
     before = len(blocks) - len(todo)
     if before:
-        log.info("resuming: %d of %d blocks already done, skipped", before, len(blocks))
+        share = 1 - sum(w.size for w in todo) / mosaic.grid.full_window.size
+        log.info(
+            "resuming: %d of %d blocks already done (%.0f%% of the scene's pixels), skipped",
+            before,
+            len(blocks),
+            100 * share,
+        )
     if cfg.max_blocks is not None:
         todo = todo[: cfg.max_blocks]
     plan = BlockPlan(scene.grid.height, scene.grid.width, cfg.block, bundle.chip_size, stride)
 
     t0 = time.time()
-    written = 0
-    if todo:
-        ensure_ray()
-        quiet_ray_data()
-        rows = [b.to_dict() for b in todo]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(
-            read_blocks,
-            fn_kwargs={"scene_url": scene.url, "plan": plan.__dict__},
-            batch_size=1,
-            num_cpus=cfg.read_cpus,
-        )
-        ds = ds.map_batches(
-            Predictor,
-            fn_constructor_kwargs={
-                "bundle_url": storage.normalize(cfg.bundle),
-                "plan": plan.__dict__,
-                "settings": {
-                    "batch_size": cfg.batch_size,
-                    "tta": cfg.tta,
-                    "use_gpu": cfg.use_gpu,
-                    "threads": max(1, int(cfg.cpus_per_actor)),
-                },
-            },
-            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-            batch_size=1,
-            num_gpus=1 if cfg.use_gpu else 0,
-            num_cpus=cfg.cpus_per_actor,
-            # Fault tolerance, on purpose: Ray Data restarts a dead inference actor without
-            # limit and retries the blocks it held (max_restarts / max_task_retries = -1 for
-            # actor pools); read and write tasks are retried on worker death (Ray's task
-            # default). Every stage is idempotent -- a block rewrites only its own chunks --
-            # so a retried block gives the same mosaic. Application errors are not retried.
-        )
-        ds = ds.map_batches(
-            write_blocks,
-            fn_kwargs={"mosaic_url": mosaic.url, "with_confidence": cfg.confidence},
-            batch_size=1,
-            num_cpus=cfg.read_cpus,
-        )
-        with progress_bar("predict", total=len(todo), enabled=progress) as advance:
-            try:
-                for _ in ds.iter_rows():
-                    written += 1
-                    advance(1)
-            except Exception as exc:  # noqa: BLE001 - surface the worker's cause
-                from w2w.runtime import _raise_from_worker
-
-                _raise_from_worker(exc, "prediction")
-    seconds = time.time() - t0
-    finished = mosaic.done_blocks().all()
-    if finished:
+    written = _run_blocks(cfg, todo, plan, scene.url, mosaic.url, progress=progress)
+    if mosaic.done_blocks().all():
+        coverage = verify_coverage(mosaic.url, progress=progress)
+        if coverage.holes:
+            # A block whose classes read back short of its valid pixels lost (part of) a
+            # write: predict it again, once, then check again.
+            log.warning("coverage check: %s; predicting them again", coverage.describe())
+            redo = [h.window for h in coverage.holes]
+            mosaic.update_meta(complete=False)
+            for w in redo:
+                mosaic.clear_block(w)
+            written += _run_blocks(cfg, redo, plan, scene.url, mosaic.url, progress=progress)
+            coverage = verify_coverage(mosaic.url, progress=progress)
+        if not coverage.ok:
+            mosaic.update_meta(complete=False)
+            for h in coverage.holes:
+                mosaic.clear_block(h.window)
+            raise StageFailedError(
+                f"coverage check of {mosaic.url} failed: {coverage.describe()}; those blocks "
+                "are cleared from the manifest: run `w2w predict` again to redo them"
+            )
+        log.info("coverage check: %s", coverage.describe())
         mosaic.mark_complete()
+    seconds = time.time() - t0
     pixels = sum(b.size for b in todo)
     return PredictReport(
         output=mosaic.url,
@@ -382,6 +480,73 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
         seconds=seconds,
         pixels_per_second=pixels / seconds if seconds > 0 else 0.0,
     )
+
+
+def _run_blocks(
+    cfg: PredictConfig,
+    todo: list[Window],
+    plan: BlockPlan,
+    scene_url: str,
+    mosaic_url: str,
+    *,
+    progress: bool,
+) -> int:
+    """The Ray Data job over ``todo``: read -> predict (actor pool) -> write; blocks written."""
+    import ray
+    import ray.data
+
+    from w2w.progress import progress_bar
+    from w2w.runtime import _raise_from_worker, ensure_ray, quiet_ray_data
+
+    if not todo:
+        return 0
+    ensure_ray()
+    quiet_ray_data()
+    rows = [b.to_dict() for b in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(
+        read_blocks,
+        fn_kwargs={"scene_url": scene_url, "plan": plan.__dict__},
+        batch_size=1,
+        num_cpus=cfg.read_cpus,
+    )
+    ds = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={
+            "bundle_url": storage.normalize(cfg.bundle),
+            "plan": plan.__dict__,
+            "settings": {
+                "batch_size": cfg.batch_size,
+                "tta": cfg.tta,
+                "use_gpu": cfg.use_gpu,
+                "threads": cfg.threads or max(1, int(cfg.cpus_per_actor)),
+            },
+        },
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        batch_size=1,
+        num_gpus=1 if cfg.use_gpu else 0,
+        num_cpus=cfg.cpus_per_actor,
+        # Fault tolerance, on purpose (checked by actor_fault_tolerance): Ray Data restarts a
+        # dead inference actor without limit and retries the blocks it held; read and write
+        # tasks are retried on worker death (Ray's task default). Every stage is idempotent
+        # -- a block rewrites only its own chunks -- so a retried block gives the same mosaic.
+        # Application errors are not retried.
+    )
+    ds = ds.map_batches(
+        write_blocks,
+        fn_kwargs={"mosaic_url": mosaic_url, "with_confidence": cfg.confidence},
+        batch_size=1,
+        num_cpus=cfg.read_cpus,
+    )
+    written = 0
+    with progress_bar("predict", total=len(todo), enabled=progress) as advance:
+        try:
+            for _ in ds.iter_rows():
+                written += 1
+                advance(1)
+        except Exception as exc:  # noqa: BLE001 - surface the worker's cause
+            _raise_from_worker(exc, "prediction")
+    return written
 
 
 def _open_or_create_mosaic(

@@ -203,12 +203,15 @@ class MosaicWriter:
     def write_block(self, window: Window, sieved: np.ndarray, changed: np.ndarray) -> None:
         """Write one block's chunks, then mark the block done."""
         target = MosaicStore.open(self.output_url, mode="r+")
+        source = MosaicStore.open(self.input_url)
         target.write("class", window, sieved)
         if target.has_confidence:
-            confidence = MosaicStore.open(self.input_url).read_confidence(window)
+            confidence = source.read_confidence(window)
             confidence[changed] = 0
             target.write("confidence", window, confidence)
-        target.mark_block_done(window)
+        # The sieve never changes nodata: the input's classified pixels are the expectation.
+        expected = int((source.read_class(window) != CLASS_NODATA).sum())
+        target.mark_block_done(window, expected)
 
 
 # -- labelling --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ than half-way through a statewide ingest).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -71,8 +72,16 @@ def gdal_env(path: str) -> Iterator[None]:
 @contextlib.contextmanager
 def open_raster(path: str, *, role: str) -> Iterator[Any]:
     """Open a raster with rasterio, turning GDAL's errors into ones that say what to fix."""
-    if not storage.is_remote(path) and not storage.exists(path):
-        raise InputError(f"{role} file not found: {path}; check the path")
+    if not storage.is_remote(path):
+        if not storage.exists(path):
+            raise InputError(f"{role} file not found: {path}; check the path")
+        if os.path.isdir(path):
+            raise InputError(f"{role} file {path} is a folder; give the path of a raster file")
+        if os.path.getsize(path) == 0:
+            raise InputError(
+                f"{role} file {path} is empty (0 bytes); the download or export that made it "
+                "failed: make it again"
+            )
     with gdal_env(path):
         try:
             ds = rasterio.open(gdal_path(path))

@@ -151,6 +151,12 @@ def atomic_put_file(local_path: str | Path, url: str | Path) -> str:
 def ensure_writable_dir(folder: str | Path) -> None:
     """Create a local folder if needed and check that it can be written to."""
     p = Path(folder)
+    blocker = next((q for q in (p, *p.parents) if q.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(
+            f"cannot create output folder {p}: {blocker} is a file, not a folder; choose "
+            "another path"
+        )
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -551,6 +551,17 @@ class MosaicStore(GeoStore):
             dimension_names=["block_row", "block_col"],
         )
         done.attrs.update({"block": block})
+        # Per block, the valid input pixels its writer expects to have classified: what the
+        # coverage check compares the written classes against (-1: block not written).
+        counts = group.create_array(
+            "block_valid_pixels",
+            shape=(rows, cols),
+            chunks=(1, 1),
+            dtype="int64",
+            fill_value=-1,
+            dimension_names=["block_row", "block_col"],
+        )
+        counts.attrs.update({"block": block})
         return store
 
     @property
@@ -576,10 +587,25 @@ class MosaicStore(GeoStore):
         """(block rows, block cols) bool array: which blocks the manifest records as finished."""
         return np.asarray(self._array("blocks_done")[...]).astype(bool)
 
-    def mark_block_done(self, window: Window) -> None:
-        """Record a finished block; call only after its data has been written."""
+    def mark_block_done(self, window: Window, valid_pixels: int | None = None) -> None:
+        """Record a finished block, with the valid input pixels it classified; call only after
+        its data has been written."""
         i, j = window.row // self.block, window.col // self.block
+        if valid_pixels is not None and "block_valid_pixels" in self.array_names():
+            self._array("block_valid_pixels")[i, j] = int(valid_pixels)
         self._array("blocks_done")[i, j] = 1
+
+    def clear_block(self, window: Window) -> None:
+        """Forget a block in the manifest, so that the next run predicts it again."""
+        i, j = window.row // self.block, window.col // self.block
+        self._array("blocks_done")[i, j] = 0
+
+    def expected_valid_pixels(self) -> np.ndarray | None:
+        """(block rows, block cols) valid input pixels per written block (-1 where unknown),
+        or None for a mosaic made before w2w recorded them."""
+        if "block_valid_pixels" not in self.array_names():
+            return None
+        return np.asarray(self._array("block_valid_pixels")[...])
 
     def read_class(self, window: Window) -> np.ndarray:
         """(h, w) classes of ``window``; 255 outside the grid and where not predicted."""
