@@ -289,3 +289,20 @@ def test_pipeline_job_runs_every_stage_on_the_cluster(ray_head: RayHead, tmp_pat
         assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
         assert out.overviews(1) or max(out.shape) <= 512
     assert "test split: mIoU" in logs
+
+
+@pytest.mark.parametrize("name", ["tiny-local.yaml", "chihuahua-g5.yaml"])
+def test_example_job_configs_are_valid(name: str) -> None:
+    from w2w.pipeline import PipelineConfig, stage_configs
+
+    cfg = PipelineConfig.load(str(REPO / "jobs" / "configs" / name))
+    configs = stage_configs(cfg)
+    assert {"ingest", "train", "predict", "sieve", "export", "evaluate"} <= set(configs)
+    if name.startswith("chihuahua"):
+        assert all(
+            getattr(c, field).startswith("s3://")
+            for c in configs.values()
+            for field in ("output", "scene", "bundle", "input", "mosaic", "storage_path")
+            if isinstance(getattr(c, field, None), str)
+        )
+        assert configs["train"].workers.use_gpu and configs["predict"].use_gpu  # type: ignore[attr-defined]
