@@ -101,3 +101,23 @@ def test_label_map_option_takes_negative_values(tmp_path: Path) -> None:
         "-5=0;2=1",
     )
     assert code == 2 and "image file not found: x.tif" in err
+
+
+def test_progress_is_logged_in_tenths_without_a_terminal(caplog) -> None:
+    import logging
+
+    from w2w.progress import progress_bar
+
+    with caplog.at_level(logging.INFO, logger="w2w"):
+        logging.getLogger("w2w").propagate = True
+        try:
+            with progress_bar("predict", total=20) as advance:
+                for _ in range(20):
+                    advance(1)
+        finally:
+            logging.getLogger("w2w").propagate = False
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("predict:")]
+    assert len(lines) == 10, lines
+    assert lines[0].startswith("predict: 2 of 20 (10%)") and lines[-1].startswith(
+        "predict: 20 of 20"
+    )

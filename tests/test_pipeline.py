@@ -85,3 +85,19 @@ def test_default_demo_maps_the_synthetic_state_well(tmp_path: Path, ray_session:
     # Six classes: chance is a mean IoU under 0.1.
     assert result.metrics["val_miou"] > 0.6, result.metrics
     assert result.metrics["test_miou"] > 0.6, result.metrics
+
+
+def test_check_validates_every_stage_and_runs_nothing(tmp_path: Path) -> None:
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "jobs/configs/tiny-local.yaml").read_text())
+    cfg["workdir"] = str(tmp_path / "w")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["pipeline", str(path), "--check"])
+    assert result.exit_code == 0, result.output
+    for stage in ("synth", "ingest", "train", "predict", "sieve", "export", "evaluate"):
+        assert f"{stage}: ok" in result.stdout
+    assert not (tmp_path / "w").exists()
+    cfg["predict"]["blok"] = 128
+    path.write_text(yaml.safe_dump(cfg))
+    bad = runner.invoke(app, ["pipeline", str(path), "--check"])
+    assert bad.exit_code == 2 and "unknown key 'blok'; did you mean 'block'?" in bad.output

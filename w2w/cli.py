@@ -735,13 +735,22 @@ def pipeline(
             "under the workdir. Default: the file's 'stages', or every section.",
         ),
     ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only validate every stage's settings, run nothing.")
+    ] = False,
 ) -> None:
     """Run the whole job from one config: ingest, train, predict, sieve, export, evaluate."""
-    from w2w.pipeline import PipelineConfig, run_pipeline
+    from w2w.pipeline import PipelineConfig, run_pipeline, stage_configs
 
     cfg = PipelineConfig.load(str(config))
     if stage:
         cfg = cfg.replace(stages=stage)
+    if check:
+        for name, stage_cfg in stage_configs(cfg).items():
+            fields = ("images", "scene", "input", "bundle", "storage_path", "output")
+            paths = {f: getattr(stage_cfg, f) for f in fields if getattr(stage_cfg, f, None)}
+            out.print(f"{name}: ok  " + "  ".join(f"{k}={v}" for k, v in paths.items()))
+        return
     _print_pipeline(run_pipeline(cfg))
 
 

@@ -23,17 +23,23 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from w2w import storage
-from w2w.bundle import Bundle, load_bundle
 from w2w.config import PathStr, StageConfig
 from w2w.errors import ConfigError, InputError, OutputError, StageFailedError
 from w2w.grid import Grid, Window, chip_origins
 from w2w.store import CLASS_NODATA, MosaicStore, SceneStore
+
+if TYPE_CHECKING:
+    from w2w.bundle import Bundle
+
+# torch (through w2w.bundle) is imported only where a model is used: the read, write and
+# coverage tasks run in Ray workers that then stay small (importing torch costs each
+# worker process a few hundred MiB).
 
 log = logging.getLogger("w2w")
 
@@ -145,6 +151,8 @@ class Predictor:
 
     def __init__(self, bundle_url: str, plan: dict[str, int], settings: dict[str, Any]) -> None:
         import torch
+
+        from w2w.bundle import load_bundle
 
         self.settings = settings
         self.bp = BlockPlan(**plan)
@@ -409,6 +417,8 @@ def check_chunk_ownership(grid: Grid, blocks: list[Window], unit: tuple[int, int
 def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
     """Predict every pixel of a scene into a mosaic store (resuming an unfinished one), then
     check that every valid pixel has a class."""
+    from w2w.bundle import load_bundle
+
     scene = SceneStore.open(cfg.scene)
     bundle = load_bundle(cfg.bundle)
     bundle.check_scene(scene.info, scene.url)

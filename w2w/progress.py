@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -45,8 +46,13 @@ def progress_bar(
     description: str, *, total: int | None, enabled: bool = True
 ) -> Iterator[Callable[[int], None]]:
     """A progress bar for ``total`` steps; yields a function that advances it."""
-    if not (enabled and _state["enabled"] and sys.stderr.isatty()):
+    if not (enabled and _state["enabled"]):
         yield lambda n: None
+        return
+    if not sys.stderr.isatty():
+        # Logs (a Ray job's, a file): a line every tenth of the way instead of a bar.
+        with _progress_lines(description, total) as advance:
+            yield advance
         return
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -58,3 +64,28 @@ def progress_bar(
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def _progress_lines(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    log = logging.getLogger("w2w")
+    state = {"done": 0, "next": 0.1}
+    t0 = time.time()
+
+    def advance(n: int) -> None:
+        state["done"] += n
+        if not total:
+            return
+        fraction = state["done"] / total
+        if fraction >= state["next"] or state["done"] == total:
+            log.info(
+                "%s: %d of %d (%.0f%%) in %.0f s",
+                description,
+                state["done"],
+                total,
+                100 * fraction,
+                time.time() - t0,
+            )
+            state["next"] = (int(fraction * 10) + 1) / 10
+
+    yield advance
