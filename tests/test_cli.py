@@ -103,20 +103,32 @@ def test_label_map_option_takes_negative_values(tmp_path: Path) -> None:
     assert code == 2 and "image file not found: x.tif" in err
 
 
-def test_progress_is_logged_in_tenths_without_a_terminal(caplog) -> None:
+def test_progress_is_logged_in_tenths_without_a_terminal() -> None:
     import logging
 
-    from w2w.progress import progress_bar
+    from w2w.progress import progress_bar, set_enabled
 
-    with caplog.at_level(logging.INFO, logger="w2w"):
-        logging.getLogger("w2w").propagate = True
-        try:
-            with progress_bar("predict", total=20) as advance:
-                for _ in range(20):
-                    advance(1)
-        finally:
-            logging.getLogger("w2w").propagate = False
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("predict:")]
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    logger = logging.getLogger("w2w")
+    collect, level = Collect(), logger.level
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    set_enabled(True)  # earlier tests may have run the CLI with --quiet in this process
+    try:
+        with progress_bar("predict", total=20) as advance:
+            for _ in range(20):
+                advance(1)
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)
+    lines = [line for line in collect.lines if line.startswith("predict:")]
     assert len(lines) == 10, lines
     assert lines[0].startswith("predict: 2 of 20 (10%)") and lines[-1].startswith(
         "predict: 20 of 20"
