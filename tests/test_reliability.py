@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import TINY_MODEL
-from w2w.errors import ConfigError
+from w2w.errors import ConfigError, InputError
 from w2w.grid import Window
 from w2w.predict import (
     PredictConfig,
@@ -78,6 +78,14 @@ def clean_mosaic(tiny_run, synthetic_scene: str, tmp_path_factory: pytest.TempPa
 # -- worker and driver loss -----------------------------------------------------------------
 
 
+def _blocks_done(url: Path) -> int:
+    """Blocks a running prediction has finished so far (0 while its store is being made)."""
+    try:
+        return int(MosaicStore.open(str(url)).done_blocks().sum())
+    except (InputError, ValueError):  # not there yet, or its metadata is half written
+        return 0
+
+
 def test_ray_data_restarts_lost_actors_by_design() -> None:
     """Prediction relies on Ray Data restarting a lost inference actor and retrying its
     blocks without limit; a Ray upgrade that changed this would fail here."""
@@ -97,7 +105,7 @@ def test_killed_inference_actor_gives_the_same_mosaic(
     deadline = time.time() + 300
     while killed is None and time.time() < deadline and thread.is_alive():
         actors = [p for p in _ray_processes("Predictor") if p.pid not in before]
-        if actors and out.exists() and MosaicStore.open(str(out)).done_blocks().sum() >= 2:
+        if actors and _blocks_done(out) >= 2:
             actors[0].send_signal(signal.SIGKILL)
             killed = actors[0].pid
         time.sleep(0.2)
@@ -130,10 +138,9 @@ def test_killed_prediction_job_resumes_from_its_manifest(
     done = 0
     try:
         while time.time() < deadline and proc.poll() is None:
-            if out.exists():
-                done = int(MosaicStore.open(str(out)).done_blocks().sum())
-                if done >= 4:
-                    break
+            done = _blocks_done(out)
+            if done >= 4:
+                break
             time.sleep(0.2)
         assert proc.poll() is None, "prediction ended before it could be killed"
     finally:
