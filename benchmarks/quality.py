@@ -25,8 +25,6 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.common import publish, run_header
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -44,17 +44,28 @@ RECIPE: dict[str, Any] = {
     "model": {
         "arch": "Unet",
         "encoder": "tu-resnet10t",
-        "options": {"encoder_depth": 3, "decoder_channels": [64, 32, 16]},
+        "options": {
+            "encoder_depth": 3,
+            "decoder_channels": [64, 32, 16],
+            "spectral_branch": 64,
+            "context_bound": 4.0,
+        },
     },
-    "chips": {"size": 64, "stride": 16, "min_valid_fraction": 0.1, "balance": True},
-    "augment": {"flips": True, "brightness": 0.05, "contrast": 0.05},
-    "loss": {"ce": 1.0, "dice": 0.0, "label_smoothing": 0.05, "class_weights": "auto"},
-    "optim": {"lr": 0.002, "weight_decay": 0.01, "schedule": "cosine", "warmup_epochs": 1},
-    "normalization": "percentile",
-    "epochs": 25,
+    "chips": {"size": 64, "stride": 8, "min_valid_fraction": 0.1, "balance": True},
+    "augment": {"flips": True, "brightness": 0.0, "contrast": 0.0},
+    "loss": {
+        "ce": 1.0,
+        "dice": 0.0,
+        "label_smoothing": 0.0,
+        "class_weights": "auto",
+        "spectral_aux": 0.5,
+    },
+    "optim": {"lr": 0.01, "weight_decay": 0.01, "schedule": "cosine", "warmup_epochs": 1},
+    "normalization": "zscore",
+    "epochs": 18,
     "batch_size": 16,
     "patience": None,
-    "workers": {"num_workers": 1},
+    "workers": {"num_workers": 1, "cpus_per_worker": 2},
 }
 
 
@@ -87,7 +98,11 @@ SCENES = {
         label=str(REAL / "aberystwyth_sentinel2" / "aber_subset_labels.tif"),
         classes={1: "forest", 2: "grass", 3: "urban", 4: "water"},
     ),
-    "synthetic": Scene("synthetic", synthetic={"height": 512, "width": 512, "seed": 7}),
+    "synthetic": Scene(
+        "synthetic",
+        synthetic={"height": 512, "width": 512, "seed": 7},
+        recipe={"epochs": 5},
+    ),
 }
 
 
@@ -323,19 +338,6 @@ def markdown(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the quality benchmark; see the module docstring."""
     parser = argparse.ArgumentParser(
@@ -385,26 +387,10 @@ def main(argv: list[str] | None = None) -> int:
                 f" | {r['epochs']} epochs, train {r['seconds']['w2w_train']:.0f} s",
                 flush=True,
             )
-    header = {
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python -m benchmarks.quality "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": _git_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "seconds": time.time() - t0,
-        "seed": args.seed,
-        "recipe": merged(RECIPE, overrides),
-    }
-    (workdir / "quality.json").write_text(
-        json.dumps({"header": header, "results": results}, indent=2)
-    )
-    table = markdown(results, header)
-    (workdir / "quality.md").write_text(table)
-    print(table)
-    if args.results:
-        results_md = REPO / "benchmarks" / "RESULTS.md"
-        existing = results_md.read_text() if results_md.exists() else "# Benchmark results\n\n"
-        results_md.write_text(existing.rstrip() + "\n\n" + table)
+    header = run_header("python -m benchmarks quality", argv)
+    header.update(seconds=time.time() - t0, seed=args.seed, recipe=merged(RECIPE, overrides))
+    res = {"results": results}
+    publish(workdir / "quality.json", header, res, markdown(results, header), record=args.results)
     return 0
 
 

@@ -261,3 +261,29 @@ def test_sparse_labels_chiapas(tmp_path: Path, ray_session: None) -> None:
         assert h["val_pixels"] == labelled_in_val  # exactly the labelled pixels, nothing else
     assert report.chips["train"]["labelled_pixels"] + labelled_in_val <= 718
     assert np.isfinite([h["train_loss"] for h in report.history]).all()
+
+
+def test_spectral_branch_and_context_bound() -> None:
+    """The per-pixel branch adds its logits; with a bound, the network's share of a pixel's
+    logits never exceeds it however large the network's own logits are."""
+    from w2w.models import ModelSpec, SpectralContextModel, build_model
+
+    options = {**TINY_MODEL.get("options", {}), "spectral_branch": 8, "context_bound": 2.0}
+    spec = ModelSpec(TINY_MODEL["arch"], TINY_MODEL["encoder"], 4, 3, options)
+    model = build_model(spec)
+    assert isinstance(model, SpectralContextModel)
+    with torch.no_grad():
+        for p in model.network.parameters():
+            p.mul_(50.0)  # a network with huge logits
+    model.eval()
+    x = torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        share = model(x) - model.spectral(x)
+        raw = model.network(x)
+    assert raw.abs().max() > 2.0
+    assert share.abs().max() <= 2.0 + 1e-5
+    torch.testing.assert_close(share, 2.0 * torch.tanh(raw / 2.0))
+    with pytest.raises(ConfigError, match="context_bound"):
+        build_model(
+            ModelSpec(TINY_MODEL["arch"], TINY_MODEL["encoder"], 4, 3, {"context_bound": 2})
+        )

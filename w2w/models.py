@@ -10,6 +10,12 @@ convolutions (N hidden channels) on the input bands, whose logits are added to t
 network's. Encoders start by downsampling, so a plain U-Net cannot reproduce single-pixel
 detail; the branch gives the model what a per-pixel classifier sees at full resolution,
 while the network adds the spatial context.
+
+Option ``context_bound: B`` (with the branch) bounds what the network can add to a pixel's
+logits to ``B * tanh(logits / B)``: the context then corrects the spectrum where the spectrum
+is ambiguous but cannot overrule it where it is clear. Without it, a network trained on one
+part of a scene can assign confident, wrong logits to land it never saw there (open sea after
+training on rivers), and those swamp a per-pixel branch that was right.
 """
 
 from __future__ import annotations
@@ -87,6 +93,12 @@ def build_model(spec: ModelSpec) -> Any:
         )
     options = dict(spec.options)
     spectral = int(options.pop("spectral_branch", 0) or 0)
+    bound = options.pop("context_bound", None)
+    if bound is not None and (spectral <= 0 or not float(bound) > 0):
+        raise ConfigError(
+            f"model option context_bound={bound} needs a positive bound and "
+            "spectral_branch > 0 (it bounds the network's share beside the per-pixel branch)"
+        )
     if "decoder_channels" in options:
         options["decoder_channels"] = tuple(options["decoder_channels"])
     try:
@@ -101,16 +113,26 @@ def build_model(spec: ModelSpec) -> Any:
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"cannot build {arch} with encoder {enc}: {exc}") from None
     if spectral > 0:
-        return SpectralContextModel(model, spec.in_channels, spec.classes, spectral)
+        return SpectralContextModel(
+            model, spec.in_channels, spec.classes, spectral, None if bound is None else float(bound)
+        )
     return model
 
 
 class SpectralContextModel(nn.Module):
     """A segmentation network plus a per-pixel MLP on the bands; their logits add up."""
 
-    def __init__(self, network: nn.Module, in_channels: int, classes: int, hidden: int) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        in_channels: int,
+        classes: int,
+        hidden: int,
+        context_bound: float | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
+        self.context_bound = context_bound
         self.spectral = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 1),
             nn.ReLU(inplace=True),
@@ -129,10 +151,16 @@ class SpectralContextModel(nn.Module):
         return self.network.encoder
 
     def forward(self, x: Any) -> Any:
-        """Logits of the network plus those of the per-pixel branch."""
+        """Logits of the network (bounded, if so configured) plus those of the per-pixel
+        branch."""
+        import torch
+
         spectral = self.spectral(x)
         self.spectral_logits = spectral if self.training else None
-        return self.network(x) + spectral
+        context = self.network(x)
+        if self.context_bound is not None:
+            context = self.context_bound * torch.tanh(context / self.context_bound)
+        return context + spectral
 
 
 def output_stride(model: Any) -> int:

@@ -231,6 +231,12 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         len(test_sel),
     )
     reader = ChipReader(store.url, cfg.chips.size, normalizer.to_dict(), tuple(int(v) for v in lut))
+    # The selection lists chips in scene order, a repeated chip's copies side by side. The
+    # training loop shuffles only within a small buffer, so in that order every batch would
+    # hold neighbouring (overlapping) chips of one small area: noisy batch-norm statistics
+    # and gradients that see one land cover at a time. Shuffle once here, seeded.
+    rows = train_sel.rows
+    train_rows = [rows[i] for i in np.random.default_rng(cfg.seed).permutation(len(rows))]
     return {
         "spec": spec.to_dict(),
         "classes": [c.to_dict() for c in classes],
@@ -238,7 +244,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         "nodata": info.nodata,
         "normalizer": normalizer.to_dict(),
         "reader": reader,
-        "train_rows": train_sel.rows,
+        "train_rows": train_rows,
         "val_windows": [w.to_dict() for w in val_sel.windows],
         "class_weights": weights,
         "split": plan.to_dict(),
