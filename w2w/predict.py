@@ -335,15 +335,24 @@ def _block_classified(item: tuple[str, dict[str, int]]) -> tuple[dict[str, int],
     return window, int((mosaic.read_class(Window(**window)) != CLASS_NODATA).sum())
 
 
+#: Mosaics up to this many pixels are checked for coverage in this process: reading back
+#: 64 MB of uint8 classes takes well under a second here, less than starting Ray tasks.
+COVERAGE_LOCAL_PIXELS = 1 << 26
+
+
 def verify_coverage(
-    mosaic_url: str, *, engine: str = "ray", progress: bool = True
+    mosaic_url: str, *, engine: str = "auto", progress: bool = True
 ) -> CoverageReport:
     """Check a mosaic for holes, cheaply: every block is recorded as finished, and the classes
     read back from storage cover as many pixels as the block's writer found valid in the
-    input (so a lost or partial write shows). Reads only the uint8 class array."""
+    input (so a lost or partial write shows). Reads only the uint8 class array, on Ray tasks
+    (``engine="ray"``), in this process (``"local"``), or ``"auto"``: in this process for a
+    mosaic of at most :data:`COVERAGE_LOCAL_PIXELS` pixels, else on Ray."""
     from w2w.runtime import run_blocks
 
     mosaic = MosaicStore.open(mosaic_url)
+    if engine == "auto":
+        engine = "local" if mosaic.grid.full_window.size <= COVERAGE_LOCAL_PIXELS else "ray"
     blocks = mosaic.blocks()
     done = mosaic.done_blocks()
     expected = mosaic.expected_valid_pixels()
