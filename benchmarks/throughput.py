@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,44 +264,6 @@ def model_only(
             torch.softmax(model(x).float(), dim=1)
             n += batch
         return n / (time.perf_counter() - t0)
-
-
-class BlockClock:
-    """Times the blocks of a running prediction from its manifest, polled in a thread: when
-    the first block was finished (the job's start-up: planning, Ray Data, actor start, model
-    load, the first block's read) and when the last one was."""
-
-    def __init__(self, url: Path, interval: float = 0.25) -> None:
-        self.url, self.interval = url, interval
-        self.first: float | None = None
-        self.last: float | None = None
-        self.blocks = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        from w2w.errors import W2WError
-        from w2w.store import MosaicStore
-
-        while not self._stop.wait(self.interval):
-            try:
-                done = int(MosaicStore.open(str(self.url)).done_blocks().sum())
-            except (W2WError, ValueError):  # not created yet, or being created
-                continue
-            now = time.perf_counter() - self.t0
-            if done and self.first is None:
-                self.first = now
-            if done > self.blocks:
-                self.blocks, self.last = done, now
-
-    def __enter__(self) -> BlockClock:
-        self.t0 = time.perf_counter()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def w2w_predict(store: str, bundle: str, out: Path, s: Settings, stride: int | None) -> Any:
@@ -548,19 +509,17 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
         bundle = make_bundle(store, model, s.chip, out / f"{name}.safetensors", s.seed)
         limit_cps = model_only(bundle, store, s.batch, threads)
         mosaic = out / f"mosaic-{name}.zarr"
-        if mosaic.exists():
-            shutil.rmtree(mosaic)
-        with BlockClock(mosaic) as clock:
-            pr = timed(lambda b=bundle, m=mosaic: w2w_predict(store, b, m, s, s.chip))
+        pr = timed(lambda b=bundle, m=mosaic: w2w_predict(store, b, m, s, s.chip))
         forwards, unique = chip_forwards(s.size, s.size, s.block, s.chip, s.chip)
         # The compute limit: the model alone forwarding each chip of the grid once.
         eff = (unique / limit_cps) / pr.seconds
         # Where the rest goes: the start-up until the first block is done, and the steady
         # state between the first and the last block (the blocks here are all the same size).
+        first, last = pr.result.first_block_seconds, pr.result.last_block_seconds
+        blocks = pr.result.blocks_written
         steady = None
-        if clock.first is not None and clock.last and clock.blocks > 1:
-            share = (clock.blocks - 1) / clock.blocks
-            steady = (unique * share / limit_cps) / (clock.last - clock.first)
+        if first is not None and last is not None and blocks > 1 and last > first:
+            steady = (unique * (blocks - 1) / blocks / limit_cps) / (last - first)
         naive_dir, map_path = out / f"naive-{name}", out / f"map-{name}.tif"
         naive = timed(lambda b=bundle, d=naive_dir: naive_baseline(image, b, d, threads))
         ex = timed(lambda m=mosaic, p=map_path: w2w_export(str(m), p))
@@ -585,8 +544,8 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
             "pipeline_chips_per_s": round(forwards / pr.seconds, 2),
             "chip_forwards": forwards,
             "efficiency": round(eff, 3),
-            "first_block_seconds": None if clock.first is None else round(clock.first, 1),
-            "last_block_seconds": None if clock.last is None else round(clock.last, 1),
+            "first_block_seconds": None if first is None else round(first, 1),
+            "last_block_seconds": None if last is None else round(last, 1),
             "model_only_seconds": round(unique / limit_cps, 1),
             "steady_state_efficiency": None if steady is None else round(steady, 3),
             "naive_seconds": {k: round(v, 2) for k, v in naive.result.items()},
@@ -597,7 +556,7 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
         }
         log(
             f"predict {name}: {rate(px, pr):.3f} Mpx/s; model only {limit_cps:.2f} chips/s "
-            f"-> efficiency {eff:.2f} (first block after {clock.first or 0:.1f} s; "
+            f"-> efficiency {eff:.2f} (first block after {first or 0:.1f} s; "
             f"steady state {steady or 0:.2f}); naive {naive.seconds:.1f} s vs w2w "
             f"{pr.seconds:.1f} s"
         )

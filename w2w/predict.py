@@ -282,6 +282,11 @@ class PredictReport:
     blocks_written: int
     seconds: float
     pixels_per_second: float
+    #: Seconds from the start until the first block was written (the job's start-up: Ray
+    #: Data, the actors' imports and model load, the first block's read and forward) and
+    #: until the last one was; None when no block was written.
+    first_block_seconds: float | None = None
+    last_block_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -466,7 +471,8 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
     plan = BlockPlan(scene.grid.height, scene.grid.width, cfg.block, bundle.chip_size, stride)
 
     t0 = time.time()
-    written = _run_blocks(cfg, todo, plan, scene.url, mosaic.url, progress=progress)
+    finished: list[float] = []  # when each block was written
+    written = _run_blocks(cfg, todo, plan, scene.url, mosaic.url, progress=progress, times=finished)
     if mosaic.done_blocks().all():
         coverage = verify_coverage(mosaic.url, progress=progress)
         if coverage.holes:
@@ -498,6 +504,8 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
         blocks_written=written,
         seconds=seconds,
         pixels_per_second=pixels / seconds if seconds > 0 else 0.0,
+        first_block_seconds=finished[0] - t0 if finished else None,
+        last_block_seconds=finished[-1] - t0 if finished else None,
     )
 
 
@@ -509,8 +517,10 @@ def _run_blocks(
     mosaic_url: str,
     *,
     progress: bool,
+    times: list[float] | None = None,
 ) -> int:
-    """The Ray Data job over ``todo``: read -> predict (actor pool) -> write; blocks written."""
+    """The Ray Data job over ``todo``: read -> predict (actor pool) -> write; blocks written.
+    The time each block was written is appended to ``times``."""
     import ray
     import ray.data
 
@@ -562,6 +572,8 @@ def _run_blocks(
         try:
             for _ in ds.iter_rows():
                 written += 1
+                if times is not None:
+                    times.append(time.time())
                 advance(1)
         except Exception as exc:  # noqa: BLE001 - surface the worker's cause
             _raise_from_worker(exc, "prediction")
