@@ -158,15 +158,16 @@ def model_sweep(
     """Model-only forward throughput (softmax included) per chip size and batch size."""
     import torch
 
-    from w2w.models import ModelSpec, build_model
+    from w2w.models import ModelSpec, build_model, channels_last, channels_last_input
 
+    # In the memory layout prediction uses (channels last).
     model = build_model(ModelSpec(MODEL["arch"], MODEL["encoder"], bands, classes)).to(device)
-    model.eval()
+    model = channels_last(model.eval())
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     rows = []
     for size in sizes:
         for batch in batches:
-            x = torch.randn(batch, bands, size, size, device=device)
+            x = channels_last_input(torch.randn(batch, bands, size, size, device=device))
             if device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()

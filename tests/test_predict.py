@@ -68,6 +68,7 @@ def test_interrupted_prediction_resumes_to_the_same_mosaic(
         progress=False,
     )
     assert first.blocks_written == 4
+    assert 0 < first.first_block_seconds <= first.last_block_seconds <= first.seconds
     partial = MosaicStore.open(str(out))
     assert int(partial.done_blocks().sum()) == 4 and not partial.meta["complete"]
     second = predict(
@@ -81,6 +82,7 @@ def test_interrupted_prediction_resumes_to_the_same_mosaic(
         progress=False,
     )
     assert again.blocks_written == 0 and again.blocks_done_before == 9
+    assert again.first_block_seconds is None and again.last_block_seconds is None
 
 
 def test_existing_mosaic_from_other_settings_is_refused(

@@ -153,6 +153,7 @@ class Predictor:
         import torch
 
         from w2w.bundle import load_bundle
+        from w2w.models import channels_last
 
         self.settings = settings
         self.bp = BlockPlan(**plan)
@@ -161,7 +162,7 @@ class Predictor:
         self.device = torch.device("cuda" if self.use_gpu else "cpu")
         if not self.use_gpu:
             torch.set_num_threads(max(1, int(settings.get("threads", 1))))
-        self.model = self.bundle.model(str(self.device))
+        self.model = channels_last(self.bundle.model(str(self.device)))
         self.bf16 = self.use_gpu and torch.cuda.is_bf16_supported()
         self.weights = blend_weights(self.bp.chip)
         ids = [c.id for c in self.bundle.classes]
@@ -231,7 +232,9 @@ class Predictor:
         """Softmax probabilities (N, K, c, c) float32, averaged over flips with TTA."""
         import torch
 
-        x = x.to(self.device)
+        from w2w.models import channels_last_input
+
+        x = channels_last_input(x.to(self.device))
         flips: list[tuple[int, ...]] = [()]
         if self.settings["tta"]:
             flips = [(), (-1,), (-2,), (-2, -1)]
@@ -246,7 +249,7 @@ class Predictor:
                 p = torch.flip(p, dims) if dims else p
                 total = p if total is None else total + p
         assert total is not None
-        return (total / len(flips)).cpu().numpy()
+        return (total / len(flips)).contiguous().cpu().numpy()
 
 
 def write_blocks(
