@@ -126,6 +126,12 @@ class TrainConfig(StageConfig):
     cache_chips: Literal["auto", "yes", "no"] = "auto"
     val_batch_size: int = Field(default=16, ge=1)
     seed: int = 0
+    reproducible: bool = Field(
+        default=True,
+        description="stream the chips in a fixed order, so that a seed gives the same model on "
+        "CPU; costs a little throughput (a slow read holds later chips back), so large GPU "
+        "runs may turn it off",
+    )
     engine: Literal["ray", "local"] = Field(default="ray", description="for the chip index scan")
     overwrite: bool = Field(default=False, description="delete an existing run of this name first")
 
@@ -266,9 +272,22 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     quiet_ray_data()
     plan = prepare(cfg, progress=progress)
     claim_run(cfg, plan)
-    ds = chip_dataset(plan["train_rows"], plan["reader"], batch_size=max(4, cfg.batch_size))
-    if _should_cache(cfg, plan, ray):
-        ds = ds.materialize()
+    # Ray Data hands out blocks as their reads finish unless asked to keep their order; the
+    # order decides the batches, so it must be fixed for a seed to give the same model. A
+    # dataset keeps the context it was made in, and the trainer's split its own options.
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    before = context.execution_options.preserve_order
+    context.execution_options.preserve_order = cfg.reproducible
+    try:
+        ds = chip_dataset(plan["train_rows"], plan["reader"], batch_size=max(4, cfg.batch_size))
+        if _should_cache(cfg, plan, ray):
+            ds = ds.materialize()
+    finally:
+        context.execution_options.preserve_order = before
+    ingest_options = DataConfig.default_ingest_options()
+    ingest_options.preserve_order = cfg.reproducible
 
     workers = cfg.workers
     resources: dict[str, float] = {"CPU": workers.cpus_per_worker}
@@ -303,7 +322,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
         scaling_config=scaling,
         run_config=run_config,
         datasets={"train": ds},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest_options),
     )
     try:
         result = trainer.fit()
