@@ -24,6 +24,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -286,8 +287,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
             ds = ds.materialize()
     finally:
         context.execution_options.preserve_order = before
-    ingest_options = DataConfig.default_ingest_options()
-    ingest_options.preserve_order = cfg.reproducible
+    with warnings.catch_warnings():  # Ray's own defaults trip its deprecation warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ingest_options = DataConfig.default_ingest_options()
+        ingest_options.preserve_order = cfg.reproducible
 
     workers = cfg.workers
     resources: dict[str, float] = {"CPU": workers.cpus_per_worker}
