@@ -22,7 +22,7 @@ its throughput):
   of the state, with time per pixel and peak memory per stage.
 
 Memory is the peak proportional set size of the whole process tree (driver, Ray's raylet,
-object store and workers), sampled every 0.1 s. Nothing here asserts a speed: the runner
+object store and workers), sampled every 0.5 s. Nothing here asserts a speed: the runner
 prints and records what it measured.
 
     python -m benchmarks run [--size 6144] [--out bench-out/throughput] [--results]

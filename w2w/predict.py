@@ -285,9 +285,9 @@ class PredictReport:
     blocks_written: int
     seconds: float
     pixels_per_second: float
-    #: Seconds from the start until the first block was written (the job's start-up: Ray
-    #: Data, the actors' imports and model load, the first block's read and forward) and
-    #: until the last one was; None when no block was written.
+    #: Seconds from the start of the block job (the mosaic open) until the first block was
+    #: written (the job's start-up: Ray Data, the actors' imports and model load, the first
+    #: block's read and forward) and until the last one was; None when no block was written.
     first_block_seconds: float | None = None
     last_block_seconds: float | None = None
 
