@@ -158,7 +158,7 @@ def model_sweep(
     """Model-only forward throughput (softmax included) per chip size and batch size."""
     import torch
 
-    from w2w.models import ModelSpec, build_model, channels_last, channels_last_input
+    from w2w.model.models import ModelSpec, build_model, channels_last, channels_last_input
 
     # In the memory layout prediction uses (channels last).
     model = build_model(ModelSpec(MODEL["arch"], MODEL["encoder"], bands, classes)).to(device)
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU on this machine: nothing measured", file=sys.stderr)
         return 3
-    from w2w.runtime import ensure_ray
+    from w2w.core.runtime import ensure_ray
 
     ensure_ray()
     out = Path(args.out)

@@ -119,7 +119,7 @@ def merged(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
 def ingest_scene(scene: Scene, workdir: Path) -> str:
     """Make the scene store (synthetic states are generated first)."""
     from w2w.ingest import IngestConfig, ingest
-    from w2w.synth import SynthConfig, class_names, synthesize
+    from w2w.ingest.synth import SynthConfig, class_names, synthesize
 
     store = workdir / f"{scene.name}.zarr"
     images, label, classes = list(scene.images), scene.label, scene.classes
@@ -183,9 +183,8 @@ def train_config(
 def pixel_sets(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
     """The scene's pixels as (bands, features), labels, and the train / test masks that w2w
     uses: labelled valid pixels in the selected training chips, and in the test chips."""
-    from w2w.grid import Window
-    from w2w.split import SplitPlan
-    from w2w.store import SceneStore
+    from w2w.core.grid import Window
+    from w2w.core.store import SceneStore
     from w2w.train import prepare
 
     plan = prepare(cfg, progress=False)
@@ -193,15 +192,15 @@ def pixel_sets(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     full = store.grid.full_window
     image = store.read_image(full)
     valid = store.valid_mask(image)
-    lut = np.asarray(plan["reader"].lut, dtype=np.uint8)
+    lut = np.asarray(plan.reader.lut, dtype=np.uint8)
     classes = lut[store.read_label(full)]
     labelled = valid & (classes != 255)
     in_train = np.zeros(valid.shape, dtype=bool)
-    for row in plan["train_rows"]:
+    for row in plan.train_rows:
         w = Window(row["row"], row["col"], cfg.chips.size, cfg.chips.size).intersect(full)
         if w is not None:
             in_train[w.slices] = True
-    split = SplitPlan.from_dict(plan["split"])
+    split = plan.split
     in_test = split.pixel_mask(full, "test")
     return image, classes, labelled & in_train, labelled & in_test, plan
 
@@ -217,7 +216,7 @@ def random_forest(
     """Fit a 200-tree RandomForest on the training pixels; confusion matrix on the test ones."""
     from sklearn.ensemble import RandomForestClassifier
 
-    from w2w.metrics import confusion
+    from w2w.core.metrics import confusion
 
     x = image.reshape(image.shape[0], -1).T.astype(np.float32)
     flat_train, flat_test = train.ravel(), test.ravel()
@@ -231,8 +230,8 @@ def run_direction(
     scene: Scene, store: str, direction: str, workdir: Path, seed: int, overrides: dict[str, Any]
 ) -> dict[str, Any]:
     """Train, predict and evaluate w2w, and fit and score the RandomForest, on one split."""
+    from w2w.core.metrics import summary
     from w2w.evaluate import EvaluateConfig, evaluate
-    from w2w.metrics import summary
     from w2w.predict import PredictConfig, predict
     from w2w.train import train
 
@@ -260,7 +259,7 @@ def run_direction(
         )
     )
     image, classes, train_px, test_px, plan = pixel_sets(cfg)
-    names = [c["name"] for c in plan["classes"]]
+    names = [c.name for c in plan.classes]
     t0 = time.time()
     rf_cm = random_forest(image, classes, train_px, test_px, len(names), seed)
     t_rf = time.time() - t0
@@ -362,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             "the quality benchmark needs scikit-learn: pip install -e '.[bench]'", file=sys.stderr
         )
         return 2
-    from w2w.runtime import ensure_ray
+    from w2w.core.runtime import ensure_ray
 
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     ensure_ray()

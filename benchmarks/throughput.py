@@ -86,7 +86,7 @@ def km2_per_hour(mpx_per_s: float, pixel_m: float) -> float:
 
 def make_state(folder: Path, size: int, seed: int) -> tuple[str, str]:
     """A synthetic state as GeoTIFFs (image, labels)."""
-    from w2w.synth import SynthConfig, synthesize
+    from w2w.ingest.synth import SynthConfig, synthesize
 
     out = synthesize(
         SynthConfig(output=str(folder), height=size, width=size, seed=seed, overwrite=True),
@@ -98,7 +98,7 @@ def make_state(folder: Path, size: int, seed: int) -> tuple[str, str]:
 def ingest_state(image: str, label: str, store: Path) -> Any:
     """w2w ingest of the state (Ray tasks)."""
     from w2w.ingest import IngestConfig, ingest
-    from w2w.synth import class_names
+    from w2w.ingest.synth import class_names
 
     cfg = IngestConfig(
         images=[image],
@@ -147,13 +147,13 @@ def chip_plan(store: str, chip: int, out: Path) -> dict[str, Any]:
 
 def raw_chip_reads(plan: dict[str, Any], batch: int, epochs: int) -> int:
     """Reference: the same chips read (and normalised) from Zarr in this one process."""
-    from w2w.grid import Window
-    from w2w.store import SceneStore
+    from w2w.core.grid import Window
+    from w2w.core.store import SceneStore
 
-    reader = plan["reader"]
+    reader = plan.reader
     store = SceneStore.open(reader.store_url)
     windows = [
-        Window(r["row"], r["col"], reader.chip_size, reader.chip_size) for r in plan["train_rows"]
+        Window(r["row"], r["col"], reader.chip_size, reader.chip_size) for r in plan.train_rows
     ]
     n = 0
     for _ in range(epochs):
@@ -189,11 +189,11 @@ def chips_to_trainer(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from w2w.chips import chip_dataset
+    from w2w.train.chips import chip_dataset
 
     report = out / "chips-to-trainer.json"
     report.unlink(missing_ok=True)
-    ds = chip_dataset(plan["train_rows"], plan["reader"], batch_size=batch)
+    ds = chip_dataset(list(plan.train_rows), plan.reader, batch_size=batch)
     trainer = TorchTrainer(
         _iterate_chips,
         train_loop_config={"epochs": epochs, "batch": batch, "report": str(report.absolute())},
@@ -212,10 +212,10 @@ def make_bundle(store: str, model: dict[str, Any], chip: int, path: Path, seed: 
     """A randomly initialised model as a bundle for the scene (throughput needs no training)."""
     import torch
 
-    from w2w.bundle import Bundle, save_bundle
-    from w2w.models import ModelSpec, build_model
-    from w2w.normalization import Normalizer
-    from w2w.store import SceneStore
+    from w2w.core.store import SceneStore
+    from w2w.model.bundle import Bundle, save_bundle
+    from w2w.model.models import ModelSpec, build_model
+    from w2w.model.normalization import Normalizer
 
     info = SceneStore.open(store).info
     classes = tuple(c for c in info.classes if c.id != info.unlabelled)
@@ -243,10 +243,10 @@ def model_only(
     in memory -- real, normalised chips of the scene -- with the pipeline's batch and threads."""
     import torch
 
-    from w2w.bundle import load_bundle
-    from w2w.grid import Window
-    from w2w.models import channels_last, channels_last_input
-    from w2w.store import SceneStore
+    from w2w.core.grid import Window
+    from w2w.core.store import SceneStore
+    from w2w.model.bundle import load_bundle
+    from w2w.model.models import channels_last, channels_last_input
 
     bundle = load_bundle(bundle_url)
     scene = SceneStore.open(store)
@@ -291,8 +291,8 @@ def w2w_predict(store: str, bundle: str, out: Path, s: Settings, stride: int | N
 def chip_forwards(height: int, width: int, block: int, chip: int, stride: int) -> tuple[int, int]:
     """(chips the pipeline forwards, distinct chips of the global grid) for a scene: blocks
     recompute the chips that straddle their borders."""
-    from w2w.grid import Window, chip_origins
-    from w2w.predict import BlockPlan
+    from w2w.core.grid import Window, chip_origins
+    from w2w.predict.plan import BlockPlan
 
     plan = BlockPlan(height, width, block, chip, stride)
     total = sum(
@@ -312,7 +312,7 @@ def naive_baseline(image: str, bundle_url: str, work: Path, threads: int) -> dic
     import torch
     from rasterio.windows import Window as RioWindow
 
-    from w2w.bundle import load_bundle
+    from w2w.model.bundle import load_bundle
 
     bundle = load_bundle(bundle_url)
     c = bundle.chip_size
@@ -378,7 +378,8 @@ def whole_raster_sieve(mosaic: str, min_pixels: int) -> int:
     """Reference: rasterio.features.sieve on the whole class raster in memory."""
     from rasterio.features import sieve
 
-    from w2w.store import CLASS_NODATA, MosaicStore
+    from w2w.core.classes import CLASS_NODATA
+    from w2w.core.store import MosaicStore
 
     m = MosaicStore.open(mosaic)
     classes = m.read("class", m.grid.full_window, CLASS_NODATA)
@@ -398,7 +399,8 @@ def plain_geotiff(mosaic: str, path: Path) -> None:
     """The classes as a plain GeoTIFF (the input of the GDAL reference; not timed)."""
     import rasterio
 
-    from w2w.store import CLASS_NODATA, MosaicStore
+    from w2w.core.classes import CLASS_NODATA
+    from w2w.core.store import MosaicStore
 
     m = MosaicStore.open(mosaic)
     classes = m.read("class", m.grid.full_window, CLASS_NODATA)
@@ -460,7 +462,7 @@ def row(
 
 def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
     """Every measurement; returns the results (rows, scaling, details)."""
-    from w2w.runtime import ensure_ray
+    from w2w.core.runtime import ensure_ray
 
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray()
@@ -497,7 +499,7 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
     best = max(delivered[1:] or delivered, key=lambda e: e["chips"] / e["seconds"])
     ray_cps = best["chips"] / best["seconds"]
     details["chips"] = {
-        "chips_per_epoch": len(plan["train_rows"]),
+        "chips_per_epoch": len(plan.train_rows),
         "chip_size": s.chip,
         "epochs": delivered,
         "raw_chips_per_s": round(raw_cps, 1),

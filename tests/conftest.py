@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -132,6 +133,20 @@ def write_tif(
     return path
 
 
+@contextlib.contextmanager
+def local_copy(url: str, suffix: str = "") -> Iterator[str]:
+    """A local file holding the content of an object-store ``url``, for tests that open
+    remote outputs with tools that need a local path."""
+    import tempfile
+
+    from w2w.core import storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "download" + suffix)
+        storage.filesystem(url).get_file(url, local)
+        yield local
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded random generator."""
@@ -151,7 +166,7 @@ TINY_MODEL = {
 @pytest.fixture(scope="session")
 def synthetic_scene(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 384 x 384 synthetic state with labels, as a scene store."""
-    from w2w.synth import SynthConfig, synthesize
+    from w2w.ingest.synth import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("scene") / "scene.zarr"
     synthesize(

@@ -10,16 +10,17 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from w2w import metrics, storage
-from w2w.bundle import Bundle, save_bundle
-from w2w.errors import ConfigError, GridMismatchError, InputError, OutputError
+from w2w.core import metrics, storage
+from w2w.core.classes import ClassInfo
+from w2w.core.errors import ConfigError, GridMismatchError, InputError, OutputError
+from w2w.core.grid import Grid
+from w2w.core.split import SplitConfig, SplitPlan, make_split
+from w2w.core.store import MosaicStore, SceneStore
 from w2w.evaluate import EvaluateConfig, evaluate
-from w2w.grid import Grid
-from w2w.models import ModelSpec
-from w2w.normalization import Normalizer
-from w2w.split import SplitConfig, SplitPlan, make_split
-from w2w.store import ClassInfo, MosaicStore, SceneStore
-from w2w.synth import BAND_NAMES, SynthConfig, synthesize
+from w2w.ingest.synth import BAND_NAMES, SynthConfig, synthesize
+from w2w.model.bundle import Bundle, save_bundle
+from w2w.model.models import ModelSpec
+from w2w.model.normalization import Normalizer
 
 
 def make_scene(path: Path, h: int, w: int, seed: int = 3) -> SceneStore:
@@ -45,7 +46,7 @@ def make_mosaic(
     url: str, grid: Grid, classes: np.ndarray, table: tuple[ClassInfo, ...], block: int = 32
 ) -> MosaicStore:
     store = MosaicStore.create(url, grid, block=block, classes=list(table), with_confidence=False)
-    for w in grid.block_windows(block):
+    for w in grid.blocks(block).windows():
         store.write("class", w, classes[w.slices])
         store.mark_block_done(w)
     store.mark_complete()
@@ -229,7 +230,7 @@ def test_non_metric_crs_reports_pixels(tmp_path: Path) -> None:
     )
     labels = np.ones((40, 50), "uint8")
     labels[:, 25:] = 2
-    for w in grid.block_windows(16):
+    for w in grid.blocks(16).windows():
         scene.write("label", w, labels[w.slices])
     scene.mark_complete()
     mapped = labels.copy()

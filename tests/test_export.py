@@ -17,13 +17,15 @@ from PIL import Image
 from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_validate
 
-from w2w import storage
-from w2w.classes import class_table
-from w2w.errors import ConfigError, InputError, OutputError
-from w2w.export import ExportConfig, export, export_targets, overview_factors
-from w2w.grid import Grid, Window
-from w2w.store import MosaicStore
-from w2w.synth import SynthConfig
+from tests.conftest import local_copy
+from w2w.core import storage
+from w2w.core.classes import class_table
+from w2w.core.errors import ConfigError, InputError, OutputError
+from w2w.core.grid import Grid, Window
+from w2w.core.store import MosaicStore
+from w2w.export import ExportConfig, export, export_targets
+from w2w.export.cog import overview_factors
+from w2w.ingest.synth import SynthConfig
 
 NAMES = {1: "forest", 2: "grassland", 3: "shrubland", 4: "water", 5: "urban", 6: "bare soil"}
 CLASSES = class_table(list(NAMES), NAMES)
@@ -52,7 +54,7 @@ def make_mosaic(
         provenance=PROVENANCE,
         with_confidence=confidence is not None,
     )
-    for w in grid.block_windows(store.block):
+    for w in grid.blocks(store.block).windows():
         store.write("class", w, classes[w.slices])
         if confidence is not None:
             store.write("confidence", w, confidence[w.slices])
@@ -267,7 +269,7 @@ def test_s3_export_equals_local(tmp_path: Path, small, s3_bucket: str) -> None:
     assert remote.cog == f"{s3_bucket}/maps/map.tif"
     assert remote.stac == f"{s3_bucket}/maps/map.json"
     for name in ("map.tif", "map_confidence.tif"):
-        with storage.local_copy(f"{s3_bucket}/maps/{name}", suffix=".tif") as path:
+        with local_copy(f"{s3_bucket}/maps/{name}", suffix=".tif") as path:
             assert cog_validate(path)[0]
             with rasterio.open(path) as a, rasterio.open(tmp_path / name) as b:
                 np.testing.assert_array_equal(a.read(), b.read())
@@ -366,7 +368,7 @@ def test_export_memory_is_flat_when_the_area_grows_4x(tmp_path: Path) -> None:
         grid = grid_of(n, n)
         store = MosaicStore.create(url, grid, block=512, classes=CLASSES)
         rows, cols = np.mgrid[0:512, 0:512]
-        for w in grid.block_windows(512):
+        for w in grid.blocks(512).windows():
             pattern = ((rows + w.row) // 7 + (cols + w.col) // 5) % 6 + 1
             store.write("class", w, pattern.astype("uint8"))
             store.write("confidence", w, (pattern * 40).astype("uint8"))

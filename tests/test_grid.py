@@ -8,8 +8,9 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from w2w.errors import GridMismatchError, InputError
-from w2w.grid import Grid, Window, chip_origins, crs_relation
+from w2w.core.crs import crs_relation
+from w2w.core.errors import ConfigError, GridMismatchError, InputError
+from w2w.core.grid import Grid, Window, chip_origins
 
 UTM13_WGS84 = "EPSG:32613"
 
@@ -38,7 +39,7 @@ def test_chips_cover_every_pixel(height: int, width: int, spec: tuple[int, int])
     size, stride = spec
     grid = make_grid(height, width)
     covered = np.zeros((height, width), dtype=np.int32)
-    for w in grid.chip_windows(size, stride):
+    for w in grid.chips(size, stride).windows():
         assert w.row % stride == 0 and w.col % stride == 0  # anchored on the global grid
         assert w.row < height and w.col < width  # no chip lies wholly outside
         inner = w.intersect(grid.full_window)
@@ -52,7 +53,7 @@ def test_chips_cover_every_pixel(height: int, width: int, spec: tuple[int, int])
 def test_blocks_tile_without_overlap(height: int, width: int, bh: int, bw: int) -> None:
     grid = make_grid(height, width)
     count = np.zeros((height, width), dtype=np.int32)
-    for w in grid.block_windows(bh, bw):
+    for w in grid.blocks(bh, bw).windows():
         assert grid.full_window.contains(w)
         assert w.height > 0 and w.width > 0
         count[w.slices] += 1
@@ -72,10 +73,10 @@ def test_chips_touching_a_block_are_exactly_the_overlapping_chips(
 ) -> None:
     size, stride = spec
     grid = make_grid(height, width)
-    blocks = grid.block_windows(block)
+    blocks = grid.blocks(block).windows()
     b = data.draw(st.sampled_from(blocks))
-    expected = [w for w in grid.chip_windows(size, stride) if w.intersect(b) is not None]
-    assert grid.chips_touching(b, size, stride) == expected
+    expected = [w for w in grid.chips(size, stride).windows() if w.intersect(b) is not None]
+    assert grid.chips(size, stride).touching(b) == expected
     # The chips of a block, read through its halo, cover the block itself.
     covered = np.zeros((b.height, b.width), dtype=bool)
     for w in expected:
@@ -96,7 +97,6 @@ def test_chip_origins_round_up_and_keep_the_last_partial_chip() -> None:
 
 def test_window_algebra() -> None:
     w = Window(10, 20, 30, 40)
-    assert w.pad(5) == Window(5, 15, 40, 50)
     assert w.intersect(Window(0, 0, 15, 25)) == Window(10, 20, 5, 5)
     assert w.intersect(Window(100, 100, 5, 5)) is None
     assert Window(12, 25, 3, 3).relative_to(w) == Window(2, 5, 3, 3)
@@ -138,3 +138,48 @@ def test_check_matches_names_both_grids() -> None:
     nad83 = make_grid(50, 60, crs="EPSG:26913")
     warning = nad83.check_matches(harn, what="label", fix="")
     assert warning is not None and "equivalent" in warning
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    height=sizes, width=sizes, bh=st.integers(4, 64), bw=st.integers(4, 64), seed=st.integers(0, 99)
+)
+def test_block_tiling_indexes_its_blocks_and_iterates_a_mask(
+    height: int, width: int, bh: int, bw: int, seed: int
+) -> None:
+    tiling = make_grid(height, width).blocks(bh, bw)
+    assert len(tiling) == len(tiling.windows()) == tiling.shape[0] * tiling.shape[1]
+    for key, w in zip(tiling.keys(), tiling.windows(), strict=True):
+        assert tiling.index(w) == key and tiling[key] == w
+    mask = np.random.default_rng(seed).random(tiling.shape) < 0.5
+    assert tiling.windows(mask) == [w for w, m in zip(tiling, mask.ravel(), strict=True) if m]
+
+
+def test_blocks_meeting_a_polygon_are_those_whose_area_it_touches() -> None:
+    grid = make_grid(100, 120)  # 10 m pixels from (300000, 3500000)
+    tiling = grid.blocks(32)
+    # A triangle in the north-west corner, in map coordinates.
+    x0, y0 = 300000.0, 3500000.0
+    triangle = {
+        "type": "Polygon",
+        "coordinates": [
+            [(x0 + 5, y0 - 5), (x0 + 500, y0 - 5), (x0 + 5, y0 - 500), (x0 + 5, y0 - 5)]
+        ],
+    }
+    met = tiling.meeting(grid, [triangle])
+    # Brute force: a block meets the triangle if any pixel of it is inside (x + y < 505 m).
+    rows, cols = np.mgrid[0:100, 0:120]
+    cx, cy = (cols + 0.5) * 10 + 5, (rows + 0.5) * 10 + 5
+    inside = (cx + cy) < 500
+    expected = np.zeros(tiling.shape, dtype=bool)
+    for key, w in zip(tiling.keys(), tiling.windows(), strict=True):
+        expected[key] = inside[w.slices].any()
+    assert (met >= expected).all()  # every block with an inside pixel is met
+    assert met.sum() <= expected.sum() + 2  # and at most the blocks the edge grazes
+
+
+def test_one_writer_per_chunk_is_checked_on_the_tiling() -> None:
+    grid = make_grid(300, 250)
+    grid.blocks(128).check_one_writer((64, 64))
+    with pytest.raises(ConfigError, match="not aligned to the store's 64 x 64"):
+        grid.blocks(96).check_one_writer((64, 64))

@@ -14,10 +14,10 @@ import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 
 from tests.conftest import ABER, CHIAPAS, write_tif
-from w2w.errors import ConfigError, GridMismatchError, InputError, OutputError
+from w2w.core.errors import ConfigError, GridMismatchError, InputError, OutputError
+from w2w.core.store import SceneStore
 from w2w.ingest import IngestConfig, ingest
-from w2w.store import SceneStore
-from w2w.synth import SynthConfig, synthesize
+from w2w.ingest.synth import SynthConfig, synthesize
 
 
 def run(tmp_path: Path, images: list[Path | str], **kw: object) -> SceneStore:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from w2w.metrics import (
+from w2w.core.metrics import (
     confusion,
     kappa,
     mean_iou,

@@ -11,7 +11,7 @@ from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
 from w2w.cli import app
-from w2w.errors import ConfigError
+from w2w.core.errors import ConfigError
 from w2w.pipeline import PipelineConfig, demo_config, run_pipeline, stage_configs
 
 runner = CliRunner()

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2w.errors import BundleError, ConfigError, OutputError
-from w2w.grid import Window
-from w2w.predict import BlockPlan, PredictConfig, blend_weights, check_chunk_ownership, predict
-from w2w.store import CLASS_NODATA, MosaicStore, SceneStore
+from w2w.core.classes import CLASS_NODATA
+from w2w.core.errors import BundleError, ConfigError, OutputError
+from w2w.core.grid import Window
+from w2w.core.store import MosaicStore, SceneStore
+from w2w.predict import PredictConfig, predict
+from w2w.predict.plan import BlockPlan, blend_weights
 
 
 def run(scene: str, bundle: str, out: Path, **kw: object) -> MosaicStore:
@@ -156,17 +158,19 @@ def test_block_must_be_a_multiple_of_the_stride(
 
 
 def test_chunk_ownership_check_catches_unaligned_blocks() -> None:
-    from w2w.synth import SynthConfig
+    from w2w.ingest.synth import SynthConfig
 
     grid = SynthConfig(output="u", height=300, width=300).grid
-    check_chunk_ownership(grid, grid.block_windows(128), (128, 128))
+    grid.blocks(128).check_one_writer((128, 128), what="the mosaic's")
     with pytest.raises(ConfigError, match="not aligned to the mosaic's 128 x 128 write units"):
-        check_chunk_ownership(grid, grid.block_windows(96), (128, 128))
+        grid.blocks(96).check_one_writer((128, 128), what="the mosaic's")
     with pytest.raises(ConfigError, match="not aligned"):
-        check_chunk_ownership(grid, grid.block_windows(192), (128, 128))
-    check_chunk_ownership(grid, grid.block_windows(256), (128, 128))  # whole chunks
+        grid.blocks(192).check_one_writer((128, 128), what="the mosaic's")
+    grid.blocks(256).check_one_writer((128, 128), what="the mosaic's")  # whole chunks
     with pytest.raises(ConfigError, match="writers, not one"):
-        check_chunk_ownership(grid, grid.block_windows(128)[:-1], (128, 128))
+        grid.blocks(128).check_one_writer(
+            (128, 128), grid.blocks(128).windows()[:-1], what="the mosaic's"
+        )
 
 
 def test_block_plan_reads_every_global_chip_that_touches_a_block() -> None:

@@ -10,8 +10,7 @@ import pytest
 from benchmarks.quality import DIRECTIONS, SCENES, Scene, ingest_scene, pixel_sets, run_direction
 from benchmarks.quality import train_config as quality_train_config
 from tests.conftest import CHIAPAS
-from w2w.grid import Window
-from w2w.split import SplitPlan
+from w2w.core.grid import Window
 
 
 @pytest.mark.skipif(not CHIAPAS.exists(), reason="real imagery (../shared/data/real) absent")
@@ -26,7 +25,7 @@ def test_every_chiapas_label_is_in_a_training_chip_or_scored(tmp_path: Path) -> 
         assert int(labelled.sum()) == 718
         assert not (train_px & test_px).any()
         full = Window(0, 0, *classes.shape)
-        train_side = SplitPlan.from_dict(plan["split"]).pixel_mask(full, "train")
+        train_side = plan.split.pixel_mask(full, "train")
         np.testing.assert_array_equal(train_px, labelled & train_side)
         assert int(train_px.sum()) + int(test_px.sum()) == 718, side
 

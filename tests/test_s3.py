@@ -10,14 +10,15 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import TINY_MODEL
-from w2w import storage
-from w2w.bundle import load_bundle
+from tests.conftest import TINY_MODEL, local_copy
+from w2w.core import storage
+from w2w.core.classes import CLASS_NODATA
+from w2w.core.store import MosaicStore, SceneStore
 from w2w.export import ExportConfig, export
 from w2w.ingest import IngestConfig, ingest
+from w2w.ingest.synth import SynthConfig, class_names, synthesize
+from w2w.model.bundle import load_bundle
 from w2w.predict import PredictConfig, predict
-from w2w.store import CLASS_NODATA, MosaicStore, SceneStore
-from w2w.synth import SynthConfig, class_names, synthesize
 from w2w.train import TrainConfig, train
 
 
@@ -72,7 +73,7 @@ def test_ingest_predict_export_on_s3_equal_the_local_run(
         )
     scene = SceneStore.open(f"{s3_bucket}/out/scene.zarr")
     assert scene.info.stats == SceneStore.open(str(tmp_path / "scene.zarr")).info.stats
-    with storage.local_copy(remote[1], suffix=".tif") as path:
+    with local_copy(remote[1], suffix=".tif") as path:
         assert cog_validate(path)[0]
         with rasterio.open(path) as r, rasterio.open(local[1]) as loc:
             np.testing.assert_array_equal(r.read(), loc.read())

@@ -19,10 +19,13 @@ from rasterio.crs import CRS
 from typer.testing import CliRunner
 
 from w2w.cli import app
-from w2w.errors import ConfigError, InputError, OutputError
-from w2w.grid import Grid, Window
-from w2w.sieve import MosaicWriter, SieveConfig, sieve, sieve_blocks
-from w2w.store import CLASS_NODATA, ClassInfo, MosaicStore
+from w2w.core.classes import CLASS_NODATA, ClassInfo
+from w2w.core.errors import ConfigError, InputError, OutputError
+from w2w.core.grid import Grid, Window
+from w2w.core.store import MosaicStore
+from w2w.sieve import SieveConfig, sieve
+from w2w.sieve.passes import sieve_blocks
+from w2w.sieve.run import MosaicWriter
 
 CLASSES = [ClassInfo(i, f"class_{i}", (10 * i, 20 * i, 30 * i)) for i in range(5)]
 
@@ -39,7 +42,7 @@ def write_mosaic(
     grid = grid or make_grid(*cls.shape)
     store = MosaicStore.create(url, grid, block=block, classes=CLASSES, provenance={"by": "test"})
     confidence = (np.arange(cls.size) % 250 + 1).astype(np.uint8).reshape(cls.shape)
-    for window in grid.block_windows(store.block):
+    for window in grid.blocks(store.block).windows():
         store.write("class", window, cls[window.slices])
         store.write("confidence", window, confidence[window.slices])
         store.mark_block_done(window)

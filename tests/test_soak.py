@@ -22,12 +22,13 @@ import json, sys, time
 from pathlib import Path
 import ray, torch
 from benchmarks.common import PeakMemory
-from w2w.bundle import Bundle, save_bundle
-from w2w.models import ModelSpec, build_model
-from w2w.normalization import Normalizer
-from w2w.predict import PredictConfig, predict, verify_coverage
-from w2w.store import SceneStore
-from w2w.synth import SynthConfig, synthesize
+from w2w.model.bundle import Bundle, save_bundle
+from w2w.model.models import ModelSpec, build_model
+from w2w.model.normalization import Normalizer
+from w2w.core.coverage import verify_coverage
+from w2w.predict import PredictConfig, predict
+from w2w.core.store import SceneStore
+from w2w.ingest.synth import SynthConfig, synthesize
 
 work, store_mb = Path(sys.argv[1]), int(sys.argv[2])
 sizes = [int(v) for v in sys.argv[3:]]

@@ -7,9 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from w2w.errors import ConfigError
-from w2w.split import NONE, TEST, TRAIN, VAL, SplitConfig, SplitPlan, make_split
-from w2w.synth import SynthConfig
+from w2w.core.errors import ConfigError
+from w2w.core.split import (
+    NONE,
+    SPLIT_CODES,
+    TEST,
+    TRAIN,
+    VAL,
+    SplitConfig,
+    SplitPlan,
+    make_split,
+)
+from w2w.ingest.synth import SynthConfig
 
 
 def grid(h: int, w: int):
@@ -18,8 +27,8 @@ def grid(h: int, w: int):
 
 def footprint(plan: SplitPlan, name: str) -> np.ndarray:
     mask = np.zeros((plan.height + plan.chip_size, plan.width + plan.chip_size), dtype=bool)
-    for w in plan.chips(name):  # type: ignore[arg-type]
-        mask[w.slices] = True
+    for i, j in np.argwhere(plan.chip_codes() == SPLIT_CODES[name]):
+        mask[plan.chip_grid.window(int(i), int(j)).slices] = True
     return mask[: plan.height, : plan.width]
 
 
@@ -72,14 +81,14 @@ def test_no_val_or_test_chip_overlaps_a_training_chip(
 
 
 def plan_window(plan: SplitPlan):
-    from w2w.grid import Window
+    from w2w.core.grid import Window
 
     return Window(0, 0, plan.height, plan.width)
 
 
 def test_blocks_split_holds_its_fractions_of_labels() -> None:
     g = grid(2048, 2048)
-    labelled = np.ones(g.chip_grid_shape(64, 64))
+    labelled = np.ones(g.chips(64, 64).shape)
     plan = make_split(
         g, 64, 64, SplitConfig(block_chips=2, val_fraction=0.15, test_fraction=0.2), labelled
     )

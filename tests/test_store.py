@@ -11,11 +11,11 @@ import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 
 from tests.conftest import write_tif
-from w2w.errors import InputError, OutputError
-from w2w.grid import Grid, Window
+from w2w.core.errors import InputError, OutputError
+from w2w.core.grid import Grid, Window
+from w2w.core.store import MosaicStore, SceneStore
 from w2w.ingest import IngestConfig, ingest
-from w2w.store import MosaicStore, SceneStore
-from w2w.synth import SynthConfig
+from w2w.ingest.synth import SynthConfig
 
 
 def small_grid(h: int = 50, w: int = 70) -> Grid:
@@ -34,7 +34,7 @@ def test_padded_reads_fill_outside_the_grid(tmp_path: Path) -> None:
         with_label=True,
     )
     data = np.arange(2 * 50 * 70, dtype="int16").reshape(2, 50, 70)
-    for w in grid.block_windows(32):
+    for w in grid.blocks(32).windows():
         store.write("image", w, data[(..., *w.slices)])
     got = store.read_image(Window(-5, 60, 20, 20))
     assert got.shape == (2, 20, 20)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from w2w.grid import Window
-from w2w.store import SceneStore
-from w2w.synth import CLASSES, NODATA, SynthConfig, SynthReader, synthesize
+from w2w.core.grid import Window
+from w2w.core.store import SceneStore
+from w2w.ingest.synth import CLASSES, NODATA, SynthConfig, SynthReader, synthesize
 
 
 def test_every_class_and_a_boundary_on_a_test_sized_state() -> None:
@@ -30,7 +30,7 @@ def test_every_class_and_a_boundary_on_a_test_sized_state() -> None:
 def test_windows_are_independent_of_how_the_scene_is_cut() -> None:
     cfg = SynthConfig(output="unused", height=300, width=260, seed=3)
     whole_img, whole_cover = SynthReader(cfg)(cfg.grid.full_window)
-    for w in cfg.grid.block_windows(97, 61):
+    for w in cfg.grid.blocks(97, 61).windows():
         img, cover = SynthReader(cfg)(w)
         np.testing.assert_array_equal(img, whole_img[(..., *w.slices)])
         np.testing.assert_array_equal(cover, whole_cover[w.slices])

@@ -16,14 +16,13 @@ import torch
 import yaml
 
 from tests.conftest import CHIAPAS, TINY_MODEL
-from w2w.bundle import load_bundle
-from w2w.chips import IGNORE, ChipConfig, ChipIndex, select_chips
-from w2w.errors import ConfigError, InputError
-from w2w.grid import Window
-from w2w.losses import LossConfig, SegmentationLoss
-from w2w.split import SplitConfig, make_split
-from w2w.synth import SynthConfig
+from w2w.core.errors import ConfigError, InputError
+from w2w.core.split import SplitConfig, make_split
+from w2w.ingest.synth import SynthConfig
+from w2w.model.bundle import load_bundle
 from w2w.train import TrainConfig, prepare, train, validate
+from w2w.train.chips import IGNORE, ChipConfig, ChipIndex, select_chips
+from w2w.train.losses import LossConfig, SegmentationLoss
 
 
 def test_ddp_training_learns(tiny_run) -> None:
@@ -46,11 +45,11 @@ def test_validation_summed_over_workers_equals_one_process(tiny_run) -> None:
     cfg, report = tiny_run
     bundle = load_bundle(report.bundle)
     plan = prepare(cfg, progress=False)
-    windows = [Window(**w) for w in plan["val_windows"]]
+    windows = list(plan.val_windows)
     assert len(windows) >= 2  # both workers had validation chips to sum
     torch.set_num_threads(1)  # as in each Ray worker, so floating point matches exactly
     cm = validate(
-        bundle.model(), plan["reader"], windows, len(bundle.classes), torch.device("cpu"), 16, False
+        bundle.model(), plan.reader, windows, len(bundle.classes), torch.device("cpu"), 16, False
     )
     np.testing.assert_array_equal(cm, np.asarray(bundle.metrics["val_confusion"]))
     assert int(cm.sum()) == bundle.metrics["val_pixels"]
@@ -218,8 +217,8 @@ def test_resuming_with_other_model_settings_is_refused(
 @pytest.mark.skipif(not CHIAPAS.exists(), reason="real imagery (../shared/data/real) absent")
 def test_sparse_labels_chiapas(tmp_path: Path, ray_session: None) -> None:
     """718 labelled pixels: unlabelled pixels never enter the loss or the metrics."""
+    from w2w.core.store import SceneStore
     from w2w.ingest import IngestConfig, ingest
-    from w2w.store import SceneStore
 
     scene = str(tmp_path / "chiapas.zarr")
     ingest(
@@ -251,8 +250,7 @@ def test_sparse_labels_chiapas(tmp_path: Path, ray_session: None) -> None:
     plan = prepare(cfg, progress=False)
     store = SceneStore.open(scene)
     labelled_in_val = 0
-    for w in plan["val_windows"]:
-        win = Window(**w)
+    for win in plan.val_windows:
         image = store.read_image(win)
         lab = store.read_label(win)
         labelled_in_val += int(((lab != 0) & store.valid_mask(image, win)).sum())
@@ -266,7 +264,7 @@ def test_sparse_labels_chiapas(tmp_path: Path, ray_session: None) -> None:
 def test_spectral_branch_and_context_bound() -> None:
     """The per-pixel branch adds its logits; with a bound, the network's share of a pixel's
     logits never exceeds it however large the network's own logits are."""
-    from w2w.models import ModelSpec, SpectralContextModel, build_model
+    from w2w.model.models import ModelSpec, SpectralContextModel, build_model
 
     options = {**TINY_MODEL.get("options", {}), "spectral_branch": 8, "context_bound": 2.0}
     spec = ModelSpec(TINY_MODEL["arch"], TINY_MODEL["encoder"], 4, 3, options)

@@ -2,7 +2,7 @@
 
 The same scripts run on an embedded local Ray (``python jobs/pipeline.py --config ...``) and
 on a cluster (``ray job submit --working-dir . -- python jobs/pipeline.py --config ...``):
-the stages call :func:`w2w.runtime.ensure_ray`, which joins the cluster named by
+the stages call :func:`w2w.core.runtime.ensure_ray`, which joins the cluster named by
 ``RAY_ADDRESS`` (set by the job supervisor) and starts a local Ray only when there is none.
 
 A job runs the ``w2w pipeline`` command with the chosen stages, so it validates every stage's
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from w2w.pipeline import STAGES
+from w2w.stages import STAGE_NAMES
 
 
 def parse_args(stage: str | None, argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(stage: str | None, argv: list[str] | None = None) -> argparse.Nam
             "--stage",
             "-s",
             action="append",
-            choices=STAGES,
+            choices=STAGE_NAMES,
             help="run only this stage (repeat for several)",
         )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")

@@ -20,14 +20,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from w2w import storage
-from w2w.config import PathStr, StageConfig, load_yaml
-from w2w.errors import ConfigError
+from w2w.core import storage
+from w2w.core.config import PathStr, StageConfig, load_yaml
+from w2w.core.errors import ConfigError
+from w2w.stages import STAGE_NAMES, stage_named
 
 log = logging.getLogger("w2w")
 
-STAGES = ("synth", "ingest", "train", "predict", "sieve", "export", "evaluate")
-Stage = Literal["synth", "ingest", "train", "predict", "sieve", "export", "evaluate"]
+StageName = Literal["synth", "ingest", "train", "predict", "sieve", "export", "evaluate"]
 
 
 class PipelineConfig(StageConfig):
@@ -36,7 +36,7 @@ class PipelineConfig(StageConfig):
     stage_name: ClassVar[str] = "pipeline"
 
     workdir: PathStr = Field(description="folder or s3:// prefix for every output")
-    stages: list[Stage] | None = Field(
+    stages: list[StageName] | None = Field(
         default=None, description="stages to run, in order; default: every section given"
     )
     synth: dict[str, Any] | None = None
@@ -58,8 +58,8 @@ class PipelineConfig(StageConfig):
     def stage_list(self) -> list[str]:
         """The stages that will run, in pipeline order."""
         if self.stages is not None:
-            return [s for s in STAGES if s in self.stages]
-        return [s for s in STAGES if getattr(self, s) is not None]
+            return [s for s in STAGE_NAMES if s in self.stages]
+        return [s for s in STAGE_NAMES if getattr(self, s) is not None]
 
     @classmethod
     def load(cls, path: str) -> PipelineConfig:
@@ -80,20 +80,8 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
-    """Build and validate every stage's config, filling in the paths that link the stages."""
-    from w2w.evaluate import EvaluateConfig
-    from w2w.export import ExportConfig
-    from w2w.ingest import IngestConfig
-    from w2w.predict import PredictConfig
-    from w2w.sieve import SieveConfig
-    from w2w.synth import SynthConfig
-    from w2w.train import TrainConfig
-
-    stages = cfg.stage_list
-    # Paths link every stage the file configures, not only those run now: a job that runs
-    # only `export` still exports the sieved mosaic when the file has a `sieve:` section.
-    linked = set(stages) | {s for s in STAGES if getattr(cfg, s) is not None}
+def _linked_paths(cfg: PipelineConfig, linked: set[str]) -> dict[str, dict[str, Any]]:
+    """Default paths that link the stages, under ``workdir``."""
     scene = cfg.path("scene.zarr")
     bundle = cfg.path("model.safetensors")
     mosaic = cfg.path("mosaic.zarr")
@@ -113,85 +101,52 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
             "output": cfg.path("evaluation"),
         },
     }
-    classes = {
-        "synth": SynthConfig,
-        "ingest": IngestConfig,
-        "train": TrainConfig,
-        "predict": PredictConfig,
-        "sieve": SieveConfig,
-        "export": ExportConfig,
-        "evaluate": EvaluateConfig,
-    }
-    if "synth" in linked and "ingest" in stages:
-        folder = storage.join(str((cfg.synth or {}).get("output", defaults["synth"]["output"])))
-        defaults["ingest"]["images"] = [storage.join(folder, "image.tif")]
-        defaults["ingest"]["label"] = storage.join(folder, "labels.tif")
-        from w2w.synth import class_names
+    if "synth" in linked:
+        from w2w.ingest.synth import class_names
 
-        defaults["ingest"]["classes"] = class_names()
+        synth_out = (cfg.synth or {}).get("output", defaults["synth"]["output"])
+        folder = storage.normalize(str(synth_out))
+        defaults["ingest"].update(
+            images=[storage.join(folder, "image.tif")],
+            label=storage.join(folder, "labels.tif"),
+            classes=class_names(),
+        )
+    return defaults
+
+
+def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
+    """Build and validate every stage's config, filling in the paths that link the stages."""
+    stages = cfg.stage_list
+    # Paths link every stage the file configures, not only those run now: a job that runs
+    # only `export` still exports the sieved mosaic when the file has a `sieve:` section.
+    linked = set(stages) | {s for s in STAGE_NAMES if getattr(cfg, s) is not None}
+    defaults = _linked_paths(cfg, linked)
     out: dict[str, StageConfig] = {}
-    for stage in stages:
-        section = dict(getattr(cfg, stage) or {})
-        merged = {**defaults[stage], **section}
-        if stage == "sieve" and "min_pixels" in section:
-            merged.pop("min_area_ha", None)
-        out[stage] = classes[stage].from_dict(merged, source=f"pipeline [{stage}]")
+    for name in stages:
+        section = dict(getattr(cfg, name) or {})
+        merged = {**defaults[name], **section}
+        for given, others in stage_named(name).replaces.items():
+            if given in section:
+                for other in others:
+                    if other not in section:
+                        merged.pop(other, None)
+        out[name] = stage_named(name).config.from_dict(merged, source=f"pipeline [{name}]")
     return out
 
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> PipelineResult:
     """Run the configured stages in order; every config is checked before the first runs."""
-    from w2w.evaluate import evaluate
-    from w2w.export import export
-    from w2w.ingest import ingest
-    from w2w.predict import predict
-    from w2w.sieve import sieve
-    from w2w.synth import synthesize
-    from w2w.train import train
-
     configs = stage_configs(cfg)
     if not configs:
         raise ConfigError("the pipeline has no stages; add sections such as 'ingest:' and 'train:'")
     result = PipelineResult()
-    for stage, stage_cfg in configs.items():
-        log.info("stage %s", stage)
+    for name, stage_cfg in configs.items():
+        log.info("stage %s", name)
         t0 = time.time()
-        if stage == "synth":
-            syn = synthesize(stage_cfg, progress=progress)  # type: ignore[arg-type]
-            result.outputs["synthetic imagery"] = syn.images[0] if syn.images else str(syn.store)
-            result.outputs["synthetic labels"] = str(syn.label)
-        elif stage == "ingest":
-            rep = ingest(stage_cfg, progress=progress)  # type: ignore[arg-type]
-            result.outputs["scene store"] = rep.output
-        elif stage == "train":
-            tr = train(stage_cfg, progress=progress)  # type: ignore[arg-type]
-            result.outputs["model bundle"] = tr.bundle
-            result.outputs["training run"] = tr.run_dir
-            result.metrics["val_miou"] = tr.metrics.get("val_miou")
-            result.metrics["val_oa"] = tr.metrics.get("val_oa")
-            result.metrics["epochs"] = tr.epochs_run
-        elif stage == "predict":
-            pr = predict(stage_cfg, progress=progress)  # type: ignore[arg-type]
-            result.outputs["mosaic"] = pr.output
-            result.metrics["predict_mpx_per_s"] = pr.pixels_per_second / 1e6
-        elif stage == "sieve":
-            sv = sieve(stage_cfg, progress=progress)  # type: ignore[arg-type]
-            result.outputs["sieved mosaic"] = sv.output
-            result.metrics["sieved_pixels"] = sv.changed_pixels
-        elif stage == "export":
-            ex = export(stage_cfg)  # type: ignore[arg-type]
-            result.outputs["COG"] = ex.cog
-            if ex.confidence:
-                result.outputs["confidence COG"] = ex.confidence
-            result.outputs["STAC item"] = ex.stac
-            result.outputs["quicklook"] = ex.quicklook
-        elif stage == "evaluate":
-            ev = evaluate(stage_cfg)  # type: ignore[arg-type]
-            result.outputs["evaluation report"] = ev.markdown
-            result.metrics[f"{ev.split}_oa"] = ev.overall_accuracy
-            result.metrics[f"{ev.split}_kappa"] = ev.kappa
-            result.metrics[f"{ev.split}_miou"] = ev.mean_iou
-        result.seconds[stage] = round(time.time() - t0, 1)
+        summary = stage_named(name).run(stage_cfg, progress=progress)
+        result.outputs.update(summary.outputs)
+        result.metrics.update(summary.metrics)
+        result.seconds[name] = round(time.time() - t0, 1)
     return result
 
 

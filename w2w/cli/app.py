@@ -1,0 +1,283 @@
+"""The ``w2w`` command line: one command per stage, built from the stage registry, plus
+commands to inspect stores and bundles and to run the whole pipeline.
+
+Every stage command takes its settings from options and/or ``--config FILE.yaml`` (options
+given on the command line win); its options are the fields of the stage's config
+(:mod:`w2w.cli.options`). Bad input ends with a one-line ``error: ...`` on stderr and a
+non-zero exit; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+
+from w2w.cli.options import command_for
+from w2w.core.config import StageConfig
+from w2w.core.errors import StageFailedError, W2WError
+from w2w.core.progress import console, out, set_enabled, setup_logging
+from w2w.core.provenance import w2w_version
+from w2w.stages import STAGES, Stage
+
+app = typer.Typer(
+    name="w2w",
+    help="Wall-to-wall land-cover mapping: ingest, train, predict, sieve, export, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state: dict[str, bool] = {"debug": False}
+log = logging.getLogger("w2w")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"w2w {w2w_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress bars, and none of Ray's log lines."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug messages, Ray's included.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """w2w: map land cover for a whole state, every pixel, from satellite imagery."""
+    _state["debug"] = debug
+    set_enabled(not quiet)
+    setup_logging(logging.DEBUG if (debug or verbose) else logging.INFO)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn w2w errors into one line on stderr and a non-zero exit (tracebacks with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except W2WError as exc:
+            if _state["debug"]:
+                raise
+            console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
+                "(re-run with --debug for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- one command per stage ------------------------------------------------------------------
+
+
+def _run_stage(stage: Stage, cfg: StageConfig) -> None:
+    for line in stage.run(cfg).lines:
+        out.print(line)
+
+
+for _stage in STAGES:
+    app.command(_stage.name, help=_stage.help)(handle_errors(command_for(_stage, _run_stage)))
+
+
+# -- inspecting stores and bundles ------------------------------------------------------------
+
+
+@app.command("bundle-info")
+@handle_errors
+def bundle_info(
+    bundle: Annotated[str, typer.Argument(help="A model bundle (.safetensors).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+) -> None:
+    """Describe a model bundle: model, bands, normalisation, classes, metrics; checks its hash."""
+    from w2w.model.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    if as_json:
+        sys.stdout.write(
+            json.dumps({**b.metadata(), "content_hash": b.content_hash}, indent=2) + "\n"
+        )
+        return
+    n_params = sum(int(t.numel()) for t in b.state.values())
+    out.print(f"bundle: {bundle}")
+    out.print(f"content hash: {b.content_hash} (verified)")
+    out.print(
+        f"model: {b.spec.arch} / {b.spec.encoder}, {n_params:,} parameters, "
+        f"{b.spec.in_channels} bands in, {b.spec.classes} classes out"
+    )
+    out.print(f"chip size: {b.chip_size} px; normalisation: {b.normalizer.method}")
+    out.print(f"bands: {', '.join(b.bands)}")
+    for i, c in enumerate(b.classes):
+        out.print(f"  output {i}: class {c.id} {c.name} rgb{tuple(c.color)}")
+    m = b.metrics
+    if m.get("val_pixels"):
+        out.print(
+            f"validation (epoch {m.get('epoch')}): OA {m['val_oa']:.3f}, "
+            f"mIoU {m['val_miou']:.3f}, kappa {m['val_kappa']:.3f}, {m['val_pixels']:,} px"
+        )
+    if b.created:
+        out.print(f"created: {b.created}")
+
+
+@app.command()
+@handle_errors
+def info(
+    store: Annotated[str, typer.Argument(help="A scene or mosaic store.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the raw metadata as JSON.")
+    ] = False,
+) -> None:
+    """Describe a scene or mosaic store: grid, bands, statistics, classes."""
+    from w2w.core.store import GeoStore, MosaicStore, SceneStore
+
+    opened: GeoStore
+    try:
+        opened = SceneStore.open(store)
+    except W2WError:
+        opened = MosaicStore.open(store)
+    if as_json:
+        sys.stdout.write(json.dumps(opened.meta, indent=2) + "\n")
+        return
+    out.print(f"{opened.kind} store: {opened.url}")
+    out.print(f"grid: {opened.grid.describe()}")
+    if isinstance(opened, SceneStore):
+        meta = opened.info
+        out.print(
+            f"bands ({meta.n_bands}, {meta.dtype}, nodata {meta.nodata}): "
+            f"{', '.join(meta.band_names)}"
+        )
+        for name, s in meta.stats.items():
+            out.print(
+                f"  {name}: mean {s.mean:.4g}, std {s.std:.4g}, p2 {s.p2:.4g}, p98 {s.p98:.4g}"
+            )
+        for c in meta.classes:
+            n = meta.class_histogram.get(c.id, 0)
+            out.print(f"  class {c.id} {c.name}: {n:,} labelled px")
+    elif isinstance(opened, MosaicStore):
+        done = opened.done_blocks()
+        out.print(f"blocks done: {int(done.sum())} of {done.size}")
+        for c in opened.classes:
+            out.print(f"  class {c.id} {c.name}")
+
+
+@app.command()
+@handle_errors
+def verify(
+    mosaic: Annotated[str, typer.Argument(help="A mosaic store (from predict or sieve).")],
+    engine: Annotated[
+        str, typer.Option(help="'ray' (parallel tasks), 'local' (this process) or 'auto'.")
+    ] = "auto",
+) -> None:
+    """Check a mosaic for holes: every block finished, every valid input pixel classified."""
+    from w2w.core.coverage import verify_coverage
+
+    report = verify_coverage(mosaic, engine=engine)
+    if not report.ok:
+        raise StageFailedError(
+            f"{mosaic}: {report.describe()}; re-run `w2w predict` on it: it predicts blocks that "
+            "are unfinished or have holes again"
+        )
+    out.print(f"{mosaic}: {report.describe()}")
+
+
+# -- the whole job ------------------------------------------------------------------------------
+
+
+def _print_pipeline(result: Any) -> None:
+    for name, where in result.outputs.items():
+        out.print(f"{name}: {where}")
+    m = result.metrics
+    for split in ("val", "test", "all"):
+        if m.get(f"{split}_miou") is not None:
+            oa = m.get(f"{split}_oa")
+            label = {"val": "validation", "test": "test split", "all": "all labels"}[split]
+            out.print(f"{label}: mIoU {m[f'{split}_miou']:.3f}, OA {oa:.3f}")
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    out.print(f"time: {timing} (total {sum(result.seconds.values()):.0f} s)")
+
+
+@app.command()
+@handle_errors
+def pipeline(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML: workdir plus stage sections.")],
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stage",
+            "-s",
+            help="Run only this stage (repeat for several); outputs of the others are found "
+            "under the workdir. Default: the file's 'stages', or every section.",
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only validate every stage's settings, run nothing.")
+    ] = False,
+) -> None:
+    """Run the whole job from one config: ingest, train, predict, sieve, export, evaluate."""
+    from w2w.pipeline import PipelineConfig, run_pipeline, stage_configs
+
+    cfg = PipelineConfig.load(str(config))
+    if stage:
+        cfg = cfg.replace(stages=stage)
+    if check:
+        for name, stage_cfg in stage_configs(cfg).items():
+            fields = ("images", "scene", "input", "bundle", "storage_path", "output")
+            paths = {f: getattr(stage_cfg, f) for f in fields if getattr(stage_cfg, f, None)}
+            out.print(f"{name}: ok  " + "  ".join(f"{k}={v}" for k, v in paths.items()))
+        return
+    _print_pipeline(run_pipeline(cfg))
+
+
+@app.command()
+@handle_errors
+def demo(
+    workdir: Annotated[
+        str, typer.Argument(help="Folder (or s3:// prefix) for the outputs.")
+    ] = "w2w-demo",
+    size: Annotated[int, typer.Option(help="Edge of the synthetic state in pixels.")] = 768,
+    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic state and training.")] = 0,
+) -> None:
+    """The main job on the embedded default: synthetic state -> ingest -> train -> predict ->
+    sieve -> COG -> evaluation, on a local Ray (a few minutes on 2 CPU cores)."""
+    from w2w.pipeline import demo_config, run_pipeline
+
+    _print_pipeline(run_pipeline(demo_config(workdir, size=size, epochs=epochs, seed=seed)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``argv`` defaults to the process's arguments)."""
+    app(args=argv, prog_name="w2w")

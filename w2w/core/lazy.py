@@ -1,0 +1,30 @@
+"""Lazy exports for packages whose modules import heavy libraries (torch, Ray).
+
+A package lists what it exports and where each name lives; the module is imported on first
+use. ``import w2w.train.config`` therefore stays light (the command line builds its options
+from configs without loading torch), while ``from w2w.train import train`` still works.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(
+    package: str, exports: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package``; ``exports`` maps each exported name to the
+    module (relative to the package, e.g. ``".run"``) that defines it."""
+
+    def getattr_(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module, package), name)
+
+    def dir_() -> list[str]:
+        return sorted(exports)
+
+    return getattr_, dir_

@@ -1,0 +1,176 @@
+"""Running block-wise work on Ray (or in-process), with progress and clear errors.
+
+Entry points call :func:`ensure_ray`, which starts an embedded local Ray only when none is
+running: the same code runs on a laptop, in tests (whose fixture starts Ray first) and under
+``ray job submit`` on a cluster (where ``RAY_ADDRESS`` points at the cluster).
+
+:func:`run_blocks` maps a function over work items as Ray tasks, keeping a bounded number in
+flight (memory stays flat however many blocks a state has), retrying tasks that die with
+their worker (block tasks are idempotent: each writes chunks it alone owns), and turning a
+worker-side :class:`~w2w.core.errors.W2WError` back into the same error on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from w2w.core.config import Engine
+from w2w.core.errors import StageFailedError, W2WError
+
+log = logging.getLogger("w2w")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+#: Retries of a block task whose worker process died (node loss, OOM kill). Block tasks
+#: are idempotent, so re-running one is safe. Application errors are not retried.
+TASK_MAX_RETRIES = 3
+
+
+def ensure_ray(**init_kwargs: Any) -> None:
+    """Connect to the Ray cluster in ``RAY_ADDRESS``, or start a local one, unless connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray Data logs every dataset execution at INFO (each training epoch is one); w2w keeps
+    # the console to its own progress and warnings. Set before Ray starts, so workers see it.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        quiet_ray_data()
+        return
+    # Worker output (Ray Train's per-epoch reports, Ray Data's plans) is kept in Ray's log
+    # files; the console shows it with --debug. Errors reach the driver as exceptions anyway.
+    kwargs: dict[str, Any] = {
+        # "local": always a new embedded instance, never a cluster someone else started
+        # on this machine with `ray start` (use RAY_ADDRESS to join one on purpose).
+        "address": "local",
+        "include_dashboard": False,
+        "log_to_driver": log.isEnabledFor(logging.DEBUG),
+        "logging_config": ray.LoggingConfig(log_level="WARNING"),
+    }
+    kwargs.update(init_kwargs)
+    ray.init(**kwargs)
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """No per-operator progress bars from Ray Data (w2w shows its own progress)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def unwrap_ray_error(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray task/actor failure, if there is one."""
+    from ray.exceptions import RayTaskError
+
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 10:
+        if isinstance(cur, W2WError):
+            return cur
+        if isinstance(cur, RayTaskError):
+            cause = getattr(cur, "cause", None)
+            if cause is not None and cause is not cur:
+                cur = cause
+                seen += 1
+                continue
+        nxt = cur.__cause__ or cur.__context__
+        if nxt is None:
+            break
+        cur = nxt
+        seen += 1
+    return exc
+
+
+def raise_from_worker(exc: BaseException, what: str) -> None:
+    """Re-raise a Ray task or actor failure on the driver: a worker's W2WError as itself,
+    anything else as a StageFailedError naming the stage and the last line of the cause."""
+    inner = unwrap_ray_error(exc)
+    if isinstance(inner, W2WError):
+        raise inner from None
+    text = str(inner).strip().splitlines()
+    last = text[-1] if text else type(inner).__name__
+    raise StageFailedError(f"{what} failed on a Ray worker: {last}") from exc
+
+
+def run_blocks(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    engine: Engine = "ray",
+    what: str = "work",
+    total: int | None = None,
+    num_cpus: float = 1,
+    memory: int | None = None,
+    max_in_flight: int | None = None,
+    progress: bool = True,
+) -> Iterator[R]:
+    """Apply ``fn`` to every item, as Ray tasks or in this process, yielding results as they come.
+
+    Results arrive in completion order. At most ``max_in_flight`` tasks are pending at once
+    (default: twice the cluster's CPUs), so neither the object store nor the driver holds
+    more than a few blocks' results however large the scene.
+    """
+    from w2w.core.progress import progress_bar
+
+    items = list(items) if total is None else items
+    n = total if total is not None else len(items)  # type: ignore[arg-type]
+    with progress_bar(what, total=n, enabled=progress) as advance:
+        if engine == "local":
+            for item in items:
+                yield fn(item)
+                advance(1)
+            return
+
+        import ray
+
+        ensure_ray()
+        options: dict[str, Any] = {
+            "num_cpus": num_cpus,
+            "max_retries": TASK_MAX_RETRIES,
+            "retry_exceptions": False,
+        }
+        if memory:
+            options["memory"] = memory
+        remote_fn = ray.remote(_apply).options(**options)
+        fn_ref = ray.put(fn)  # shipped once, not once per task
+        limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
+        pending: list[Any] = []
+        try:
+            for item in items:
+                if len(pending) >= limit:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    yield _get(done[0], what)
+                    advance(1)
+                pending.append(remote_fn.remote(fn_ref, item))
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield _get(done[0], what)
+                advance(1)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=False)
+
+
+def _apply(fn: Callable[[T], R], item: T) -> R:
+    """The body of every block task: call the (pickled once) function on one item."""
+    return fn(item)
+
+
+def _get(ref: Any, what: str) -> Any:
+    import ray
+
+    try:
+        return ray.get(ref)
+    except Exception as exc:
+        raise_from_worker(exc, what)
+        raise  # unreachable

@@ -1,0 +1,179 @@
+"""Paths that are local files or ``s3://`` URLs, handled through one code path.
+
+Everything w2w writes besides Zarr stores (bundles, COGs, reports, JSON) goes through
+:func:`atomic_write_bytes` or :func:`atomic_put_file`: the file appears under its final name
+only when it is complete, so a crash never leaves a truncated file there and an existing good
+file is never replaced by a broken one. S3 PUTs are atomic by nature; local files are written
+to a temporary name in the same folder and moved into place with :func:`os.replace`.
+
+Credentials and endpoints for ``s3://`` come from the environment (``AWS_*`` variables,
+``AWS_ENDPOINT_URL`` for S3-compatible servers) or the instance role, never from files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from w2w.core.errors import InputError, OutputError
+
+REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "memory://")
+
+
+def is_remote(url: str | Path) -> bool:
+    """Whether ``url`` names an object store rather than a local path."""
+    return str(url).startswith(REMOTE_SCHEMES)
+
+
+def normalize(url: str | Path) -> str:
+    """A canonical spelling: absolute local paths, URLs without trailing slashes."""
+    text = str(url)
+    if is_remote(text):
+        return text.rstrip("/")
+    return str(Path(text).expanduser().absolute())
+
+
+def join(url: str | Path, *parts: str) -> str:
+    """Join path parts onto a local path or URL."""
+    base = normalize(url)
+    if is_remote(base):
+        return "/".join([base, *(p.strip("/") for p in parts)])
+    return str(Path(base).joinpath(*parts))
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """Fsspec options for ``url``: S3 endpoint from ``AWS_ENDPOINT_URL`` when set."""
+    if str(url).startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return {"endpoint_url": endpoint} if endpoint else {}
+    return {}
+
+
+def filesystem(url: str) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem serving ``url``."""
+    if is_remote(url):
+        protocol = str(url).split("://", 1)[0]
+        try:
+            return fsspec.filesystem(protocol, **storage_options(url))
+        except ImportError as exc:
+            raise InputError(
+                f"{url}: support for {protocol}:// is not installed ({exc}); install the "
+                f"matching fsspec backend (s3fs for s3://)"
+            ) from None
+    return fsspec.filesystem("file")
+
+
+def exists(url: str | Path) -> bool:
+    """Whether a file, folder or prefix exists at ``url``."""
+    u = normalize(url)
+    if not is_remote(u):
+        return os.path.exists(u)
+    try:
+        return bool(filesystem(u).exists(u))
+    except Exception as exc:  # noqa: BLE001 - credential and network problems
+        raise remote_error(u, exc) from None
+
+
+def remote_error(url: str, exc: BaseException) -> InputError:
+    """A clear error for a failed object-store access, naming the likely fix."""
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if "credential" in lowered or "nocredentials" in lowered or "unable to locate" in lowered:
+        return InputError(
+            f"{url}: no credentials for object storage ({text}); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run on an instance with an IAM role"
+        )
+    if "accessdenied" in lowered or "forbidden" in lowered or "403" in lowered:
+        return InputError(f"{url}: access denied ({text}); check the bucket policy / IAM role")
+    return InputError(f"{url}: object storage request failed ({text})")
+
+
+def read_bytes(url: str | Path) -> bytes:
+    """The content of a local file or object, with a clear error when it is missing."""
+    u = normalize(url)
+    if not is_remote(u):
+        try:
+            return Path(u).read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"file not found: {url}; check the path") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {url}: {exc.strerror}") from None
+    try:
+        with filesystem(u).open(u, "rb") as f:
+            return bytes(f.read())
+    except FileNotFoundError:
+        raise InputError(f"object not found: {url}; check the URL") from None
+    except Exception as exc:  # noqa: BLE001
+        raise remote_error(u, exc) from None
+
+
+def atomic_write_bytes(url: str | Path, data: bytes) -> str:
+    """Write ``data`` to ``url`` so that the final name only ever holds a complete file."""
+    with tempfile.NamedTemporaryFile(delete=False, suffix=".part") as tmp:
+        tmp.write(data)
+        tmp_path = tmp.name
+    try:
+        return atomic_put_file(tmp_path, url)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+
+
+def atomic_put_file(local_path: str | Path, url: str | Path) -> str:
+    """Copy a finished local file to ``url`` atomically; returns the normalised destination."""
+    dest = normalize(url)
+    if is_remote(dest):
+        try:
+            filesystem(dest).put_file(str(local_path), dest)
+        except Exception as exc:  # noqa: BLE001
+            raise remote_error(dest, exc) from None
+        return dest
+    folder = Path(dest).parent
+    ensure_writable_dir(folder)
+    tmp = folder / f".{Path(dest).name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return dest
+
+
+def ensure_writable_dir(folder: str | Path) -> None:
+    """Create a local folder if needed and check that it can be written to."""
+    p = Path(folder)
+    blocker = next((q for q in (p, *p.parents) if q.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(
+            f"cannot create output folder {p}: {blocker} is a file, not a folder; choose "
+            "another path"
+        )
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create output folder {p}: {exc.strerror}; choose another path"
+        ) from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"output folder {p} is not writable; choose another path or fix permissions"
+        )
+
+
+def remove_tree(url: str | Path) -> None:
+    """Delete a folder or prefix, if present."""
+    u = normalize(url)
+    if is_remote(u):
+        fs = filesystem(u)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(u, recursive=True)
+    else:
+        shutil.rmtree(u, ignore_errors=True)

@@ -1,0 +1,313 @@
+"""The machinery every w2w store shares: open, create, padded reads, owned writes.
+
+Geo metadata is stored three ways so that every tool finds it: w2w's own attributes under
+``w2w`` (grid, kind, and what each kind records); a CF ``spatial_ref`` variable with
+``crs_wkt`` and ``GeoTransform`` that ``xarray.open_zarr`` + rioxarray read back exactly;
+and the Zarr ``proj:``/``spatial:`` conventions on the root group. ``x``/``y`` coordinate
+arrays (pixel centres) carry the CRS's own axis names and units: metres for a projected
+grid, degrees east and north for a geographic one.
+
+Rule: **every chunk has exactly one writer**. Writes go through :meth:`GeoStore.write`,
+which refuses a window that does not cover whole write units (edge units may be partial).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from w2w.core import storage
+from w2w.core.errors import InputError, OutputError
+from w2w.core.grid import Grid, Window, aligned
+
+FORMAT_VERSION = 1
+SPATIAL_REF = "spatial_ref"
+
+StoreKind = Literal["scene", "mosaic"]
+
+
+def _open_zarr_store(url: str, *, read_only: bool) -> zarr.abc.store.Store:
+    """A zarr store object for a local path or an object-store URL."""
+    if storage.is_remote(url):
+        return zarr.storage.FsspecStore.from_url(
+            url, storage_options=storage.storage_options(url), read_only=read_only
+        )
+    return zarr.storage.LocalStore(url, read_only=read_only)
+
+
+def _compressors() -> list[BloscCodec]:
+    return [BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)]
+
+
+def _spatial_ref_attrs(grid: Grid) -> dict[str, Any]:
+    """CF grid-mapping attributes that rioxarray reads (``crs_wkt`` + ``GeoTransform``)."""
+    return {
+        "crs_wkt": grid.crs_wkt,
+        "spatial_ref": grid.crs_wkt,
+        "GeoTransform": " ".join(repr(float(v)) for v in grid.transform.to_gdal()),
+    }
+
+
+def _convention_attrs(grid: Grid) -> dict[str, Any]:
+    """Zarr ``proj:`` / ``spatial:`` convention attributes, for tools that read those."""
+    epsg = grid.crs.to_epsg(confidence_threshold=100)
+    attrs: dict[str, Any] = {
+        "proj:wkt2": grid.crs_wkt,
+        "spatial:dimensions": ["y", "x"],
+        "spatial:transform": list(grid.transform)[:6],
+        "spatial:shape": [grid.height, grid.width],
+    }
+    if epsg:
+        attrs["proj:code"] = f"EPSG:{epsg}"
+    return attrs
+
+
+def coordinate_attrs(grid: Grid) -> dict[str, dict[str, str]]:
+    """CF attributes of the ``x`` and ``y`` coordinates, from the CRS: projection
+    coordinates in the CRS's linear unit, or longitude and latitude in degrees."""
+    crs = grid.crs
+    if crs.is_geographic:
+        return {
+            "x": {"axis": "X", "units": "degrees_east", "standard_name": "longitude"},
+            "y": {"axis": "Y", "units": "degrees_north", "standard_name": "latitude"},
+        }
+    unit = crs.linear_units or "metre"
+    units = "metre" if unit.lower() in ("metre", "meter", "m") else unit
+    return {
+        "x": {"axis": "X", "units": units, "standard_name": "projection_x_coordinate"},
+        "y": {"axis": "Y", "units": units, "standard_name": "projection_y_coordinate"},
+    }
+
+
+class GeoStore:
+    """Shared machinery of scene and mosaic stores: open, create, padded reads, owned writes."""
+
+    kind: ClassVar[StoreKind]
+
+    def __init__(self, url: str, group: zarr.Group, *, writable: bool) -> None:
+        self.url = url
+        self._group = group
+        self.writable = writable
+        meta = dict(group.attrs.get("w2w", {}))
+        if meta.get("kind") != self.kind:
+            maker = "ingest" if self.kind == "scene" else "predict"
+            raise InputError(
+                f"{url} is not a w2w {self.kind} store (found kind {meta.get('kind')!r}); "
+                f"give the path of a store made by `w2w {maker}`"
+            )
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise InputError(
+                f"{url} was written by a newer w2w (format {meta.get('format_version')}); "
+                "upgrade w2w to read it"
+            )
+        self.meta = meta
+        self.grid = Grid.from_attrs(meta["grid"])
+
+    # -- opening and creating --------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, *, mode: Literal["r", "r+"] = "r") -> Self:
+        """Open an existing store for reading (``r``) or for writing blocks (``r+``)."""
+        u = storage.normalize(url)
+        try:
+            zstore = _open_zarr_store(u, read_only=mode == "r")
+            group = zarr.open_group(store=zstore, mode=mode)
+        except (
+            FileNotFoundError,
+            zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError,
+        ):
+            raise InputError(
+                f"no w2w {cls.kind} store at {url}; check the path or create it first"
+            ) from None
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - object-store errors
+            if storage.is_remote(u):
+                raise storage.remote_error(u, exc) from None
+            raise InputError(f"cannot open {url} as a Zarr store: {exc}") from None
+        return cls(u, group, writable=mode != "r")
+
+    @classmethod
+    def _create_group(
+        cls, url: str, grid: Grid, meta: dict[str, Any], *, overwrite: bool
+    ) -> zarr.Group:
+        u = storage.normalize(url)
+        if storage.exists(u) and not overwrite:
+            raise OutputError(
+                f"output store {url} exists already; pass --overwrite to replace it "
+                "or choose another path"
+            )
+        if storage.exists(u):
+            storage.remove_tree(u)
+        if not storage.is_remote(u):
+            storage.ensure_writable_dir(Path(u).parent)
+        try:
+            zstore = _open_zarr_store(u, read_only=False)
+            group = zarr.open_group(store=zstore, mode="w", zarr_format=3)
+        except Exception as exc:  # noqa: BLE001
+            if storage.is_remote(u):
+                raise storage.remote_error(u, exc) from None
+            raise OutputError(f"cannot create store {url}: {exc}") from None
+        attrs = {
+            "w2w": {
+                "kind": cls.kind,
+                "format_version": FORMAT_VERSION,
+                "grid": grid.to_attrs(),
+                **meta,
+            },
+            **_convention_attrs(grid),
+        }
+        group.attrs.update(attrs)
+        ref = group.create_array(SPATIAL_REF, shape=(), dtype="int32", fill_value=0)
+        ref.attrs.update(_spatial_ref_attrs(grid))
+        ref[...] = 0
+        if grid.transform.b == 0 and grid.transform.d == 0:
+            _write_coordinates(group, grid)
+        return group
+
+    def _create_raster(
+        self,
+        name: str,
+        *,
+        dtype: str,
+        fill_value: float | int,
+        chunk: int,
+        bands: int | None = None,
+        shard: int | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        g = self.grid
+        shape: tuple[int, ...] = (g.height, g.width)
+        chunks: tuple[int, ...] = (min(chunk, g.height), min(chunk, g.width))
+        dims = ["y", "x"]
+        shards = None
+        if shard:
+            shards = (max(shard, chunks[0]), max(shard, chunks[1]))
+        if bands is not None:
+            shape = (bands, *shape)
+            chunks = (bands, *chunks)
+            dims = ["band", *dims]
+            if shards:
+                shards = (bands, *shards)
+        arr = self._group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            shards=shards,
+            dtype=dtype,
+            fill_value=fill_value,
+            compressors=_compressors(),
+            dimension_names=dims,
+        )
+        arr.attrs.update({"grid_mapping": SPATIAL_REF, "coordinates": SPATIAL_REF, **(attrs or {})})
+
+    def _create_cells(self, name: str, shape: tuple[int, int], dtype: str, fill: int) -> None:
+        """A small (rows, cols) bookkeeping array with one chunk per cell, so that every
+        block's writer owns its own cell."""
+        arr = self._group.create_array(
+            name,
+            shape=shape,
+            chunks=(1, 1),
+            dtype=dtype,
+            fill_value=fill,
+            dimension_names=["block_row", "block_col"],
+        )
+        arr.attrs.update({"block": self.meta.get("block")})
+
+    def finalize(self) -> None:
+        """Write consolidated metadata so that readers (xarray) open the store in one request."""
+        with warnings.catch_warnings():
+            # zarr notes that consolidated metadata is not (yet) part of the v3 spec; xarray
+            # and zarr-python read it, other readers fall back to the per-array metadata.
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(self._group.store)
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def update_meta(self, **changes: Any) -> None:
+        """Merge entries into the ``w2w`` attributes (driver only; not from block tasks)."""
+        self.meta = {**self.meta, **changes}
+        self._group.attrs["w2w"] = self.meta
+
+    def array_names(self) -> list[str]:
+        """Names of the arrays in the store."""
+        return sorted(self._group.array_keys())
+
+    def _array(self, name: str) -> zarr.Array:
+        try:
+            arr = self._group[name]
+        except KeyError:
+            raise InputError(f"{self.url} has no '{name}' array") from None
+        if not isinstance(arr, zarr.Array):
+            raise InputError(f"{self.url}: '{name}' is a group, not an array")
+        return arr
+
+    def chunk_shape(self, name: str) -> tuple[int, int]:
+        """(rows, cols) of the write unit of an array: its shard if sharded, else its chunk."""
+        arr = self._array(name)
+        unit = arr.shards or arr.chunks
+        return int(unit[-2]), int(unit[-1])
+
+    # -- reading and writing ---------------------------------------------------------------
+
+    def read(self, name: str, window: Window, fill: float | int) -> np.ndarray:
+        """Read ``window`` of an array; pixels outside the grid are ``fill``."""
+        arr = self._array(name)
+        lead = arr.shape[:-2]
+        out = np.full((*lead, window.height, window.width), fill, dtype=arr.dtype)
+        inner = window.intersect(self.grid.full_window)
+        if inner is not None:
+            rel = inner.relative_to(window)
+            out[(..., *rel.slices)] = arr[(..., *inner.slices)]
+        return out
+
+    def write(self, name: str, window: Window, data: np.ndarray) -> None:
+        """Write ``data`` into ``window``, which must cover whole write units (chunks/shards).
+
+        A window that would share a chunk with another writer is refused: Zarr has no locks,
+        and two writers of one chunk silently lose data.
+        """
+        if not self.writable:
+            raise OutputError(f"{self.url} was opened read-only")
+        self.check_owned(name, window)
+        arr = self._array(name)
+        if data.shape[-2:] != (window.height, window.width):
+            raise ValueError(f"data of shape {data.shape} does not fit window {window}")
+        arr[(..., *window.slices)] = data
+
+    def check_owned(self, name: str, window: Window) -> None:
+        """Raise ``ValueError`` unless ``window`` is made of whole write units of ``name``."""
+        unit = self.chunk_shape(name)
+        if not aligned(window, unit, self.grid.shape):
+            raise ValueError(
+                f"window {window} is not aligned to the {unit[0]} x {unit[1]} write units of "
+                f"{self.url}/{name}; each chunk must have exactly one writer"
+            )
+
+
+def _write_coordinates(group: zarr.Group, grid: Grid) -> None:
+    """Pixel-centre ``x`` and ``y`` coordinates with the CRS's axis attributes."""
+    t = grid.transform
+    values = {
+        "x": t.c + (np.arange(grid.width) + 0.5) * t.a,
+        "y": t.f + (np.arange(grid.height) + 0.5) * t.e,
+    }
+    attrs = coordinate_attrs(grid)
+    for name, coords in values.items():
+        arr = group.create_array(
+            name,
+            shape=coords.shape,
+            dtype="float64",
+            chunks=(max(1, len(coords)),),
+            dimension_names=[name],
+            fill_value=np.nan,
+        )
+        arr.attrs.update(attrs[name])
+        arr[:] = coords

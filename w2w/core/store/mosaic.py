@@ -1,0 +1,178 @@
+"""The mosaic store: a map's classes and confidence, and the manifest of finished blocks.
+
+Written by prediction and by the sieve, one block at a time; each block is one write unit
+(chunk, or shard) of every array, so every chunk has exactly one writer.
+
+* ``class`` (y, x, uint8): class ids of the class table, 255 = nodata;
+* ``confidence`` (y, x, uint8): the top-class probability x 255 (0 = nodata);
+* ``blocks_done`` (block row, block col): the manifest, one cell in its own chunk per block,
+  written by the block's writer after its data -- a re-run skips recorded blocks;
+* ``block_valid_pixels``: per block, how many valid input pixels its writer classified,
+  which the coverage check compares the stored classes against (-1: not written).
+
+The blocks are :meth:`MosaicStore.tiling`, a :class:`~w2w.core.grid.BlockTiling`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.classes import CLASS_NODATA, ClassInfo
+from w2w.core.errors import InputError
+from w2w.core.grid import BlockTiling, Grid, Window
+from w2w.core.store.base import GeoStore, StoreKind
+
+DONE = "blocks_done"
+VALID_COUNTS = "block_valid_pixels"
+
+
+class MosaicStore(GeoStore):
+    """Mosaic store: ``class``, ``confidence`` and the ``blocks_done`` manifest."""
+
+    kind: ClassVar[StoreKind] = "mosaic"
+
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        grid: Grid,
+        *,
+        block: int,
+        classes: list[ClassInfo],
+        chunk: int | None = None,
+        shard: bool = False,
+        provenance: dict[str, Any] | None = None,
+        with_confidence: bool = True,
+        overwrite: bool = False,
+    ) -> MosaicStore:
+        """Create an empty mosaic whose write unit (chunk, or shard when ``shard``) is ``block``."""
+        chunk = chunk or block
+        if shard and block % chunk:
+            raise ValueError(f"block {block} must be a multiple of the chunk {chunk} when sharding")
+        if not shard and chunk != block:
+            raise ValueError("without sharding the block must equal the chunk size")
+        meta = {
+            "block": block,
+            "chunk": chunk,
+            "sharded": shard,
+            "classes": [c.to_dict() for c in classes],
+            "provenance": provenance or {},
+            "complete": False,
+        }
+        group = cls._create_group(url, grid, meta, overwrite=overwrite)
+        store = cls(storage.normalize(url), group, writable=True)
+        shard_size = block if shard else None
+        store._create_raster(
+            "class",
+            dtype="uint8",
+            fill_value=CLASS_NODATA,
+            chunk=chunk,
+            shard=shard_size,
+            attrs={"nodata": CLASS_NODATA},
+        )
+        if with_confidence:
+            store._create_raster(
+                "confidence",
+                dtype="uint8",
+                fill_value=0,
+                chunk=chunk,
+                shard=shard_size,
+                attrs={"scale": 1 / 255},
+            )
+        shape = store.tiling.shape
+        store._create_cells(DONE, shape, "uint8", 0)
+        store._create_cells(VALID_COUNTS, shape, "int64", -1)
+        return store
+
+    # -- what the mosaic is --------------------------------------------------------------
+
+    @property
+    def block(self) -> int:
+        """Edge length of a prediction block (= the arrays' write unit)."""
+        return int(self.meta["block"])
+
+    @property
+    def tiling(self) -> BlockTiling:
+        """The mosaic's blocks: the unit of work of every stage that writes it."""
+        return self.grid.blocks(self.block)
+
+    @property
+    def classes(self) -> tuple[ClassInfo, ...]:
+        """The class table."""
+        return tuple(ClassInfo.from_dict(c) for c in self.meta["classes"])
+
+    @property
+    def block_grid_shape(self) -> tuple[int, int]:
+        """Number of blocks along (rows, cols)."""
+        return self.tiling.shape
+
+    def blocks(self) -> list[Window]:
+        """All blocks, row-major."""
+        return self.tiling.windows()
+
+    @property
+    def has_confidence(self) -> bool:
+        """Whether the mosaic carries a confidence array."""
+        return "confidence" in self.array_names()
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What the mosaic records about how it was made (inputs, bundle hash, settings)."""
+        value = self.meta.get("provenance")
+        return dict(value) if isinstance(value, dict) else {}
+
+    def require_complete(self, *, allow_incomplete: bool = False, then: str | None = None) -> None:
+        """Refuse a mosaic whose run did not finish, unless ``allow_incomplete``. The error
+        says how many blocks are done and how to go on; with ``then`` (what the caller does,
+        e.g. "export it") it also offers ``--allow-incomplete``."""
+        if self.meta.get("complete", False) or allow_incomplete:
+            return
+        done = self.done_blocks()
+        option = f", or pass --allow-incomplete to {then} with holes" if then else ""
+        raise InputError(
+            f"mosaic {self.url} is incomplete ({int(done.sum())} of {done.size} blocks done); "
+            f"finish the run that writes it (`w2w predict` resumes where it stopped){option}"
+        )
+
+    # -- the manifest ----------------------------------------------------------------------
+
+    def done_blocks(self) -> np.ndarray:
+        """(block rows, block cols) bool array: which blocks the manifest records as finished."""
+        return np.asarray(self._array(DONE)[...]).astype(bool)
+
+    def mark_block_done(self, window: Window, valid_pixels: int | None = None) -> None:
+        """Record a finished block, with the valid input pixels it classified; call only after
+        its data has been written."""
+        key = self.tiling.index(window)
+        if valid_pixels is not None and VALID_COUNTS in self.array_names():
+            self._array(VALID_COUNTS)[key] = int(valid_pixels)
+        self._array(DONE)[key] = 1
+
+    def clear_block(self, window: Window) -> None:
+        """Forget a block in the manifest, so that the next run predicts it again."""
+        self._array(DONE)[self.tiling.index(window)] = 0
+
+    def expected_valid_pixels(self) -> np.ndarray | None:
+        """(block rows, block cols) valid input pixels per written block (-1 where unknown),
+        or None for a mosaic made before w2w recorded them."""
+        if VALID_COUNTS not in self.array_names():
+            return None
+        return np.asarray(self._array(VALID_COUNTS)[...])
+
+    # -- data ------------------------------------------------------------------------------
+
+    def read_class(self, window: Window) -> np.ndarray:
+        """(h, w) classes of ``window``; 255 outside the grid and where not predicted."""
+        return self.read("class", window, CLASS_NODATA)
+
+    def read_confidence(self, window: Window) -> np.ndarray:
+        """(h, w) confidence x 255 of ``window``; 0 outside the grid."""
+        return self.read("confidence", window, 0)
+
+    def mark_complete(self, **meta: Any) -> None:
+        """Mark the mosaic complete (every block done) and consolidate its metadata."""
+        self.update_meta(**meta, complete=True)
+        self.finalize()

@@ -1,0 +1,26 @@
+"""The evaluate stage: accuracy of a map against reference labels, and class areas with CIs.
+
+:mod:`.config` (settings), :mod:`.run` (counting block by block), :mod:`.report` (the
+result, its JSON and Markdown forms).
+"""
+
+from typing import TYPE_CHECKING
+
+from w2w.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from w2w.evaluate.config import EvaluateConfig
+    from w2w.evaluate.report import ClassArea, EvaluationResult
+    from w2w.evaluate.run import evaluate
+
+__all__ = ["ClassArea", "EvaluateConfig", "EvaluationResult", "evaluate"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "EvaluateConfig": ".config",
+        "ClassArea": ".report",
+        "EvaluationResult": ".report",
+        "evaluate": ".run",
+    },
+)

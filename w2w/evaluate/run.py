@@ -1,0 +1,304 @@
+"""Evaluate: accuracy of a mosaic against reference labels, and class areas with their CIs.
+
+The mosaic and the labelled scene store share a grid; the comparison runs block by block
+(Ray tasks, or in this process with ``engine="local"``). Each block task returns two small
+sums, merged on the driver:
+
+* the **confusion matrix** (reference x map, indices of the mosaic's class table) over the
+  *reference pixels*: labelled (label != the scene's unlabelled value), with a label id in
+  the class table, and inside the chosen split of the model bundle (``split="test"``: the
+  pixels no training or validation chip covers). Reference pixels the map left as nodata
+  (255, e.g. invalid input there) or holding a value outside the class table are counted
+  and reported, never silently dropped; so are labels whose id the class table lacks;
+* the **mapped pixels** of every class over the whole mosaic -- the strata sizes of the area
+  estimator.
+
+Because both are plain sums, the result does not depend on the block size or on the number
+of workers, and equals a whole-raster computation.
+
+From them: overall accuracy, kappa, per-class precision (user's accuracy), recall
+(producer's), F1 and IoU, mean IoU (:func:`w2w.core.metrics.summary`), and the area of every
+class with a 95% confidence interval by the stratified estimator of Olofsson et al. (2014)
+(:func:`w2w.core.metrics.stratified_area`), in hectares and km^2 (pixels for a CRS not in
+metres). ``evaluation.json``, ``evaluation.md`` and ``confusion_matrix.png`` are written into
+the output folder (or ``s3://`` prefix), each atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.classes import CLASS_NODATA, ClassInfo
+from w2w.core.errors import ConfigError, InputError, OutputError
+from w2w.core.grid import Window
+from w2w.core.metrics import confusion
+from w2w.core.plots import plot_confusion
+from w2w.core.runtime import run_blocks
+from w2w.core.split import SplitPlan
+from w2w.core.store import MosaicStore, SceneStore
+from w2w.evaluate.config import EvaluateConfig
+from w2w.evaluate.report import EvaluationResult, Excluded, build_result, markdown_report
+
+log = logging.getLogger("w2w")
+
+#: Names of the files an evaluation writes into its output folder.
+REPORT_FILES = ("evaluation.json", "evaluation.md", "confusion_matrix.png")
+
+
+@dataclass
+class BlockCounts:
+    """Sums over some pixels: what one block task returns and the driver adds up."""
+
+    matrix: np.ndarray  # (K, K) int64, reference x map
+    mapped: np.ndarray  # (256,) int64: pixels of each stored map value, whole mosaic
+    map_nodata: int = 0  # reference pixels the map left as nodata (255)
+    map_unknown: int = 0  # reference pixels whose map value is not in the class table
+    label_unknown: int = 0  # labelled pixels (in the split) whose id is not in the table
+
+    @classmethod
+    def zeros(cls, n_classes: int) -> BlockCounts:
+        """Empty sums for ``n_classes`` classes."""
+        return cls(np.zeros((n_classes, n_classes), np.int64), np.zeros(256, np.int64))
+
+    def add(self, other: BlockCounts) -> None:
+        """Add another block's sums to these."""
+        self.matrix += other.matrix
+        self.mapped += other.mapped
+        self.map_nodata += other.map_nodata
+        self.map_unknown += other.map_unknown
+        self.label_unknown += other.label_unknown
+
+
+class BlockCounter:
+    """The block task: counts of one window. Small and picklable (URLs and small arrays);
+    the stores are opened on the worker on first use.
+    """
+
+    def __init__(
+        self,
+        mosaic_url: str,
+        scene_url: str,
+        class_ids: list[int],
+        unlabelled: int | None,
+        split_plan: SplitPlan | None = None,
+        split: str = "all",
+        chip_codes: np.ndarray | None = None,
+    ) -> None:
+        self.mosaic_url = mosaic_url
+        self.scene_url = scene_url
+        self.class_ids = list(class_ids)
+        self.unlabelled = unlabelled
+        self.split_plan = split_plan
+        self.split = split
+        self.chip_codes = chip_codes
+        self._stores: tuple[MosaicStore, SceneStore] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_stores": None}
+
+    def lookup(self) -> np.ndarray:
+        """(256,) int64: class-table index of every stored value, -1 when not in the table."""
+        lut = np.full(256, -1, dtype=np.int64)
+        for i, cid in enumerate(self.class_ids):
+            lut[cid] = i
+        return lut
+
+    def __call__(self, window: Window) -> BlockCounts:
+        if self._stores is None:
+            self._stores = (MosaicStore.open(self.mosaic_url), SceneStore.open(self.scene_url))
+        mosaic, scene = self._stores
+        return self.count(mosaic.read_class(window), scene.read_label(window), window)
+
+    def count(self, cls: np.ndarray, label: np.ndarray, window: Window) -> BlockCounts:
+        """The sums for map classes ``cls`` and labels ``label`` of ``window``."""
+        lut = self.lookup()
+        k = len(self.class_ids)
+        map_idx = lut[cls]
+        ref_idx = lut[label]
+        scored = np.ones(label.shape, dtype=bool)
+        if self.unlabelled is not None:
+            scored &= label != self.unlabelled
+        if self.split != "all" and self.split_plan is not None:
+            scored &= self.split_plan.pixel_mask(window, self.split, codes=self.chip_codes)  # type: ignore[arg-type]
+        reference = scored & (ref_idx >= 0)
+        return BlockCounts(
+            matrix=confusion(ref_idx, map_idx, k, mask=reference & (map_idx >= 0)),
+            mapped=np.bincount(cls.ravel(), minlength=256).astype(np.int64),
+            map_nodata=int((reference & (cls == CLASS_NODATA)).sum()),
+            map_unknown=int((reference & (map_idx < 0) & (cls != CLASS_NODATA)).sum()),
+            label_unknown=int((scored & (ref_idx < 0)).sum()),
+        )
+
+
+def report_targets(output: str) -> dict[str, str]:
+    """Where the report files go: ``json``, ``markdown`` and ``figure``."""
+    names = dict(zip(("json", "markdown", "figure"), REPORT_FILES, strict=True))
+    return {key: storage.join(output, name) for key, name in names.items()}
+
+
+def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
+    """Score a mosaic against a scene's labels and estimate class areas; see the module notes."""
+    mosaic = MosaicStore.open(cfg.mosaic)
+    scene = SceneStore.open(cfg.scene)
+    info = scene.info
+    if not info.has_label:
+        raise InputError(
+            f"scene store {cfg.scene} has no labels to evaluate against; ingest it with a "
+            "label raster (`w2w ingest ... --label labels.tif`)"
+        )
+    warnings: list[str] = []
+    note = scene.grid.check_matches(
+        mosaic.grid,
+        what=f"mosaic {cfg.mosaic}",
+        fix="evaluate the mosaic against the scene store it was predicted from",
+    )
+    if note:
+        warnings.append(note)
+    mosaic.require_complete(allow_incomplete=cfg.allow_incomplete, then="evaluate it")
+    classes = mosaic.classes
+    if not classes:
+        raise InputError(f"mosaic {cfg.mosaic} has an empty class table; nothing to evaluate")
+    split, plan, bundle_hash = _resolve_split(cfg, mosaic, classes, warnings)
+    warnings.extend(_scene_class_warnings(info.classes, classes, cfg.scene))
+
+    targets = report_targets(cfg.output)
+    existing = [u for u in targets.values() if storage.exists(u)]
+    if existing and not cfg.overwrite:
+        raise OutputError(
+            f"{existing[0]} exists already; pass --overwrite to replace the report or choose "
+            "another output folder"
+        )
+
+    counter = BlockCounter(
+        mosaic.url,
+        scene.url,
+        [c.id for c in classes],
+        info.unlabelled,
+        split_plan=plan,
+        split=split,
+        chip_codes=plan.chip_codes() if plan is not None else None,
+    )
+    totals = BlockCounts.zeros(len(classes))
+    for counts in run_blocks(
+        counter, mosaic.blocks(), engine=cfg.engine, what="evaluate", progress=progress
+    ):
+        totals.add(counts)
+    inputs = {
+        "mosaic": cfg.mosaic,
+        "scene": cfg.scene,
+        "bundle": cfg.bundle,
+        "bundle_hash": bundle_hash,
+        "mosaic_provenance": mosaic.provenance,
+    }
+    result = build_result(
+        totals.matrix,
+        totals.mapped,
+        Excluded(totals.map_nodata, totals.map_unknown, totals.label_unknown),
+        classes,
+        mosaic.grid,
+        split=split,
+        inputs=inputs,
+        files=targets,
+        warnings=warnings,
+    )
+    for w in result.warnings:
+        log.warning(w)
+    report = result.to_json()
+    storage.atomic_write_bytes(
+        targets["figure"], plot_confusion(totals.matrix, [c.name for c in classes])
+    )
+    storage.atomic_write_bytes(targets["markdown"], markdown_report(report).encode())
+    storage.atomic_write_bytes(targets["json"], (json.dumps(report, indent=2) + "\n").encode())
+    return result
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def _resolve_split(
+    cfg: EvaluateConfig,
+    mosaic: MosaicStore,
+    classes: tuple[ClassInfo, ...],
+    warnings: list[str],
+) -> tuple[str, Any, str | None]:
+    """The split to score, its plan (or None for ``all``) and the bundle's content hash."""
+    if cfg.bundle is None:
+        if cfg.split not in (None, "all"):
+            raise ConfigError(
+                f"split '{cfg.split}' needs the model bundle that holds the spatial split; "
+                "pass --bundle model.safetensors, or --split all to score every labelled pixel"
+            )
+        return "all", None, None
+
+    from w2w.model.bundle import load_bundle
+
+    bundle = load_bundle(cfg.bundle)
+    check_class_tables(classes, bundle.classes, cfg.mosaic, cfg.bundle)
+    split = cfg.split or ("test" if bundle.split is not None else "all")
+    if split == "all":
+        if cfg.split is None:
+            warnings.append(
+                f"bundle {cfg.bundle} records no spatial split: scoring every labelled pixel, "
+                "training pixels included, so the scores are optimistic"
+            )
+        else:
+            warnings.append(
+                "split 'all' includes the pixels the model was trained on: the scores are "
+                "optimistic; use --split test for an honest estimate"
+            )
+        return "all", None, bundle.content_hash
+    plan = bundle.split
+    if plan is None:
+        raise InputError(
+            f"bundle {cfg.bundle} records no spatial split, so split '{split}' cannot be "
+            "rebuilt; evaluate with --split all (optimistic: includes training pixels) or "
+            "train with a split"
+        )
+    grid = mosaic.grid
+    if (plan.height, plan.width) != grid.shape:
+        raise InputError(
+            f"the split in bundle {cfg.bundle} was made for a {plan.width} x {plan.height} px "
+            f"scene but the mosaic is {grid.width} x {grid.height} px; evaluate the mosaic "
+            "of the scene the model was trained on, or use --split all"
+        )
+    return split, plan, bundle.content_hash
+
+
+def check_class_tables(
+    mosaic_classes: tuple[ClassInfo, ...],
+    bundle_classes: tuple[ClassInfo, ...],
+    mosaic_url: str,
+    bundle_url: str,
+) -> None:
+    """Refuse a mosaic and a bundle whose class tables (ids and names) differ."""
+    a = [(c.id, c.name) for c in mosaic_classes]
+    b = [(c.id, c.name) for c in bundle_classes]
+    if a != b:
+
+        def show(table: list[tuple[int, str]]) -> str:
+            return ", ".join(f"{i}={n}" for i, n in table)
+
+        raise InputError(
+            f"class tables differ: mosaic {mosaic_url} has [{show(a)}], bundle {bundle_url} "
+            f"has [{show(b)}]; evaluate the mosaic with the bundle that predicted it"
+        )
+
+
+def _scene_class_warnings(
+    scene_classes: tuple[ClassInfo, ...], classes: tuple[ClassInfo, ...], scene_url: str
+) -> list[str]:
+    names = {c.id: c.name for c in classes}
+    out = []
+    for c in scene_classes:
+        if c.id in names and names[c.id] != c.name:
+            out.append(
+                f"label {c.id} is '{c.name}' in scene {scene_url} but '{names[c.id]}' in the "
+                "mosaic; scoring by id"
+            )
+    return out

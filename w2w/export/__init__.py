@@ -1,0 +1,26 @@
+"""The export stage: a mosaic into files GIS tools and catalogues take as they are.
+
+:mod:`.config` (settings), :mod:`.cog` (the streamed COG and its checks), :mod:`.stac`
+(the STAC Item), :mod:`.styles` (quicklook and QGIS style), :mod:`.run` (the set of files,
+published together).
+"""
+
+from typing import TYPE_CHECKING
+
+from w2w.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from w2w.export.config import ExportConfig
+    from w2w.export.run import ExportResult, export, export_targets
+
+__all__ = ["ExportConfig", "ExportResult", "export", "export_targets"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ExportConfig": ".config",
+        "ExportResult": ".run",
+        "export": ".run",
+        "export_targets": ".run",
+    },
+)

@@ -1,0 +1,85 @@
+"""The settings of ``w2w export``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from w2w.core.config import PathStr, StageConfig, overwrite_field
+
+Compression = Literal["deflate", "zstd", "lzw"]
+
+
+def iso_utc(when: dt.datetime) -> str:
+    """A time in UTC as ISO 8601 with a ``Z``, to the second (STAC's form)."""
+    return when.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class ExportConfig(StageConfig):
+    """Settings of ``w2w export``."""
+
+    stage_name: ClassVar[str] = "export"
+
+    input: PathStr = Field(description="mosaic store (local path or s3:// URL)")
+    output: PathStr = Field(description="the class COG to write: a .tif path or s3:// URL")
+    confidence: Literal["none", "band", "file"] = Field(
+        default="file",
+        description="confidence as <name>_confidence.tif beside the map (file), as a second "
+        "band (band), or not at all (none)",
+    )
+    blocksize: int = Field(default=512, ge=64, le=4096, description="COG tile edge, pixels")
+    compress: Compression = Field(
+        default="deflate",
+        description="COG compression; deflate is read by every GIS, zstd is smaller and "
+        "faster but needs GDAL >= 2.3 built with zstd on the reading side",
+    )
+    overview_resampling: Literal["mode", "nearest"] = Field(
+        default="mode", description="overviews of the classes; confidence always uses average"
+    )
+    quicklook_size: int = Field(default=1024, ge=64, le=8192, description="quicklook long edge")
+    datetime: str | None = Field(
+        default=None,
+        description="nominal date of the map for the STAC Item (e.g. of the imagery), ISO "
+        "8601; default: the time of export",
+    )
+    allow_incomplete: bool = Field(
+        default=False, description="export a mosaic whose prediction did not finish"
+    )
+    cache_mb: int = Field(
+        default=256, ge=8, le=65536, description="GDAL block cache; bounds export memory"
+    )
+    workdir: PathStr | None = Field(
+        default=None,
+        description="local scratch folder (needs about 3x the COG's size); default: the "
+        "system temporary folder",
+    )
+    overwrite: bool = overwrite_field()
+
+    @field_validator("blocksize")
+    @classmethod
+    def _tile_multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError(f"COG tiles must be a multiple of 16 pixels; try {v - v % 16 or 16}")
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _tif_name(cls, v: str) -> str:
+        if not v.lower().endswith((".tif", ".tiff")):
+            raise ValueError("the output must be a GeoTIFF name ending in .tif, e.g. map.tif")
+        return v
+
+    @field_validator("datetime")
+    @classmethod
+    def _iso_datetime(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parsed = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("not an ISO 8601 date or time, e.g. 2024-06-30") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return iso_utc(parsed)

@@ -1,0 +1,29 @@
+"""The ingest stage: imagery and labels into a scene store on the state's grid.
+
+:mod:`.config` (settings), :mod:`.sources` (opening and checking rasters), :mod:`.run`
+(checks, plan, the block reader), :mod:`.build` (the store, block by block), :mod:`.synth`
+(the synthetic state, as GeoTIFFs or straight into a store).
+"""
+
+from typing import TYPE_CHECKING
+
+from w2w.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from w2w.ingest.config import IngestConfig
+    from w2w.ingest.run import IngestReport, ingest
+    from w2w.ingest.synth import SynthConfig, SynthOutputs, synthesize
+
+__all__ = ["IngestConfig", "IngestReport", "SynthConfig", "SynthOutputs", "ingest", "synthesize"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "IngestConfig": ".config",
+        "IngestReport": ".run",
+        "ingest": ".run",
+        "SynthConfig": ".synth",
+        "SynthOutputs": ".synth",
+        "synthesize": ".synth",
+    },
+)

@@ -1,0 +1,135 @@
+"""Build a scene store block by block from any reader of (image, labels) windows.
+
+Used by ingest (a reader of the checked source rasters) and by the synthetic generator (a
+reader that makes each window). Each block task reads one block, writes the store chunks it
+alone owns and returns partial statistics; the driver merges them and records statistics,
+class histogram and class table, then marks the store complete. Memory per task is one block,
+whatever the size of the scene.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.classes import class_table
+from w2w.core.errors import InputError
+from w2w.core.grid import Grid, Window
+from w2w.core.runtime import run_blocks
+from w2w.core.stats import SceneAccumulator
+from w2w.core.store import SceneStore, valid_pixels
+
+log = logging.getLogger("w2w")
+
+BlockReader = Callable[[Window], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+class _BlockWriter:
+    """One block task: read a block with ``reader``, write it, return its statistics."""
+
+    def __init__(
+        self,
+        store_url: str,
+        reader: BlockReader,
+        dtype: str,
+        nodata: float | None,
+        unlabelled: int,
+        band_count: int,
+    ) -> None:
+        self.store_url = store_url
+        self.reader = reader
+        self.dtype = dtype
+        self.nodata = nodata
+        self.unlabelled = unlabelled
+        self.band_count = band_count
+
+    def __call__(self, window: Window) -> SceneAccumulator:
+        image, label = self.reader(window)
+        if image.dtype.kind == "f":
+            infinite = np.isinf(image)
+            if infinite.any():
+                band = int(np.argwhere(infinite.any(axis=(1, 2)))[0, 0])
+                raise InputError(
+                    f"the imagery holds {int(infinite.sum()):,} infinite values (first in band "
+                    f"{band + 1}, in the block at row {window.row}, col {window.col}); a "
+                    "reflectance is never infinite: set those pixels to the nodata value or to "
+                    "NaN (which w2w treats as nodata) and ingest again"
+                )
+        valid = valid_pixels(image, self.nodata)
+        store = SceneStore.open(self.store_url, mode="r+")
+        store.write("image", window, image)
+        if label is not None:
+            store.write("label", window, label)
+            label = np.where(valid, label, self.unlabelled).astype(np.uint8)
+        acc = SceneAccumulator(
+            band_names=[str(i) for i in range(self.band_count)], dtype=self.dtype
+        )
+        acc.add_block(image, valid, label, seed=window.row * 1_000_003 + window.col)
+        return acc
+
+
+def build_store(
+    url: str,
+    grid: Grid,
+    reader: BlockReader,
+    *,
+    band_names: list[str],
+    dtype: str,
+    nodata: float | None,
+    with_label: bool,
+    unlabelled: int,
+    class_names: dict[int, str],
+    chunk: int,
+    block: int,
+    engine: Literal["ray", "local"],
+    source: dict[str, Any],
+    overwrite: bool,
+    progress: bool,
+    what_nodata: str,
+) -> SceneAccumulator:
+    """Create a scene store at ``url`` and fill it block by block from ``reader``.
+
+    Each block task writes only the chunks of its own block and returns partial statistics;
+    the driver merges them and records statistics, class histogram and class table. On any
+    failure the partial store is removed.
+    """
+    store = SceneStore.create(
+        url,
+        grid,
+        band_names=band_names,
+        dtype=dtype,
+        nodata=nodata,
+        chunk=chunk,
+        with_label=with_label,
+        unlabelled=unlabelled,
+        source=source,
+        overwrite=overwrite,
+    )
+    try:
+        total = SceneAccumulator(band_names=band_names, dtype=dtype)
+        task = _BlockWriter(url, reader, dtype, nodata, unlabelled, len(band_names))
+        for acc in run_blocks(
+            task, grid.blocks(block).windows(), engine=engine, what="ingest", progress=progress
+        ):
+            total.merge(acc)
+        if total.valid_count == 0:
+            raise InputError(what_nodata)
+        histogram = total.histogram(unlabelled) if with_label else {}
+        if with_label and not histogram:
+            log.warning("the labels have no labelled pixel on the image's valid area")
+        named = {k for k in class_names if k != unlabelled}
+        classes = class_table(sorted(set(histogram) | named), class_names)
+        store.mark_complete(
+            stats={k: v.to_dict() for k, v in total.band_stats().items()},
+            class_histogram={str(k): v for k, v in histogram.items()},
+            classes=[c.to_dict() for c in classes],
+            valid_pixels=total.valid_count,
+        )
+    except BaseException:
+        storage.remove_tree(url)
+        raise
+    return total

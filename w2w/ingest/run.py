@@ -1,0 +1,278 @@
+"""Ingest: GeoTIFF image(s) and an optional label raster into a scene store.
+
+The image is either one multi-band raster or several rasters whose bands are stacked in the
+order given. Everything is checked before the first byte is written: files readable, grids
+identical (an equivalent CRS realisation only warns), pixel types supported, band names
+matching the band count. Then the scene is processed block by block -- on Ray tasks, or in
+this process with ``engine="local"`` -- each block task reading its window from the sources
+and writing the store chunks it alone owns, and returning partial statistics that the
+driver merges. Memory per task is one block, whatever the size of the scene.
+
+A new store is built under a temporary name beside the output and moved into place only
+when complete, so a failed ingest never damages an existing store.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.errors import ConfigError, InputError, OutputError
+from w2w.core.grid import Grid, Window
+from w2w.core.outputs import replace_store
+from w2w.ingest.build import build_store
+from w2w.ingest.config import IngestConfig
+from w2w.ingest.sources import (
+    IMAGE_DTYPES,
+    LABEL_DTYPES,
+    RasterSource,
+    inspect_source,
+    read_window,
+)
+
+log = logging.getLogger("w2w")
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """Everything a block task needs, checked on the driver; sent to every task."""
+
+    sources: tuple[RasterSource, ...]
+    label: RasterSource | None
+    grid: Grid
+    dtype: str
+    nodata: float | None
+    label_lut_keys: tuple[int, ...]
+    label_lut_values: tuple[int, ...]
+    label_nodata: int | None
+    unlabelled: int
+    reproject_labels: bool
+
+    @property
+    def band_count(self) -> int:
+        """Number of stacked bands."""
+        return sum(s.count for s in self.sources)
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What ingest wrote."""
+
+    output: str
+    grid: Grid
+    band_names: tuple[str, ...]
+    valid_pixels: int
+    class_histogram: dict[int, int]
+    warnings: tuple[str, ...]
+
+
+def plan_ingest(cfg: IngestConfig) -> tuple[IngestPlan, list[str], list[str]]:
+    """Check every input and build the plan; returns (plan, band names, warnings)."""
+    warnings: list[str] = []
+    nodatas = cfg.nodata or [None]  # type: ignore[list-item]
+    if len(nodatas) == 1:
+        nodatas = nodatas * len(cfg.images)
+    sources = tuple(
+        inspect_source(p, role="image", allowed_dtypes=IMAGE_DTYPES, nodata=nd)
+        for p, nd in zip(cfg.images, nodatas, strict=True)
+    )
+    grid = sources[0].grid
+    for src in sources[1:]:
+        msg = grid.check_matches(
+            src.grid,
+            what=f"image {src.path}",
+            fix="image bands must share one pixel grid; resample them onto one grid first",
+        )
+        if msg:
+            warnings.append(msg)
+
+    band_names = _band_names(cfg, sources)
+    dtype = str(np.result_type(*[np.dtype(s.dtype) for s in sources]))
+    nodata = next((s.nodata for s in sources if s.nodata is not None), None)
+    if nodata is not None and not _representable(nodata, dtype):
+        raise InputError(
+            f"nodata value {nodata} cannot be stored as {dtype}; "
+            "pass --nodata with a value of that type"
+        )
+
+    label = None
+    if cfg.label is not None:
+        label = inspect_source(
+            cfg.label, role="label", allowed_dtypes=LABEL_DTYPES, nodata=cfg.label_nodata
+        )
+        if label.count != 1:
+            raise InputError(
+                f"label file {cfg.label} has {label.count} bands; give a single-band label raster"
+            )
+        if not cfg.reproject_labels:
+            msg = grid.check_matches(
+                label.grid,
+                what=f"label {cfg.label}",
+                fix="pass --reproject-labels to warp the labels onto the image grid "
+                "(nearest neighbour), or fix the label raster",
+            )
+            if msg:
+                warnings.append(msg)
+    keys = tuple(sorted(cfg.label_map))
+    plan = IngestPlan(
+        sources=sources,
+        label=label,
+        grid=grid,
+        dtype=dtype,
+        nodata=nodata,
+        label_lut_keys=keys,
+        label_lut_values=tuple(cfg.label_map[k] for k in keys),
+        label_nodata=label.nodata if label is not None and label.nodata is not None else None,  # type: ignore[arg-type]
+        unlabelled=cfg.unlabelled,
+        reproject_labels=label is not None
+        and cfg.reproject_labels
+        and not _on_grid(grid, label.grid),
+    )
+    return plan, band_names, warnings
+
+
+def _on_grid(grid: Grid, other: Grid) -> bool:
+    """Whether ``other`` can be read pixel for pixel as ``grid`` (no warp needed)."""
+    return grid.same_pixels(other) and grid.crs_relation(other) != "different"
+
+
+def _band_names(cfg: IngestConfig, sources: tuple[RasterSource, ...]) -> list[str]:
+    n = sum(s.count for s in sources)
+    if cfg.band_names is not None:
+        if len(cfg.band_names) != n:
+            raise ConfigError(
+                f"{len(cfg.band_names)} band names given for {n} bands "
+                f"({', '.join(f'{Path(s.path).name}: {s.count}' for s in sources)}); "
+                "give one name per band"
+            )
+        if len(set(cfg.band_names)) != n:
+            raise ConfigError(f"band names must be unique, got {cfg.band_names}")
+        return list(cfg.band_names)
+    names: list[str] = []
+    for s in sources:
+        for d in s.descriptions:
+            if s.count == 1 and len(sources) > 1:
+                names.append(d or Path(s.path).stem)
+            else:
+                names.append(d or f"band{len(names) + 1}")
+    if len(set(names)) != len(names):
+        names = [f"band{i + 1}" for i in range(n)]
+    return names
+
+
+def _representable(value: float, dtype: str) -> bool:
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.floating):
+        return True
+    info = np.iinfo(dt)
+    return float(value).is_integer() and info.min <= value <= info.max
+
+
+class SourceReader:
+    """Reads one block of stacked image bands and mapped labels from the checked sources."""
+
+    def __init__(self, plan: IngestPlan) -> None:
+        self.plan = plan
+
+    def __call__(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        plan = self.plan
+        parts = []
+        for src in plan.sources:
+            data = read_window(src, window, role="image").astype(plan.dtype, copy=False)
+            if src.nodata is not None and plan.nodata is not None and src.nodata != plan.nodata:
+                src_nd = np.asarray(src.nodata).astype(data.dtype)
+                data = np.where(data == src_nd, plan.nodata, data).astype(plan.dtype)
+            parts.append(data)
+        image = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        label = map_labels(plan, window) if plan.label is not None else None
+        return image, label
+
+
+def map_labels(plan: IngestPlan, window: Window) -> np.ndarray:
+    """Read a block of labels (warped onto the image grid if asked) and map them to class ids."""
+    assert plan.label is not None
+    warp_nodata = plan.label_nodata if plan.label_nodata is not None else _warp_fill(plan)
+    raw = read_window(
+        plan.label,
+        window,
+        role="label",
+        target=plan.grid if plan.reproject_labels else None,
+        warp_nodata=warp_nodata,
+    )[0].astype(np.int64)
+    out = raw.copy()
+    for k, v in zip(plan.label_lut_keys, plan.label_lut_values, strict=True):
+        out[raw == k] = v
+    missing = raw == warp_nodata if plan.reproject_labels else np.zeros(raw.shape, dtype=bool)
+    if plan.label_nodata is not None:
+        missing |= raw == plan.label_nodata
+    out[missing] = plan.unlabelled
+    bad = (out < 0) | (out > 254)
+    if bad.any():
+        values = sorted(set(np.unique(raw[bad]).tolist()))[:8]
+        raise InputError(
+            f"label file {plan.label.path} has values {values} that are not class ids 0-254; "
+            "map them with --label-map (e.g. '-5=0;2,3,6=1') or set --label-nodata"
+        )
+    return out.astype(np.uint8)
+
+
+def _warp_fill(plan: IngestPlan) -> int:
+    """A value outside the label's range, used for pixels a warp leaves uncovered."""
+    assert plan.label is not None
+    dt = np.dtype(plan.label.dtype)
+    info = np.iinfo(dt)
+    return int(info.max) if plan.unlabelled != info.max else int(info.min)
+
+
+def ingest(cfg: IngestConfig, *, progress: bool = True) -> IngestReport:
+    """Run ingest end to end and report what was written; bad input raises a W2WError."""
+    output = cfg.output
+    if storage.exists(output) and not cfg.overwrite:
+        raise OutputError(
+            f"output store {cfg.output} exists already; pass --overwrite to replace it"
+        )
+    plan, band_names, warnings = plan_ingest(cfg)
+    for w in warnings:
+        log.warning(w)
+    with replace_store(output, overwrite=cfg.overwrite) as work_url:
+        stats = build_store(
+            work_url,
+            plan.grid,
+            SourceReader(plan),
+            band_names=band_names,
+            dtype=plan.dtype,
+            nodata=plan.nodata,
+            with_label=plan.label is not None,
+            unlabelled=cfg.unlabelled,
+            class_names=cfg.classes,
+            chunk=cfg.chunk,
+            block=cfg.block,
+            engine=cfg.engine,
+            source=_provenance(cfg, plan),
+            overwrite=cfg.overwrite,
+            progress=progress,
+            what_nodata=f"every pixel of {', '.join(cfg.images)} is nodata (nodata={plan.nodata}); "
+            "check the --nodata value or the input files",
+        )
+    return IngestReport(
+        output=output,
+        grid=plan.grid,
+        band_names=tuple(band_names),
+        valid_pixels=stats.valid_count,
+        class_histogram=stats.histogram(cfg.unlabelled) if plan.label is not None else {},
+        warnings=tuple(warnings),
+    )
+
+
+def _provenance(cfg: IngestConfig, plan: IngestPlan) -> dict[str, Any]:
+    return {
+        "images": list(cfg.images),
+        "label": cfg.label,
+        "label_map": {str(k): v for k, v in cfg.label_map.items()},
+        "reprojected_labels": plan.reproject_labels,
+    }

@@ -1,0 +1,187 @@
+"""Opening and checking the GeoTIFFs (or any GDAL raster) that ingest reads.
+
+Each source is checked before anything is written: it exists, GDAL can read it, it has a CRS
+and a supported data type, and its last rows can be read (a truncated file fails here rather
+than half-way through a statewide ingest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import Resampling
+
+from w2w.core import storage
+from w2w.core.errors import InputError
+from w2w.core.grid import Grid, Window
+
+#: Pixel types an image may have. Complex and 64-bit integers cannot be represented in the
+#: float32 the models see without loss, so they are refused with a conversion hint.
+IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+LABEL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32")
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """A checked raster file: its path, grid, band count, data type, nodata and band names."""
+
+    path: str
+    grid: Grid
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+    @property
+    def gdal_path(self) -> str:
+        """The path as GDAL wants it (``/vsis3/`` for ``s3://``)."""
+        return gdal_path(self.path)
+
+
+def gdal_path(path: str) -> str:
+    """Translate an ``s3://`` URL to GDAL's ``/vsis3/`` form; local paths pass through."""
+    if path.startswith("s3://"):
+        return "/vsis3/" + path[len("s3://") :]
+    return path
+
+
+@contextlib.contextmanager
+def gdal_env(path: str) -> Iterator[None]:
+    """A rasterio environment that lets GDAL reach object storage for ``path``."""
+    options: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    endpoint = storage.storage_options(path).get("endpoint_url")
+    if path.startswith("s3://") and endpoint:
+        host = endpoint.split("://", 1)[-1]
+        options.update(
+            AWS_S3_ENDPOINT=host,
+            AWS_HTTPS="YES" if endpoint.startswith("https") else "NO",
+            AWS_VIRTUAL_HOSTING="FALSE",
+        )
+    with rasterio.Env(**options):
+        yield
+
+
+@contextlib.contextmanager
+def open_raster(path: str, *, role: str) -> Iterator[Any]:
+    """Open a raster with rasterio, turning GDAL's errors into ones that say what to fix."""
+    if not storage.is_remote(path):
+        if not storage.exists(path):
+            raise InputError(f"{role} file not found: {path}; check the path")
+        if os.path.isdir(path):
+            raise InputError(f"{role} file {path} is a folder; give the path of a raster file")
+        if os.path.getsize(path) == 0:
+            raise InputError(
+                f"{role} file {path} is empty (0 bytes); the download or export that made it "
+                "failed: make it again"
+            )
+    with gdal_env(path):
+        try:
+            ds = rasterio.open(gdal_path(path))
+        except RasterioIOError as exc:
+            raise InputError(
+                f"cannot read {role} file {path} as a raster ({_first_line(exc)}); "
+                "is it a complete GeoTIFF?"
+            ) from None
+        try:
+            yield ds
+        finally:
+            ds.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    """GDAL's own message: rasterio often wraps it ("See previous exception") in a cause."""
+    inner = exc.__cause__ or exc.__context__
+    if inner is not None and "previous exception" in str(exc):
+        exc = inner
+    args = getattr(exc, "args", ())
+    message = args[-1] if len(args) == 3 and isinstance(args[-1], str) else str(exc)
+    text = message.strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def inspect_source(
+    path: str, *, role: str, allowed_dtypes: tuple[str, ...], nodata: float | None = None
+) -> RasterSource:
+    """Open, check and describe one raster; ``nodata`` overrides the file's own value."""
+    with open_raster(path, role=role) as ds:
+        dtypes = set(ds.dtypes)
+        if len(dtypes) != 1:
+            raise InputError(
+                f"{role} file {path} mixes pixel types {sorted(dtypes)}; convert it to one type "
+                "(e.g. `gdal_translate -ot Float32`)"
+            )
+        dtype = ds.dtypes[0]
+        if dtype not in allowed_dtypes:
+            raise InputError(
+                f"{role} file {path} has unsupported pixel type {dtype}; supported: "
+                f"{', '.join(allowed_dtypes)} (convert with `gdal_translate -ot ...`)"
+            )
+        grid = Grid.from_rasterio(ds)
+        file_nodata = ds.nodata
+        _probe_last_rows(ds, path, role)
+        return RasterSource(
+            path=path,
+            grid=grid,
+            count=ds.count,
+            dtype=dtype,
+            nodata=nodata if nodata is not None else file_nodata,
+            descriptions=tuple(ds.descriptions),
+        )
+
+
+def _probe_last_rows(ds: Any, path: str, role: str) -> None:
+    """Read the first and last block rows of every band: a truncated file fails here."""
+    bh = ds.block_shapes[0][0] if ds.block_shapes else 1
+    rows = min(ds.height, max(1, bh))
+    for row in {0, ds.height - rows}:
+        try:
+            ds.read(window=rasterio.windows.Window(0, row, ds.width, rows))
+        except (RasterioError, RasterioIOError) as exc:
+            raise InputError(
+                f"{role} file {path} is corrupt or truncated: reading rows {row}-{row + rows} "
+                f"failed ({_first_line(exc)}); re-download or re-export it"
+            ) from None
+
+
+def read_window(
+    src: RasterSource,
+    window: Window,
+    *,
+    role: str,
+    target: Grid | None = None,
+    resampling: Resampling = Resampling.nearest,
+    warp_nodata: float | None = None,
+) -> np.ndarray:
+    """Read all bands of ``window`` (on ``target`` when warping, else on the source grid).
+
+    With ``target`` the source is warped onto that grid (nearest neighbour by default);
+    pixels outside the source become ``warp_nodata``.
+    """
+    with open_raster(src.path, role=role) as ds:
+        try:
+            if target is None:
+                return ds.read(window=window.to_rasterio())
+            with WarpedVRT(
+                ds,
+                crs=target.crs,
+                transform=target.transform,
+                width=target.width,
+                height=target.height,
+                resampling=resampling,
+                src_nodata=src.nodata,
+                nodata=warp_nodata,
+            ) as vrt:
+                return vrt.read(window=window.to_rasterio())
+        except (RasterioError, RasterioIOError) as exc:
+            raise InputError(
+                f"{role} file {src.path}: reading window {window.to_dict()} failed "
+                f"({_first_line(exc)}); the file may be corrupt or truncated"
+            ) from None

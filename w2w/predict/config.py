@@ -1,0 +1,47 @@
+"""The settings of ``w2w predict``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, model_validator
+
+from w2w.core.config import PathStr, StageConfig
+
+
+class PredictConfig(StageConfig):
+    """Settings of ``w2w predict``."""
+
+    stage_name: ClassVar[str] = "predict"
+
+    scene: PathStr = Field(description="scene store to map")
+    bundle: PathStr = Field(description="model bundle from `w2w train`")
+    output: PathStr = Field(description="mosaic store to write (local path or s3:// URL)")
+    block: int = Field(default=1024, ge=32, description="block edge = mosaic write unit (px)")
+    chunk: int | None = Field(default=None, ge=16, description="inner chunk when sharding")
+    stride: int | None = Field(default=None, ge=1, description="chip step; default chip/2")
+    batch_size: int = Field(default=16, ge=1, description="chips per forward pass")
+    tta: bool = Field(default=False, description="average over flips (4x compute)")
+    actors: int = Field(default=1, ge=1, description="size of the inference actor pool")
+    use_gpu: bool = Field(default=False, description="one GPU per inference actor")
+    cpus_per_actor: float = Field(default=1, gt=0, description="CPUs per inference actor")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads of a CPU actor; default: its CPUs (at least 1). More threads "
+        "than CPUs lets one actor use cores the light read/write tasks leave idle",
+    )
+    read_cpus: float = Field(
+        default=0.5,
+        gt=0,
+        description="CPUs per read/write task (differs from the actors' so the stages stay apart)",
+    )
+    confidence: bool = Field(default=True, description="write the confidence array")
+    overwrite: bool = Field(default=False, description="start the mosaic over")
+    max_blocks: int | None = Field(default=None, ge=1, description="stop after this many blocks")
+
+    @model_validator(mode="after")
+    def _shard(self) -> PredictConfig:
+        if self.chunk is not None and self.block % self.chunk:
+            raise ValueError(f"block ({self.block}) must be a multiple of chunk ({self.chunk})")
+        return self

@@ -1,0 +1,306 @@
+"""Wall-to-wall prediction: a Ray Data job that writes every pixel of a scene into a mosaic.
+
+The unit of work is one output **block**, aligned to the mosaic's write unit (its chunk, or
+its shard), so every chunk has exactly one writer. The job is three Ray Data stages:
+
+1. ``read`` (CPU tasks): read the block plus a halo -- every chip of the **global** chip grid
+   that touches the block -- from the scene store; edge blocks are padded so every row has
+   the same shape;
+2. ``predict`` (an actor pool; one GPU per actor on GPU, CPU actors locally): normalise,
+   run the model over those chips in batches (optionally with flip test-time augmentation),
+   blend overlapping chip probabilities with a smooth weight window, crop to the block;
+3. ``write`` (CPU tasks): write ``class`` and ``confidence`` for the block, then record the
+   block in the manifest -- only after its data is written.
+
+Because chips are anchored on the scene's pixel grid and a pixel's value depends only on the
+chips that cover it (summed in a fixed order), the mosaic does not depend on block size or on
+how many actors ran. A re-run skips blocks the manifest records; ``overwrite`` starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.coverage import verify_coverage
+from w2w.core.errors import ConfigError, InputError, OutputError, StageFailedError
+from w2w.core.grid import Window
+from w2w.core.progress import progress_bar
+from w2w.core.runtime import ensure_ray, quiet_ray_data, raise_from_worker
+from w2w.core.store import MosaicStore, SceneStore
+from w2w.predict.actor import Predictor
+from w2w.predict.config import PredictConfig
+from w2w.predict.plan import BlockPlan, batch_windows
+
+if TYPE_CHECKING:
+    from w2w.model.bundle import Bundle
+
+# torch (through w2w.model.bundle) is imported only where a model is used: the read, write and
+# coverage tasks run in Ray workers that then stay small (importing torch costs each
+# worker process a few hundred MiB).
+
+log = logging.getLogger("w2w")
+
+
+# -- stages -----------------------------------------------------------------------------------
+
+
+def read_blocks(
+    batch: dict[str, np.ndarray], scene_url: str, plan: dict[str, int]
+) -> dict[str, Any]:
+    """Read stage: the padded halo window of each block, raw pixels and valid mask."""
+    bp = BlockPlan(**plan)
+    store = SceneStore.open(scene_url)
+    images, valids = [], []
+    for block in batch_windows(batch):
+        win = bp.window(block)
+        image = store.read_image(win)
+        images.append(image)
+        valids.append(store.valid_mask(image, win))
+    return {**batch, "image": np.stack(images), "valid": np.stack(valids)}
+
+
+def write_blocks(
+    batch: dict[str, np.ndarray], mosaic_url: str, with_confidence: bool
+) -> dict[str, Any]:
+    """Write stage: each block's own chunks, then its manifest entry (after the data)."""
+    mosaic = MosaicStore.open(mosaic_url, mode="r+")
+    for i, block in enumerate(batch_windows(batch)):
+        h, w = block.height, block.width
+        mosaic.write("class", block, batch["class"][i][:h, :w])
+        if with_confidence:
+            mosaic.write("confidence", block, batch["confidence"][i][:h, :w])
+        mosaic.mark_block_done(block, int(batch["valid_pixels"][i]))
+    return {"row": batch["row"], "col": batch["col"]}
+
+
+# -- driver -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictReport:
+    """What prediction did."""
+
+    output: str
+    blocks_total: int
+    blocks_done_before: int
+    blocks_written: int
+    seconds: float
+    pixels_per_second: float
+    #: Seconds from the start of the block job (the mosaic open) until the first block was
+    #: written (the job's start-up: Ray Data, the actors' imports and model load, the first
+    #: block's read and forward) and until the last one was; None when no block was written.
+    first_block_seconds: float | None = None
+    last_block_seconds: float | None = None
+
+
+def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
+    """Predict every pixel of a scene into a mosaic store (resuming an unfinished one), then
+    check that every valid pixel has a class."""
+    from w2w.model.bundle import load_bundle
+
+    scene = SceneStore.open(cfg.scene)
+    bundle = load_bundle(cfg.bundle)
+    bundle.check_scene(scene.info, scene.url)
+    stride = _stride(cfg, bundle.chip_size)
+    mosaic = _open_or_create_mosaic(cfg, scene, bundle, stride)
+    tiling = mosaic.tiling
+    tiling.check_one_writer(mosaic.chunk_shape("class"), what="the mosaic's")
+    todo = tiling.windows(~mosaic.done_blocks())
+    before = len(tiling) - len(todo)
+    if before:
+        share = 1 - sum(w.size for w in todo) / mosaic.grid.full_window.size
+        log.info(
+            "resuming: %d of %d blocks already done (%.0f%% of the scene's pixels), skipped",
+            before,
+            len(tiling),
+            100 * share,
+        )
+    if cfg.max_blocks is not None:
+        todo = todo[: cfg.max_blocks]
+    plan = BlockPlan(scene.grid.height, scene.grid.width, cfg.block, bundle.chip_size, stride)
+
+    t0 = time.time()
+    finished: list[float] = []  # when each block was written
+    written = _run_blocks(cfg, todo, plan, scene.url, mosaic.url, progress=progress, times=finished)
+    if mosaic.done_blocks().all():
+        written += _check_coverage(cfg, mosaic, plan, scene.url, progress=progress)
+    seconds = time.time() - t0
+    pixels = sum(b.size for b in todo)
+    return PredictReport(
+        output=mosaic.url,
+        blocks_total=len(tiling),
+        blocks_done_before=before,
+        blocks_written=written,
+        seconds=seconds,
+        pixels_per_second=pixels / seconds if seconds > 0 else 0.0,
+        first_block_seconds=finished[0] - t0 if finished else None,
+        last_block_seconds=finished[-1] - t0 if finished else None,
+    )
+
+
+def _stride(cfg: PredictConfig, chip_size: int) -> int:
+    """The chip stride in use (default half a chip), checked against chip and block."""
+    stride = cfg.stride or max(1, chip_size // 2)
+    if stride > chip_size:
+        raise ConfigError(f"stride {stride} exceeds the model's chip size {chip_size}")
+    if cfg.block % stride:
+        raise ConfigError(
+            f"block ({cfg.block}) must be a multiple of the chip stride ({stride}) so that every "
+            "block sees the same chip pattern"
+        )
+    return stride
+
+
+def _check_coverage(
+    cfg: PredictConfig, mosaic: MosaicStore, plan: BlockPlan, scene_url: str, *, progress: bool
+) -> int:
+    """Check the finished mosaic for holes; predict blocks with holes once more; mark the
+    mosaic complete, or fail naming the blocks. Returns the blocks written again."""
+    coverage = verify_coverage(mosaic.url, progress=progress)
+    written = 0
+    if coverage.holes:
+        # A block whose classes read back short of its valid pixels lost (part of) a
+        # write: predict it again, once, then check again.
+        log.warning("coverage check: %s; predicting them again", coverage.describe())
+        redo = [h.window for h in coverage.holes]
+        mosaic.update_meta(complete=False)
+        for w in redo:
+            mosaic.clear_block(w)
+        written = _run_blocks(cfg, redo, plan, scene_url, mosaic.url, progress=progress)
+        coverage = verify_coverage(mosaic.url, progress=progress)
+    if not coverage.ok:
+        mosaic.update_meta(complete=False)
+        for h in coverage.holes:
+            mosaic.clear_block(h.window)
+        raise StageFailedError(
+            f"coverage check of {mosaic.url} failed: {coverage.describe()}; those blocks "
+            "are cleared from the manifest: run `w2w predict` again to redo them"
+        )
+    log.info("coverage check: %s", coverage.describe())
+    mosaic.mark_complete()
+    return written
+
+
+def _run_blocks(
+    cfg: PredictConfig,
+    todo: list[Window],
+    plan: BlockPlan,
+    scene_url: str,
+    mosaic_url: str,
+    *,
+    progress: bool,
+    times: list[float] | None = None,
+) -> int:
+    """The Ray Data job over ``todo``: read -> predict (actor pool) -> write; blocks written.
+    The time each block was written is appended to ``times``."""
+    import ray
+    import ray.data
+
+    if not todo:
+        return 0
+    ensure_ray()
+    quiet_ray_data()
+    rows = [b.to_dict() for b in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(
+        read_blocks,
+        fn_kwargs={"scene_url": scene_url, "plan": plan.__dict__},
+        batch_size=1,
+        num_cpus=cfg.read_cpus,
+    )
+    ds = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={
+            "bundle_url": cfg.bundle,
+            "plan": plan.__dict__,
+            "settings": {
+                "batch_size": cfg.batch_size,
+                "tta": cfg.tta,
+                "use_gpu": cfg.use_gpu,
+                "threads": cfg.threads or max(1, int(cfg.cpus_per_actor)),
+            },
+        },
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        batch_size=1,
+        num_gpus=1 if cfg.use_gpu else 0,
+        num_cpus=cfg.cpus_per_actor,
+        # Fault tolerance: Ray Data (2.60) restarts a dead inference actor without limit and
+        # retries the blocks it held (the defaults of its actor pools); read and write tasks
+        # are retried on worker death (Ray's task default). Every stage is idempotent -- a
+        # block rewrites only its own chunks -- so a retried block gives the same mosaic
+        # (tests/test_reliability.py kills an actor mid-run). Application errors are not
+        # retried.
+    )
+    ds = ds.map_batches(
+        write_blocks,
+        fn_kwargs={"mosaic_url": mosaic_url, "with_confidence": cfg.confidence},
+        batch_size=1,
+        num_cpus=cfg.read_cpus,
+    )
+    written = 0
+    with progress_bar("predict", total=len(todo), enabled=progress) as advance:
+        try:
+            for _ in ds.iter_rows():
+                written += 1
+                if times is not None:
+                    times.append(time.time())
+                advance(1)
+        except Exception as exc:  # noqa: BLE001 - surface the worker's cause
+            raise_from_worker(exc, "prediction")
+    return written
+
+
+def _open_or_create_mosaic(
+    cfg: PredictConfig, scene: SceneStore, bundle: Bundle, stride: int
+) -> MosaicStore:
+    """Resume a mosaic made by the same bundle for the same scene, or create a new one."""
+    provenance = {
+        "scene": scene.url,
+        "bundle": cfg.bundle,
+        "bundle_hash": bundle.content_hash,
+        "chip_size": bundle.chip_size,
+        "stride": stride,
+        "tta": cfg.tta,
+        "predict_config": cfg.to_dict(),
+    }
+    url = cfg.output
+    if storage.exists(url) and not cfg.overwrite:
+        try:
+            existing = MosaicStore.open(url, mode="r+")
+        except InputError:
+            raise OutputError(
+                f"{cfg.output} exists and is not a w2w mosaic; pass --overwrite or choose "
+                "another path"
+            ) from None
+        prov = existing.meta.get("provenance", {})
+        same = (
+            prov.get("bundle_hash") == bundle.content_hash
+            and prov.get("scene") == scene.url
+            and existing.block == cfg.block
+            and prov.get("stride") == stride
+            and prov.get("tta") == cfg.tta
+        )
+        if not same:
+            raise OutputError(
+                f"mosaic {cfg.output} exists from another model, scene or settings; pass "
+                "--overwrite to start over, or choose another output"
+            )
+        return existing
+    shard = cfg.chunk is not None and cfg.chunk != cfg.block
+    return MosaicStore.create(
+        url,
+        scene.grid,
+        block=cfg.block,
+        chunk=cfg.chunk if shard else None,
+        shard=shard,
+        classes=list(bundle.classes),
+        provenance=provenance,
+        with_confidence=cfg.confidence,
+        overwrite=cfg.overwrite,
+    )

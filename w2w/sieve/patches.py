@@ -1,0 +1,204 @@
+"""Passes 1 and 2 of the sieve: label each block's patches, join edge patches across seams.
+
+Pass 1 (a task per block) labels the block's patches and reports those that touch its edge
+("edge patches": class and pixels in the block) and its four edge lines of labels,
+run-length coded. Pass 2 (the driver) joins edge patches across block seams -- connected
+components of a sparse graph -- into global patches with their true sizes. Pure numpy and
+scipy: what a block task needs is a :class:`BlockReader` it can call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from w2w.core.classes import CLASS_NODATA
+from w2w.core.grid import BlockKey, Window
+from w2w.sieve.config import MAX_SIZE
+
+
+class BlockReader(Protocol):
+    """Where block tasks read classes; picklable, so it opens its store where it runs."""
+
+    def read_class(self, window: Window) -> np.ndarray:
+        """(h, w) classes of ``window``, 255 on nodata."""
+        ...
+
+
+class BlockWriter(Protocol):
+    """Where block tasks write sieved blocks; picklable like :class:`BlockReader`."""
+
+    def write_block(self, window: Window, sieved: np.ndarray, changed: np.ndarray) -> None:
+        """Store one sieved block; ``changed`` marks the pixels whose class changed."""
+        ...
+
+
+def label_patches(cls: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """The patches of a class raster: ``(labels, classes)``.
+
+    ``labels`` (int32) is 0 on nodata and 1..n on the patches; ``classes[k]`` is the class of
+    label ``k`` (``classes[0]`` is nodata). Labels depend only on the pixels, so every pass
+    labels a block the same way.
+    """
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    labels = np.zeros(cls.shape, dtype=np.int32)
+    classes = [np.full(1, CLASS_NODATA, dtype=np.uint8)]
+    count = 0
+    for value in np.unique(cls):
+        if value == CLASS_NODATA:
+            continue
+        found, n = ndimage.label(cls == value, structure=structure, output=np.int32)
+        inside = found > 0
+        labels[inside] = found[inside] + count
+        classes.append(np.full(n, value, dtype=np.uint8))
+        count += n
+    return labels, np.concatenate(classes)
+
+
+def edge_labels(labels: np.ndarray) -> np.ndarray:
+    """Sorted labels of the patches that touch the edge of a block (0 left out)."""
+    line = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    found = np.unique(line)
+    return found[found > 0]
+
+
+@dataclass(frozen=True)
+class Runs:
+    """A line of labels, run-length coded: ``values[i]`` from ``starts[i]`` to the next start."""
+
+    starts: np.ndarray
+    values: np.ndarray
+    length: int
+
+    @classmethod
+    def encode(cls, line: np.ndarray) -> Runs:
+        """Code a 1-D array."""
+        starts = np.concatenate([[0], np.flatnonzero(line[1:] != line[:-1]) + 1])
+        return cls(starts.astype(np.int32), line[starts], len(line))
+
+    def decode(self) -> np.ndarray:
+        """The line again."""
+        return np.repeat(self.values, np.diff(np.append(self.starts, self.length)))
+
+
+@dataclass(frozen=True)
+class EdgePatches:
+    """Pass 1's report on a block: its edge patches and its four edge lines of labels."""
+
+    window: Window
+    labels: np.ndarray  # sorted local labels of the patches touching the block's edge
+    classes: np.ndarray  # their class
+    sizes: np.ndarray  # their pixel count inside the block
+    top: Runs
+    bottom: Runs
+    left: Runs
+    right: Runs
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    """Pass 1, one block: label it and report its edge patches."""
+
+    source: BlockReader
+    connectivity: int
+
+    def __call__(self, window: Window) -> EdgePatches:
+        cls = self.source.read_class(window)
+        labels, classes = label_patches(cls, self.connectivity)
+        edge = edge_labels(labels)
+        sizes = np.bincount(labels.ravel(), minlength=len(classes))
+        return EdgePatches(
+            window=window,
+            labels=edge,
+            classes=classes[edge],
+            sizes=sizes[edge].astype(np.int64),
+            top=Runs.encode(labels[0]),
+            bottom=Runs.encode(labels[-1]),
+            left=Runs.encode(labels[:, 0]),
+            right=Runs.encode(labels[:, -1]),
+        )
+
+
+# -- pass 2: join edge patches across seams (driver) -----------------------------------------
+
+
+@dataclass
+class GlobalEdgePatches:
+    """Edge patches joined across block seams into global patches (ids 0..n-1)."""
+
+    blocks: dict[BlockKey, EdgePatches]
+    gids: dict[BlockKey, np.ndarray]  # per block: global id of each of its edge labels
+    sizes: np.ndarray  # per global patch: its size over the whole raster (capped like GDAL)
+    classes: np.ndarray  # per global patch: its class
+
+    def line(self, key: BlockKey, side: str) -> np.ndarray:
+        """Global ids along one edge line of a block (-1 on nodata)."""
+        report = self.blocks[key]
+        return _to_gids(getattr(report, side).decode(), report.labels, self.gids[key])
+
+
+def _to_gids(line: np.ndarray, labels: np.ndarray, gids: np.ndarray) -> np.ndarray:
+    """Local labels -> global ids through a block's (sorted labels, gids); 0 -> -1."""
+    if len(labels) == 0:
+        return np.full(len(line), -1, dtype=np.int64)
+    out = gids[np.minimum(np.searchsorted(labels, line), len(labels) - 1)]
+    return np.where(line > 0, out, -1)
+
+
+def _seam_pairs(a: np.ndarray, b: np.ndarray, diagonal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of touching pixels across a seam: ``a[k]`` faces ``b[k]`` (and ``b[k±1]``)."""
+    firsts, seconds = [a], [b]
+    if diagonal and len(a) > 1:
+        firsts += [a[:-1], a[1:]]
+        seconds += [b[1:], b[:-1]]
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def join_edges(blocks: dict[BlockKey, EdgePatches], connectivity: int) -> GlobalEdgePatches:
+    """Join the blocks' edge patches that touch across seams into global patches."""
+    keys = sorted(blocks)
+    offsets = np.cumsum([0] + [len(blocks[k].labels) for k in keys])
+    base = {k: int(o) for k, o in zip(keys, offsets[:-1])}
+    total = int(offsets[-1])
+    classes = np.concatenate([blocks[k].classes for k in keys] or [np.zeros(0, np.uint8)])
+    sizes = np.concatenate([blocks[k].sizes for k in keys] or [np.zeros(0, np.int64)])
+
+    def nodes(key: BlockKey, side: str, at: slice = slice(None)) -> np.ndarray:
+        report = blocks[key]
+        local = np.arange(len(report.labels), dtype=np.int64) + base[key]
+        return _to_gids(getattr(report, side).decode()[at], report.labels, local)
+
+    diagonal = connectivity == 8
+    firsts, seconds = [], []
+    for i, j in keys:
+        pairs = []
+        if (i, j + 1) in blocks:
+            pairs.append(_seam_pairs(nodes((i, j), "right"), nodes((i, j + 1), "left"), diagonal))
+        if (i + 1, j) in blocks:
+            pairs.append(_seam_pairs(nodes((i, j), "bottom"), nodes((i + 1, j), "top"), diagonal))
+        if diagonal and (i + 1, j + 1) in blocks:
+            last, first = slice(-1, None), slice(0, 1)
+            pairs.append((nodes((i, j), "bottom", last), nodes((i + 1, j + 1), "top", first)))
+        if diagonal and (i + 1, j - 1) in blocks:
+            last, first = slice(-1, None), slice(0, 1)
+            pairs.append((nodes((i, j), "bottom", first), nodes((i + 1, j - 1), "top", last)))
+        for a, b in pairs:
+            keep = (a >= 0) & (b >= 0)
+            a, b = a[keep], b[keep]
+            keep = classes[a] == classes[b]
+            firsts.append(a[keep])
+            seconds.append(b[keep])
+    a = np.concatenate(firsts or [np.zeros(0, np.int64)])
+    b = np.concatenate(seconds or [np.zeros(0, np.int64)])
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(total, total))
+    count, comp = connected_components(graph.tocsr(), directed=False)
+    global_sizes = np.bincount(comp, weights=sizes, minlength=count).astype(np.int64)
+    global_classes = np.zeros(count, dtype=np.uint8)
+    global_classes[comp] = classes
+    gids = {k: comp[base[k] : base[k] + len(blocks[k].labels)].astype(np.int64) for k in keys}
+    return GlobalEdgePatches(blocks, gids, np.minimum(global_sizes, MAX_SIZE), global_classes)

@@ -1,0 +1,126 @@
+"""The sieve stage: a mosaic in, a sieved mosaic out, exactly GDAL's sieve of the whole map.
+
+See :mod:`w2w.sieve` for the rule and the passes. Confidence: where the sieve changes a
+pixel's class its confidence becomes 0 ("unknown"), since the stored value is the
+probability of the class the model chose, no longer the pixel's class. Elsewhere confidence
+is copied.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.classes import CLASS_NODATA
+from w2w.core.errors import OutputError
+from w2w.core.grid import Grid, Window
+from w2w.core.outputs import replace_store
+from w2w.core.store import MosaicStore
+from w2w.sieve.config import SieveConfig
+from w2w.sieve.passes import sieve_blocks
+
+log = logging.getLogger("w2w")
+
+
+@dataclass(frozen=True)
+class SieveReport:
+    """What the sieve wrote."""
+
+    output: str
+    grid: Grid
+    min_pixels: int
+    connectivity: int
+    changed_pixels: int
+
+
+@dataclass(frozen=True)
+class MosaicReader:
+    """Reads the classes of a mosaic store."""
+
+    url: str
+
+    def read_class(self, window: Window) -> np.ndarray:
+        """(h, w) classes of ``window``, 255 on nodata."""
+        return MosaicStore.open(self.url).read_class(window)
+
+
+@dataclass(frozen=True)
+class MosaicWriter:
+    """Writes sieved blocks into the new mosaic.
+
+    Per block: ``class``; ``confidence``, 0 where the class changed and copied from the
+    input elsewhere; then the block's entry in the manifest of finished blocks.
+    """
+
+    input_url: str
+    output_url: str
+
+    def write_block(self, window: Window, sieved: np.ndarray, changed: np.ndarray) -> None:
+        """Write one block's chunks, then mark the block done."""
+        target = MosaicStore.open(self.output_url, mode="r+")
+        source = MosaicStore.open(self.input_url)
+        target.write("class", window, sieved)
+        if target.has_confidence:
+            confidence = source.read_confidence(window)
+            confidence[changed] = 0
+            target.write("confidence", window, confidence)
+        # The sieve never changes nodata: the input's classified pixels are the expectation.
+        expected = int((source.read_class(window) != CLASS_NODATA).sum())
+        target.mark_block_done(window, expected)
+
+
+def sieve(cfg: SieveConfig, *, progress: bool = True) -> SieveReport:
+    """Write a sieved copy of a mosaic; bad input raises a W2WError.
+
+    The new mosaic is built beside the output and moved into place only when complete, so a
+    failure leaves an existing output untouched.
+    """
+    output = cfg.output
+    if storage.exists(output) and not cfg.overwrite:
+        raise OutputError(
+            f"output store {cfg.output} exists already; pass --overwrite to replace it"
+        )
+    source = MosaicStore.open(cfg.input)
+    source.require_complete()
+    min_pixels = cfg.min_unit_pixels(source.grid)
+    provenance = {
+        "stage": "sieve",
+        "input": source.url,
+        "min_pixels": min_pixels,
+        "min_area_ha": cfg.min_area_ha,
+        "connectivity": cfg.connectivity,
+        "rule": "GDALSieveFilter (rasterio.features.sieve) with nodata 255 masked",
+        "input_provenance": source.provenance,
+    }
+    with replace_store(output, overwrite=cfg.overwrite) as work_url:
+        target = MosaicStore.create(
+            work_url,
+            source.grid,
+            block=source.block,
+            chunk=int(source.meta.get("chunk", source.block)),
+            shard=bool(source.meta.get("sharded", False)),
+            classes=list(source.classes),
+            provenance=provenance,
+            with_confidence=source.has_confidence,
+            overwrite=cfg.overwrite,
+        )
+        try:
+            changed = sieve_blocks(
+                MosaicReader(source.url),
+                MosaicWriter(source.url, work_url),
+                source.grid,
+                source.block,
+                min_pixels=min_pixels,
+                connectivity=cfg.connectivity,
+                engine=cfg.engine,
+                progress=progress,
+            )
+            target.mark_complete(changed_pixels=changed)
+        except BaseException:
+            storage.remove_tree(work_url)
+            raise
+    log.debug("sieve changed %d pixels", changed)
+    return SieveReport(output, source.grid, min_pixels, cfg.connectivity, changed)

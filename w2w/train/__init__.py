@@ -1,0 +1,31 @@
+"""The train stage: chips from a scene store into a Ray Train DDP run, out comes a bundle.
+
+:mod:`.config` (settings), :mod:`.chips` (index, filters, balance, Ray Data reads),
+:mod:`.augment`, :mod:`.losses`, :mod:`.plan` (the driver's checks and plan),
+:mod:`.worker` (the per-worker loop), :mod:`.run` (the trainer and the bundle).
+"""
+
+from typing import TYPE_CHECKING
+
+from w2w.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from w2w.train.config import TrainConfig
+    from w2w.train.plan import TrainPlan, claim_run, prepare
+    from w2w.train.run import TrainReport, train
+    from w2w.train.worker import validate
+
+__all__ = ["TrainConfig", "TrainPlan", "TrainReport", "claim_run", "prepare", "train", "validate"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "TrainConfig": ".config",
+        "TrainPlan": ".plan",
+        "claim_run": ".plan",
+        "prepare": ".plan",
+        "TrainReport": ".run",
+        "train": ".run",
+        "validate": ".worker",
+    },
+)

@@ -1,0 +1,133 @@
+"""The settings of ``w2w train``: one frozen config with a section per concern.
+
+Validated on the driver; workers rebuild it from the plain dict with ``from_dict``. Nothing
+here imports torch or Ray, so the command line can show every option without loading them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from w2w.core import storage
+from w2w.core.config import PathStr, StageConfig
+from w2w.core.split import SplitConfig
+from w2w.train.augment import AugmentConfig
+from w2w.train.chips import ChipConfig
+from w2w.train.losses import LossConfig
+
+BUNDLE_NAME = "model.safetensors"
+
+
+class ModelConfig(StageConfig):
+    """Architecture, encoder and optional initial weights."""
+
+    stage_name: ClassVar[str] = "model"
+
+    arch: str = Field(default="Unet", description="architecture, e.g. Unet, FPN, UnetPlusPlus")
+    encoder: str = Field(
+        default="resnet34", description="encoder, e.g. resnet34, efficientnet-b0, tu-<timm name>"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="extra smp arguments, e.g. decoder_channels"
+    )
+    weights: PathStr | None = Field(default=None, description="whole-model weights to start from")
+    encoder_weights: PathStr | None = Field(
+        default=None, description="encoder weights to start from"
+    )
+
+
+class OptimConfig(StageConfig):
+    """AdamW and its learning-rate schedule."""
+
+    stage_name: ClassVar[str] = "optim"
+
+    lr: float = Field(default=1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
+    schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        default="cosine", description="learning-rate schedule"
+    )
+    warmup_epochs: float = Field(default=1.0, ge=0, description="linear warm-up (cosine only)")
+    min_lr_ratio: float = Field(
+        default=0.01, ge=0, le=1, description="final learning rate / peak (cosine only)"
+    )
+
+
+class WorkersConfig(StageConfig):
+    """How many training workers and what each gets."""
+
+    stage_name: ClassVar[str] = "workers"
+
+    num_workers: int = Field(default=2, ge=1, description="training workers (DDP ranks)")
+    use_gpu: bool = Field(default=False, description="one GPU per worker")
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs per training worker")
+    gpus_per_worker: float = Field(
+        default=1, gt=0, description="GPUs per training worker (with use_gpu)"
+    )
+    accelerator_type: str | None = Field(default=None, description="e.g. A10G")
+
+
+class TrainConfig(StageConfig):
+    """Settings of ``w2w train``."""
+
+    stage_name: ClassVar[str] = "train"
+
+    scene: PathStr = Field(description="scene store with labels")
+    run_name: str = Field(
+        default="w2w-run",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="name of the run in storage_path; re-run the same name to resume",
+    )
+    storage_path: PathStr = Field(default="runs", description="local folder or s3:// prefix")
+    bundle: PathStr | None = Field(default=None, description=f"default: <run dir>/{BUNDLE_NAME}")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    chips: ChipConfig = Field(default_factory=ChipConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    normalization: Literal["percentile", "zscore"] = Field(
+        default="percentile", description="per-band scaling from the scene's statistics"
+    )
+    epochs: int = Field(default=20, ge=1, description="maximum epochs")
+    batch_size: int = Field(default=8, ge=1, description="chips per batch per worker")
+    accumulate: int = Field(default=1, ge=1, description="gradient accumulation steps")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="auto: bf16 autocast on GPUs that have it, else fp32"
+    )
+    patience: int | None = Field(default=6, ge=1, description="early stopping; None = off")
+    max_failures: int = Field(default=2, ge=0, description="worker failures survived")
+    keep_checkpoints: int = Field(default=2, ge=1, description="best checkpoints kept")
+    cache_chips: Literal["auto", "yes", "no"] = Field(
+        default="auto",
+        description="keep the training chips in Ray's object store (auto: when they fit in a "
+        "third of it)",
+    )
+    val_batch_size: int = Field(default=16, ge=1, description="chips per validation batch")
+    seed: int = Field(default=0, description="seed of weights, sampling and augmentation")
+    reproducible: bool = Field(
+        default=True,
+        description="stream the chips in a fixed order, so that a seed gives the same model on "
+        "CPU; costs a little throughput (a slow read holds later chips back), so large GPU "
+        "runs may turn it off",
+    )
+    engine: Literal["ray", "local"] = Field(default="ray", description="for the chip index scan")
+    overwrite: bool = Field(default=False, description="delete an existing run of this name first")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if isinstance(self.loss.class_weights, list) and not self.loss.class_weights:
+            raise ValueError("loss.class_weights is an empty list")
+        return self
+
+    @property
+    def run_dir(self) -> str:
+        """Where Ray Train keeps the run and w2w writes its reports."""
+        return storage.join(self.storage_path, self.run_name)
+
+    @property
+    def bundle_url(self) -> str:
+        """Where the model bundle is written."""
+        return self.bundle or storage.join(self.run_dir, BUNDLE_NAME)

@@ -1,0 +1,215 @@
+"""The driver's side of training: check the inputs, index and split the chips, claim the run.
+
+:func:`prepare` validates everything before any worker starts -- the model by name, the chip
+size against the encoder, bands, classes, class weights -- then indexes the chips, splits
+them spatially and selects them; the result is a frozen :class:`TrainPlan` that every worker
+receives. :func:`claim_run` starts a new run or checks that an existing run of the same name
+can be resumed with these settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.classes import ClassInfo, label_lut
+from w2w.core.errors import ConfigError, InputError
+from w2w.core.grid import Window
+from w2w.core.split import SplitPlan, make_split
+from w2w.core.store import SceneInfo, SceneStore
+from w2w.model.models import ModelSpec, build_model, check_chip_size
+from w2w.model.normalization import Normalizer
+from w2w.train.chips import (
+    ChipReader,
+    chip_index,
+    class_weights,
+    describe_selection,
+    select_chips,
+)
+from w2w.train.config import TrainConfig
+
+log = logging.getLogger("w2w")
+
+#: The file in a run's folder that records the settings the run was started with.
+RUN_FILE = "w2w-run.json"
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What every training worker needs, checked and built on the driver."""
+
+    spec: ModelSpec
+    classes: tuple[ClassInfo, ...]
+    bands: tuple[str, ...]
+    nodata: float | None
+    normalizer: Normalizer
+    reader: ChipReader
+    #: Training samples (chip origins, a repeated chip repeated), in a seeded random order.
+    train_rows: tuple[dict[str, int], ...]
+    val_windows: tuple[Window, ...]
+    class_weights: tuple[float, ...]
+    split: SplitPlan
+    #: Chip counts per split, for the log and the run's report.
+    chips: dict[str, Any]
+    scene_url: str
+    scene_grid: dict[str, Any]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes the model predicts."""
+        return len(self.classes)
+
+    def for_workers(self) -> TrainPlan:
+        """The plan without the training rows, which reach the workers as a Ray dataset."""
+        return dataclasses.replace(self, train_rows=())
+
+    @property
+    def scene(self) -> dict[str, Any]:
+        """The scene the model was trained on, as recorded in the bundle."""
+        return {"url": self.scene_url, "grid": self.scene_grid}
+
+
+def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
+    """Check the inputs and build the plan every worker receives."""
+    store = SceneStore.open(cfg.scene)
+    info = store.info
+    classes = _classes(cfg, info)
+    n_classes = len(classes)
+    spec = ModelSpec(
+        cfg.model.arch, cfg.model.encoder, info.n_bands, n_classes, dict(cfg.model.options)
+    )
+    check_chip_size(build_model(spec), spec, cfg.chips.size)
+    normalizer = Normalizer.from_stats(info.stats, list(info.band_names), cfg.normalization)
+    lut = label_lut(classes, info.unlabelled)
+
+    index = chip_index(
+        store, cfg.chips.size, cfg.chips.step, lut, n_classes, engine=cfg.engine, progress=progress
+    )
+    try:
+        split = make_split(store.grid, cfg.chips.size, cfg.chips.step, cfg.split, index.labelled)
+    except ValueError as exc:
+        raise ConfigError(f"split: {exc}") from None
+    train_sel = select_chips(
+        index, split, "train", cfg.chips, seed=cfg.seed, balance=cfg.chips.balance
+    )
+    val_sel = select_chips(index, split, "val", cfg.chips)
+    test_sel = select_chips(index, split, "test", cfg.chips)
+    if not len(train_sel):
+        raise InputError(
+            f"no training chip of {cfg.chips.size} px has {cfg.chips.min_labelled_pixels}+ "
+            f"labelled and {cfg.chips.min_valid_fraction:.0%}+ valid pixels in the training "
+            "split; lower chips.min_valid_fraction or chips.size, or check the labels"
+        )
+    if cfg.loss.class_weights == "auto":
+        weights = class_weights(index, train_sel, n_classes)
+    elif cfg.loss.class_weights == "none":
+        weights = [1.0] * n_classes
+    else:
+        weights = [float(w) for w in cfg.loss.class_weights]
+    chips_report = describe_selection(
+        index, split, {"train": train_sel, "val": val_sel, "test": test_sel}
+    )
+    log.info(
+        "chips: %d train (%d samples), %d val, %d test",
+        len(train_sel),
+        sum(train_sel.repeats),
+        len(val_sel),
+        len(test_sel),
+    )
+    # The selection lists chips in scene order, a repeated chip's copies side by side. The
+    # training loop shuffles only within a small buffer, so in that order every batch would
+    # hold neighbouring (overlapping) chips of one small area: noisy batch-norm statistics
+    # and gradients that see one land cover at a time. Shuffle once here, seeded.
+    rows = train_sel.rows
+    order = np.random.default_rng(cfg.seed).permutation(len(rows))
+    return TrainPlan(
+        spec=spec,
+        classes=classes,
+        bands=tuple(info.band_names),
+        nodata=info.nodata,
+        normalizer=normalizer,
+        reader=ChipReader(
+            store.url, cfg.chips.size, normalizer.to_dict(), tuple(int(v) for v in lut)
+        ),
+        train_rows=tuple(rows[i] for i in order),
+        val_windows=tuple(val_sel.windows),
+        class_weights=tuple(weights),
+        split=split,
+        chips=chips_report,
+        scene_url=store.url,
+        scene_grid=store.grid.to_attrs(),
+    )
+
+
+def _classes(cfg: TrainConfig, info: SceneInfo) -> tuple[ClassInfo, ...]:
+    """The classes the model learns: the scene's labelled ones (two at least), checked
+    against the configured class weights."""
+    if not info.has_label:
+        raise InputError(
+            f"scene {cfg.scene} has no labels; ingest it with `w2w ingest ... --label LABELS.tif`"
+        )
+    classes = tuple(c for c in info.classes if c.id != info.unlabelled)
+    if len(classes) < 2:
+        raise InputError(
+            f"scene {cfg.scene} has {len(classes)} labelled class(es); training needs at least 2"
+        )
+    weights = cfg.loss.class_weights
+    if isinstance(weights, list) and len(weights) != len(classes):
+        raise ConfigError(
+            f"loss.class_weights has {len(weights)} values but the scene has "
+            f"{len(classes)} classes ({', '.join(c.name for c in classes)})"
+        )
+    return classes
+
+
+def run_fingerprint(cfg: TrainConfig, plan: TrainPlan) -> dict[str, Any]:
+    """What must not change between a run and its resumption: scene, model, chips, split."""
+    return {
+        "scene": plan.scene_url,
+        "model": plan.spec.to_dict(),
+        "chips": cfg.chips.to_dict(),
+        "split": cfg.split.to_dict(),
+        "normalization": cfg.normalization,
+        "classes": [c.to_dict() for c in plan.classes],
+    }
+
+
+def claim_run(cfg: TrainConfig, plan: TrainPlan) -> None:
+    """Start a new run, or check that an existing run of this name can be resumed.
+
+    Ray Train resumes any run with the same name and storage path; resuming one that was
+    made with another model or data would fail deep inside a worker, so the settings that
+    define a run are recorded in the run directory and compared here.
+    """
+    run_file = storage.join(cfg.run_dir, RUN_FILE)
+    if cfg.overwrite and storage.exists(cfg.run_dir):
+        storage.remove_tree(cfg.run_dir)
+    mine = run_fingerprint(cfg, plan)
+    if storage.exists(run_file):
+        theirs = json.loads(storage.read_bytes(run_file))
+        if theirs != mine:
+            changed = sorted(k for k in mine if mine.get(k) != theirs.get(k))
+            raise ConfigError(
+                f"run '{cfg.run_name}' in {cfg.storage_path} was started with other "
+                f"{', '.join(changed)} settings and cannot be resumed with these; choose another "
+                "--run-name, or pass overwrite to start it again"
+            )
+        log.info("resuming run %s from its last checkpoint", cfg.run_name)
+    elif storage.exists(cfg.run_dir) and _has_checkpoints(cfg.run_dir):
+        raise ConfigError(f"{cfg.run_dir} holds a run w2w did not start; choose another --run-name")
+    else:
+        storage.atomic_write_bytes(run_file, json.dumps(mine, indent=2, sort_keys=True).encode())
+
+
+def _has_checkpoints(run_dir: str) -> bool:
+    fs = storage.filesystem(run_dir)
+    try:
+        return any("checkpoint_" in p for p in fs.ls(run_dir, detail=False))
+    except FileNotFoundError:
+        return False

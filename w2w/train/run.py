@@ -1,0 +1,256 @@
+"""Training: Ray Data chips into a Ray Train (V2) ``TorchTrainer``, DDP on CPUs or GPUs.
+
+The driver (:mod:`w2w.train.plan`) validates everything and builds a :class:`TrainPlan`;
+:func:`train` makes the Ray Data pipeline of training chips and runs the trainer, whose
+workers run :func:`w2w.train.worker.train_loop`; :func:`finish` turns the best checkpoint
+into a model bundle (see :mod:`w2w.model.bundle`) and writes ``metrics.json``,
+``metrics.csv``, ``learning_curves.png`` and ``confusion_matrix.png`` into the run folder.
+Re-running with the same run name and storage path resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.errors import StageFailedError, W2WError
+from w2w.core.plots import plot_confusion, plot_learning_curves
+from w2w.model.bundle import Bundle, save_bundle
+from w2w.train.chips import chip_dataset
+from w2w.train.config import TrainConfig
+from w2w.train.plan import TrainPlan, claim_run, prepare
+from w2w.train.worker import history_csv, train_loop
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What training produced."""
+
+    bundle: str
+    run_dir: str
+    epochs_run: int
+    best_epoch: int
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    chips: dict[str, Any]
+    starts: list[int]  # the epoch each (re)start of training began at: [0, 3] = resumed at 3
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
+    """Train a model on a scene store and write its bundle; resumes a run of the same name."""
+    from ray.train.torch import TorchTrainer
+
+    from w2w.core.runtime import ensure_ray, quiet_ray_data
+
+    ensure_ray()
+    quiet_ray_data()
+    plan = prepare(cfg, progress=progress)
+    claim_run(cfg, plan)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "plan": plan.for_workers(),
+            # The split across workers is equal: each gets the same number of rows.
+            "rows_per_worker": len(plan.train_rows) // cfg.workers.num_workers,
+        },
+        scaling_config=_scaling(cfg),
+        run_config=_run_config(cfg),
+        datasets={"train": _chips(cfg, plan)},
+        dataset_config=_data_config(cfg),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        raise _training_error(exc) from exc
+    if result.error is not None:
+        raise _training_error(result.error)
+    return finish(cfg, plan, result)
+
+
+def _chips(cfg: TrainConfig, plan: TrainPlan) -> Any:
+    """The Ray Data dataset of training chips (materialised when it fits the object store).
+
+    Ray Data hands out blocks as their reads finish unless asked to keep their order; the
+    order decides the batches, so it must be fixed for a seed to give the same model. A
+    dataset keeps the context it was made in.
+    """
+    import ray
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    before = context.execution_options.preserve_order
+    context.execution_options.preserve_order = cfg.reproducible
+    try:
+        ds = chip_dataset(list(plan.train_rows), plan.reader, batch_size=max(4, cfg.batch_size))
+        if _should_cache(cfg, plan, ray):
+            ds = ds.materialize()
+    finally:
+        context.execution_options.preserve_order = before
+    return ds
+
+
+def _data_config(cfg: TrainConfig) -> Any:
+    """The trainer's split of the dataset across workers, in a fixed order when reproducible."""
+    from ray.train import DataConfig
+
+    with warnings.catch_warnings():  # Ray's own defaults trip its deprecation warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ingest_options = DataConfig.default_ingest_options()
+        ingest_options.preserve_order = cfg.reproducible
+    return DataConfig(datasets_to_split=["train"], execution_options=ingest_options)
+
+
+def _scaling(cfg: TrainConfig) -> Any:
+    from ray.train import ScalingConfig
+
+    workers = cfg.workers
+    resources: dict[str, float] = {"CPU": workers.cpus_per_worker}
+    if workers.use_gpu:
+        resources["GPU"] = workers.gpus_per_worker
+    return ScalingConfig(
+        num_workers=workers.num_workers,
+        use_gpu=workers.use_gpu,
+        resources_per_worker=resources,
+        accelerator_type=workers.accelerator_type,
+    )
+
+
+def _run_config(cfg: TrainConfig) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import LoggingConfig as TrainLoggingConfig
+
+    return RunConfig(
+        name=cfg.run_name,
+        storage_path=_ray_storage_path(cfg.storage_path),
+        storage_filesystem=_ray_filesystem(cfg.storage_path),
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=cfg.keep_checkpoints,
+            checkpoint_score_attribute="score",
+            checkpoint_score_order="max",
+        ),
+        logging_config=TrainLoggingConfig(log_level="WARNING"),
+    )
+
+
+def _should_cache(cfg: TrainConfig, plan: TrainPlan, ray: Any) -> bool:
+    if cfg.cache_chips != "auto":
+        return cfg.cache_chips == "yes"
+    nbytes = len(plan.train_rows) * (len(plan.bands) * 4 + 1) * cfg.chips.size**2
+    store_bytes = ray.available_resources().get("object_store_memory", 0)
+    return nbytes < 0.3 * store_bytes
+
+
+def _ray_storage_path(url: str) -> str:
+    return url.removeprefix("s3://") if _ray_filesystem(url) is not None else url
+
+
+def _ray_filesystem(url: str) -> Any:
+    """A pyarrow S3 filesystem when an S3-compatible endpoint is configured, else None."""
+    endpoint = storage.storage_options(url).get("endpoint_url") if storage.is_remote(url) else None
+    if not endpoint:
+        return None
+    import pyarrow.fs
+
+    scheme, _, host = endpoint.partition("://")
+    return pyarrow.fs.S3FileSystem(endpoint_override=host, scheme=scheme or "https")
+
+
+def _training_error(exc: BaseException) -> Exception:
+    """The user-facing error for a failed ``fit()``: a worker's W2WError as is, else the last
+    line of the worker's traceback."""
+    from w2w.core.runtime import unwrap_ray_error
+
+    inner = unwrap_ray_error(exc)
+    if isinstance(inner, W2WError):
+        return inner
+    for cause in (getattr(inner, "worker_failures", None) or {}).values():
+        found = unwrap_ray_error(cause)
+        if isinstance(found, W2WError):
+            return found
+    lines = [ln for ln in str(inner).strip().splitlines() if ln.strip()]
+    return StageFailedError(f"training failed: {lines[-1] if lines else type(inner).__name__}")
+
+
+def finish(cfg: TrainConfig, plan: TrainPlan, result: Any) -> TrainReport:
+    """Turn the best checkpoint into a bundle and write the run's reports."""
+    candidates = list(result.best_checkpoints or [])
+    if not candidates and result.checkpoint is not None:
+        candidates = [(result.checkpoint, result.metrics or {})]
+    if not candidates:
+        raise StageFailedError("training finished without a checkpoint")
+    best_ckpt, _ = max(candidates, key=lambda cm: cm[1].get("score", -math.inf))
+    latest_state = _load_state(result.checkpoint or best_ckpt)
+    best_state = _load_state(best_ckpt)
+    history = latest_state["history"]
+    best_epoch = int(best_state["epoch"])
+    best_record = next(h for h in history if h["epoch"] == best_epoch)
+    metrics = {
+        k: v for k, v in best_record.items() if k.startswith("val_") or k in ("epoch", "train_loss")
+    }
+    bundle = Bundle(
+        spec=plan.spec,
+        bands=plan.bands,
+        normalizer=plan.normalizer,
+        chip_size=cfg.chips.size,
+        classes=plan.classes,
+        nodata=plan.nodata,
+        metrics=metrics,
+        split=plan.split,
+        training={"config": cfg.to_dict(), "chips": plan.chips, "epochs_run": len(history)},
+        scene=plan.scene,
+    )
+    saved = save_bundle(cfg.bundle_url, bundle, best_state["model"])
+    _write_reports(cfg, plan, history, best_record, best_epoch)
+    return TrainReport(
+        bundle=cfg.bundle_url,
+        run_dir=cfg.run_dir,
+        epochs_run=len(history),
+        best_epoch=best_epoch,
+        metrics={**metrics, "content_hash": saved.content_hash},
+        history=history,
+        chips=plan.chips,
+        starts=[int(s) for s in latest_state.get("starts", [0])],
+    )
+
+
+def _write_reports(
+    cfg: TrainConfig,
+    plan: TrainPlan,
+    history: list[dict[str, Any]],
+    best_record: dict[str, Any],
+    best_epoch: int,
+) -> None:
+    """metrics.json, metrics.csv, the learning curves and the best epoch's confusion matrix."""
+    run_dir = cfg.run_dir
+    storage.atomic_write_bytes(
+        storage.join(run_dir, "metrics.json"), json.dumps(history, indent=2).encode()
+    )
+    storage.atomic_write_bytes(storage.join(run_dir, "metrics.csv"), history_csv(history).encode())
+    if best_record.get("val_confusion"):
+        storage.atomic_write_bytes(
+            storage.join(run_dir, "confusion_matrix.png"),
+            plot_confusion(
+                np.asarray(best_record["val_confusion"]),
+                [c.name for c in plan.classes],
+                f"validation, epoch {best_epoch}",
+            ),
+        )
+    storage.atomic_write_bytes(
+        storage.join(run_dir, "learning_curves.png"), plot_learning_curves(history)
+    )
+
+
+def _load_state(checkpoint: Any) -> dict[str, Any]:
+    import torch
+
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
