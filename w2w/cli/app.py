@@ -196,21 +196,27 @@ def info(
 @app.command()
 @handle_errors
 def verify(
-    mosaic: Annotated[str, typer.Argument(help="A mosaic store (from predict or sieve).")],
+    store: Annotated[str, typer.Argument(help="A mosaic (from predict or sieve) or a scene.")],
     engine: Annotated[
         str, typer.Option(help="'ray' (parallel tasks), 'local' (this process) or 'auto'.")
     ] = "auto",
 ) -> None:
-    """Check a mosaic for holes: every block finished, every valid input pixel classified."""
-    from w2w.core.coverage import verify_coverage
+    """Check a store: a mosaic for holes (every block finished, every valid input pixel
+    classified), a scene for missing or changed chunks (every block as ingested)."""
+    from w2w.core.coverage import verify_coverage, verify_scene
+    from w2w.core.store import SceneStore
 
-    report = verify_coverage(mosaic, engine=engine)
+    try:
+        SceneStore.open(store)
+    except W2WError:
+        report: Any = verify_coverage(store, engine=engine)
+        fix = "re-run `w2w predict` on it: it predicts blocks that are unfinished or have holes"
+    else:
+        report = verify_scene(store, engine=engine)
+        fix = "copy the store again from a good copy, or ingest it again"
     if not report.ok:
-        raise StageFailedError(
-            f"{mosaic}: {report.describe()}; re-run `w2w predict` on it: it predicts blocks that "
-            "are unfinished or have holes again"
-        )
-    out.print(f"{mosaic}: {report.describe()}")
+        raise StageFailedError(f"{store}: {report.describe()}; {fix}")
+    out.print(f"{store}: {report.describe()}")
 
 
 # -- the whole job ------------------------------------------------------------------------------

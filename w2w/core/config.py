@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from w2w.core import storage
 from w2w.core.errors import ConfigError, InputError
@@ -57,6 +64,28 @@ class StageConfig(BaseModel):
 
     #: Name used in error messages and as the section name in pipeline YAML files.
     stage_name: ClassVar[str] = "stage"
+    #: Fields naming what the stage reads (field -> what it is, for messages) and writes:
+    #: an output may be neither an input, nor inside one, nor hold one.
+    inputs: ClassVar[dict[str, str]] = {}
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    def output_paths(self) -> dict[str, str]:
+        """What the stage writes: field (or purpose) -> canonical path."""
+        return {f: getattr(self, f) for f in self.outputs if getattr(self, f, None)}
+
+    @model_validator(mode="after")
+    def _outputs_are_not_inputs(self) -> Self:
+        for out_field, out in self.output_paths().items():
+            for in_field, what in self.inputs.items():
+                value = getattr(self, in_field, None)
+                for path in value if isinstance(value, list) else [value]:
+                    relation = _overlap(out, path) if isinstance(path, str) else None
+                    if relation:
+                        raise ValueError(
+                            f"{out_field} {out} {relation} the input {what}; the stage would "
+                            "destroy what it reads: give another output path"
+                        )
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Self:
@@ -93,6 +122,17 @@ class StageConfig(BaseModel):
         """A validated copy with some fields changed (configs are frozen)."""
         merged = {**self.to_dict(), **changes}
         return type(self).from_dict(merged, source=f"{self.stage_name} settings")
+
+
+def _overlap(output: str, path: str) -> str | None:
+    """How an output path relates to an input path: 'is', 'lies inside', 'holds', or None."""
+    if output == path:
+        return "is"
+    if output.startswith(path.rstrip("/") + "/"):
+        return "lies inside"
+    if path.startswith(output.rstrip("/") + "/"):
+        return "holds"
+    return None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""Is a mosaic whole? The coverage check that prediction, the sieve and ``w2w verify`` run.
+"""Is a store whole? The checks prediction, the sieve and ``w2w verify`` run.
+
+**Scene stores** (:func:`verify_scene`): every chunk a complete store must hold is there,
+and every block's content matches the digest ingest recorded for it (a damaged chunk also
+fails its CRC32C when read).
+
+**Mosaics** (:func:`verify_coverage`):
 
 Each block's writer records, beside its manifest entry, how many valid input pixels the block
 holds. The check reads only the uint8 class array back from storage, block by block, and
@@ -11,11 +17,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from w2w.core.classes import CLASS_NODATA
+from w2w.core.errors import InputError
 from w2w.core.grid import Window
 from w2w.core.runtime import Engine, run_blocks
-from w2w.core.store import MosaicStore
+from w2w.core.store import MosaicStore, SceneStore
+from w2w.core.store.integrity import ChunkProblem, block_digest
 
 log = logging.getLogger("w2w")
 
@@ -97,6 +108,16 @@ def verify_coverage(
     done = mosaic.done_blocks()
     expected = mosaic.expected_valid_pixels()
     blocks = tiling.windows()
+    lost = {p.chunk for p in mosaic.missing_chunks() if p.array == "class"}
+    unit = mosaic.chunk_shape("class")
+    if lost:  # a finished block whose chunk is gone is not finished
+        for w in tiling.windows(done):
+            if any(
+                (w.row // unit[0] + i, w.col // unit[1] + j) in lost
+                for i in range(-(-w.height // unit[0]))
+                for j in range(-(-w.width // unit[1]))
+            ):
+                done[tiling.index(w)] = False
     missing = tuple(tiling.windows(~done))
     if expected is None:
         return CoverageReport(len(blocks), missing, (), 0, counts_recorded=False)
@@ -118,3 +139,80 @@ def verify_coverage(
             holes.append(BlockCoverage(w, want, found))
     holes.sort(key=lambda h: (h.window.row, h.window.col))
     return CoverageReport(len(blocks), missing, tuple(holes), checked)
+
+
+@dataclass(frozen=True)
+class SceneIntegrity:
+    """What :func:`verify_scene` found: missing chunks, and blocks whose content changed."""
+
+    blocks_total: int
+    missing: tuple[ChunkProblem, ...]
+    changed: tuple[Window, ...]
+    damaged: tuple[str, ...]
+    digests_recorded: bool = True
+
+    @property
+    def ok(self) -> bool:
+        """Every chunk there, every block as ingested."""
+        return self.digests_recorded and not (self.missing or self.changed or self.damaged)
+
+    def describe(self) -> str:
+        """One line for messages."""
+        if self.ok:
+            return f"all {self.blocks_total} blocks present and as ingested"
+        parts = []
+        if not self.digests_recorded:
+            parts.append("the store records no block digests (made by an older w2w)")
+        if self.missing:
+            shown = ", ".join(p.describe() for p in self.missing[:5])
+            parts.append(f"{len(self.missing)} chunk(s) missing: {shown}")
+        if self.changed:
+            shown = ", ".join(f"(row {w.row}, col {w.col})" for w in self.changed[:5])
+            parts.append(f"{len(self.changed)} block(s) differ from what was ingested: {shown}")
+        if self.damaged:
+            parts.append(f"{len(self.damaged)} block(s) unreadable: {self.damaged[0]}")
+        return "; ".join(parts)
+
+
+def _block_digest(item: tuple[str, dict[str, int]]) -> tuple[dict[str, int], Any]:
+    """Integrity task: the digest of one block as it reads now, or the read error."""
+    url, window = item
+    store = SceneStore.open(url)
+    w = Window(**window)
+    try:
+        image = store.read("image", w, 0)
+        label = store.read("label", w, 0) if store.meta["has_label"] else None
+    except InputError as exc:
+        return window, str(exc)
+    return window, block_digest(image, label)
+
+
+def verify_scene(
+    scene_url: str, *, engine: Engine | str = "auto", progress: bool = True
+) -> SceneIntegrity:
+    """Check a scene store: every chunk present (one listing), and every block's content
+    equal to the digest ingest recorded (reads the whole store, block by block)."""
+    store = SceneStore.open(scene_url)
+    tiling = store.tiling
+    recorded = store.digests()
+    missing = tuple(store.missing_chunks())
+    if recorded is None:
+        return SceneIntegrity(len(tiling), missing, (), (), digests_recorded=False)
+    if engine == "auto":
+        engine = "local" if store.grid.full_window.size <= COVERAGE_LOCAL_PIXELS else "ray"
+    changed, damaged = [], []
+    items = [(store.url, w.to_dict()) for w in tiling.windows()]
+    for window, digest in run_blocks(
+        _block_digest,
+        items,
+        engine=engine,
+        what="integrity check",
+        progress=progress,  # type: ignore[arg-type]
+    ):
+        w = Window(**window)
+        if isinstance(digest, str):
+            damaged.append(digest)
+        elif not np.array_equal(digest, recorded[tiling.index(w)]):
+            changed.append(w)
+    changed.sort(key=lambda w: (w.row, w.col))
+    return SceneIntegrity(len(tiling), missing, tuple(changed), tuple(damaged))

@@ -15,6 +15,12 @@ class EvaluateConfig(StageConfig):
     """Settings of ``w2w evaluate``."""
 
     stage_name: ClassVar[str] = "evaluate"
+    inputs: ClassVar[dict[str, str]] = {
+        "mosaic": "mosaic",
+        "scene": "scene store",
+        "bundle": "model bundle",
+    }
+    outputs: ClassVar[tuple[str, ...]] = ("output",)
 
     mosaic: PathStr = Field(description="mosaic store to evaluate")
     scene: PathStr = Field(description="scene store with the reference labels (same grid)")

@@ -39,9 +39,11 @@ from w2w.core.errors import ConfigError, InputError, OutputError
 from w2w.core.grid import Window
 from w2w.core.metrics import confusion
 from w2w.core.plots import plot_confusion
+from w2w.core.provenance import find_bundle_hash
 from w2w.core.runtime import run_blocks
 from w2w.core.split import SplitPlan
 from w2w.core.store import MosaicStore, SceneStore
+from w2w.core.store.integrity import short
 from w2w.evaluate.config import EvaluateConfig
 from w2w.evaluate.report import EvaluationResult, Excluded, build_result, markdown_report
 
@@ -161,6 +163,9 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
     if note:
         warnings.append(note)
     mosaic.require_complete(allow_incomplete=cfg.allow_incomplete, then="evaluate it")
+    mosaic.require_whole()
+    scene.require_whole()
+    _check_scene_identity(mosaic, scene)
     classes = mosaic.classes
     if not classes:
         raise InputError(f"mosaic {cfg.mosaic} has an empty class table; nothing to evaluate")
@@ -239,6 +244,13 @@ def _resolve_split(
     from w2w.model.bundle import load_bundle
 
     bundle = load_bundle(cfg.bundle)
+    made_with = find_bundle_hash(mosaic.provenance)
+    if made_with is not None and made_with != bundle.content_hash:
+        raise InputError(
+            f"mosaic {cfg.mosaic} was predicted by bundle {short(made_with)}, not by "
+            f"{cfg.bundle} ({short(bundle.content_hash)}); its test split would not be the one "
+            "the mosaic's model held out: evaluate with the bundle that predicted it"
+        )
     check_class_tables(classes, bundle.classes, cfg.mosaic, cfg.bundle)
     split = cfg.split or ("test" if bundle.split is not None else "all")
     if split == "all":
@@ -268,6 +280,26 @@ def _resolve_split(
             "of the scene the model was trained on, or use --split all"
         )
     return split, plan, bundle.content_hash
+
+
+def _check_scene_identity(mosaic: MosaicStore, scene: SceneStore) -> None:
+    """Refuse scoring a mosaic against another scene than the one it was predicted from."""
+    made_from = _scene_identity_of(mosaic.provenance)
+    if made_from and scene.identity and made_from != scene.identity:
+        raise InputError(
+            f"mosaic {mosaic.url} was predicted from scene content {short(made_from)}, but "
+            f"{scene.url} holds {short(scene.identity)}; evaluate against the scene store it "
+            "was predicted from"
+        )
+
+
+def _scene_identity_of(provenance: dict[str, Any]) -> str | None:
+    """The scene identity a mosaic (or the mosaic a sieved one came from) was made from."""
+    made_from = provenance.get("made_from") or {}
+    if made_from.get("scene"):
+        return str(made_from["scene"])
+    inner = provenance.get("input_provenance")
+    return _scene_identity_of(inner) if isinstance(inner, dict) else None
 
 
 def check_class_tables(

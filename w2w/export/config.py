@@ -21,6 +21,8 @@ class ExportConfig(StageConfig):
     """Settings of ``w2w export``."""
 
     stage_name: ClassVar[str] = "export"
+    inputs: ClassVar[dict[str, str]] = {"input": "mosaic"}
+    outputs: ClassVar[tuple[str, ...]] = ("output",)
 
     input: PathStr = Field(description="mosaic store (local path or s3:// URL)")
     output: PathStr = Field(description="the class COG to write: a .tif path or s3:// URL")

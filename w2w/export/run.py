@@ -47,6 +47,7 @@ from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, ClassInfo
 from w2w.core.errors import ConfigError, InputError, OutputError
 from w2w.core.grid import Grid
+from w2w.core.outputs import publish_files, recover_files
 from w2w.core.store import MosaicStore
 from w2w.export.cog import (
     check_cog,
@@ -112,6 +113,8 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     mosaic = MosaicStore.open(cfg.input)
     classes = _check_mosaic(mosaic, cfg)
     targets = export_targets(cfg)
+    if not storage.is_remote(targets.cog):
+        recover_files(targets.cog)  # an earlier export killed while publishing
     existing = [u for u in targets.all() if storage.exists(u)]
     if existing and not cfg.overwrite:
         raise OutputError(
@@ -137,7 +140,6 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             to_cog(stage.confidence, conf_path, cfg, predictor=True)
             check_cog(conf_path, grid, len(factors), targets.confidence or "")
         png, ql_shape = render_quicklook(cog_path, classes, cfg.quicklook_size)
-        style = qgis_style(classes)
         item = stac_item(
             cfg,
             mosaic,
@@ -146,13 +148,19 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             quicklook_shape=ql_shape,
             files={"cog": cog_path, "confidence": conf_path},
         )
-        # Publish: the data first, the Item last, so an Item never points at missing files.
-        storage.atomic_put_file(cog_path, targets.cog)
+        (work / "quicklook.png").write_bytes(png)
+        (work / "style.qml").write_text(qgis_style(classes))
+        (work / "item.json").write_text(json.dumps(item, indent=2) + "\n")
+        # Published as one set, the Item last (see publish_files).
+        files = [(targets.cog, cog_path)]
         if conf_path is not None and targets.confidence:
-            storage.atomic_put_file(conf_path, targets.confidence)
-        storage.atomic_write_bytes(targets.quicklook, png)
-        storage.atomic_write_bytes(targets.style, style.encode())
-        storage.atomic_write_bytes(targets.stac, (json.dumps(item, indent=2) + "\n").encode())
+            files.append((targets.confidence, conf_path))
+        files += [
+            (targets.quicklook, work / "quicklook.png"),
+            (targets.style, work / "style.qml"),
+            (targets.stac, work / "item.json"),
+        ]
+        publish_files(files)
         size = cog_path.stat().st_size
     stale = f"{targets.stac[: -len('.json')]}_confidence.tif"
     if targets.confidence is None and storage.exists(stale):
@@ -175,6 +183,7 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
 def _check_mosaic(mosaic: MosaicStore, cfg: ExportConfig) -> tuple[ClassInfo, ...]:
     """Refuse a mosaic that cannot be exported as asked; returns its class table."""
     mosaic.require_complete(allow_incomplete=cfg.allow_incomplete, then="export it")
+    mosaic.require_whole()
     classes = mosaic.classes
     if not classes:
         raise InputError(f"mosaic {mosaic.url} has an empty class table; nothing to export")

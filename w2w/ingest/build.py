@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -22,10 +23,22 @@ from w2w.core.grid import Grid, Window
 from w2w.core.runtime import run_blocks
 from w2w.core.stats import SceneAccumulator
 from w2w.core.store import SceneStore, valid_pixels
+from w2w.core.store.integrity import DIGEST_BYTES, block_digest
+from w2w.core.store.scene import Nodata
 
 log = logging.getLogger("w2w")
 
 BlockReader = Callable[[Window], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+@dataclass(frozen=True)
+class BlockWritten:
+    """What a block task reports: its window, partial statistics, and the digest of what it
+    wrote."""
+
+    window: Window
+    stats: SceneAccumulator
+    digest: np.ndarray
 
 
 class _BlockWriter:
@@ -36,7 +49,7 @@ class _BlockWriter:
         store_url: str,
         reader: BlockReader,
         dtype: str,
-        nodata: float | None,
+        nodata: Nodata,
         unlabelled: int,
         band_count: int,
     ) -> None:
@@ -47,7 +60,7 @@ class _BlockWriter:
         self.unlabelled = unlabelled
         self.band_count = band_count
 
-    def __call__(self, window: Window) -> SceneAccumulator:
+    def __call__(self, window: Window) -> BlockWritten:
         image, label = self.reader(window)
         if image.dtype.kind == "f":
             infinite = np.isinf(image)
@@ -64,12 +77,14 @@ class _BlockWriter:
         store.write("image", window, image)
         if label is not None:
             store.write("label", window, label)
+        digest = block_digest(image, label)
+        if label is not None:
             label = np.where(valid, label, self.unlabelled).astype(np.uint8)
         acc = SceneAccumulator(
             band_names=[str(i) for i in range(self.band_count)], dtype=self.dtype
         )
         acc.add_block(image, valid, label, seed=window.row * 1_000_003 + window.col)
-        return acc
+        return BlockWritten(window, acc, digest)
 
 
 def build_store(
@@ -79,7 +94,7 @@ def build_store(
     *,
     band_names: list[str],
     dtype: str,
-    nodata: float | None,
+    nodata: Nodata,
     with_label: bool,
     unlabelled: int,
     class_names: dict[int, str],
@@ -104,6 +119,7 @@ def build_store(
         dtype=dtype,
         nodata=nodata,
         chunk=chunk,
+        block=block,
         with_label=with_label,
         unlabelled=unlabelled,
         source=source,
@@ -112,10 +128,13 @@ def build_store(
     try:
         total = SceneAccumulator(band_names=band_names, dtype=dtype)
         task = _BlockWriter(url, reader, dtype, nodata, unlabelled, len(band_names))
-        for acc in run_blocks(
-            task, grid.blocks(block).windows(), engine=engine, what="ingest", progress=progress
+        tiling = grid.blocks(block)
+        digests = np.zeros((*tiling.shape, DIGEST_BYTES), dtype=np.uint8)
+        for done in run_blocks(
+            task, tiling.windows(), engine=engine, what="ingest", progress=progress
         ):
-            total.merge(acc)
+            total.merge(done.stats)
+            digests[tiling.index(done.window)] = done.digest
         if total.valid_count == 0:
             raise InputError(what_nodata)
         histogram = total.histogram(unlabelled) if with_label else {}
@@ -124,6 +143,7 @@ def build_store(
         named = {k for k in class_names if k != unlabelled}
         classes = class_table(sorted(set(histogram) | named), class_names)
         store.mark_complete(
+            digests,
             stats={k: v.to_dict() for k, v in total.band_stats().items()},
             class_histogram={str(k): v for k, v in histogram.items()},
             classes=[c.to_dict() for c in classes],

@@ -84,6 +84,8 @@ class IngestConfig(StageConfig):
     """Settings of ``w2w ingest``."""
 
     stage_name: ClassVar[str] = "ingest"
+    inputs: ClassVar[dict[str, str]] = {"images": "image", "label": "label raster"}
+    outputs: ClassVar[tuple[str, ...]] = ("output",)
 
     images: list[PathStr] = Field(
         min_length=1, description="image raster(s); bands stacked in order"

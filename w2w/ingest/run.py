@@ -15,6 +15,7 @@ when complete, so a failed ingest never damages an existing store.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from w2w.core import storage
 from w2w.core.errors import ConfigError, InputError, OutputError
 from w2w.core.grid import Grid, Window
 from w2w.core.outputs import replace_store
+from w2w.core.store.scene import Nodata
 from w2w.ingest.build import build_store
 from w2w.ingest.config import IngestConfig
 from w2w.ingest.sources import (
@@ -46,7 +48,8 @@ class IngestPlan:
     label: RasterSource | None
     grid: Grid
     dtype: str
-    nodata: float | None
+    #: One value for all bands, or one per band when the stacked files differ.
+    nodata: Nodata
     label_lut_keys: tuple[int, ...]
     label_lut_values: tuple[int, ...]
     label_nodata: int | None
@@ -92,13 +95,7 @@ def plan_ingest(cfg: IngestConfig) -> tuple[IngestPlan, list[str], list[str]]:
             warnings.append(msg)
 
     band_names = _band_names(cfg, sources)
-    dtype = str(np.result_type(*[np.dtype(s.dtype) for s in sources]))
-    nodata = next((s.nodata for s in sources if s.nodata is not None), None)
-    if nodata is not None and not _representable(nodata, dtype):
-        raise InputError(
-            f"nodata value {nodata} cannot be stored as {dtype}; "
-            "pass --nodata with a value of that type"
-        )
+    dtype, nodata = _stacked_type(sources, warnings)
 
     label = None
     if cfg.label is not None:
@@ -134,6 +131,30 @@ def plan_ingest(cfg: IngestConfig) -> tuple[IngestPlan, list[str], list[str]]:
         and not _on_grid(grid, label.grid),
     )
     return plan, band_names, warnings
+
+
+def _stacked_type(sources: tuple[RasterSource, ...], warnings: list[str]) -> tuple[str, Nodata]:
+    """The pixel type of the stack, and its nodata: one value, or one per band when the files
+    mark nodata differently (each file keeps its own, so a valid 0 in one file never becomes
+    nodata because another file uses 0 for nodata)."""
+    dtypes = [np.dtype(s.dtype) for s in sources]
+    dtype = str(np.result_type(*dtypes))
+    if len(set(dtypes)) > 1:
+        kinds = ", ".join(f"{Path(s.path).name}: {s.dtype}" for s in sources)
+        warnings.append(
+            f"the stacked files have different pixel types ({kinds}); they are stored as "
+            f"{dtype}, which holds every value of each exactly"
+        )
+    per_band = [s.nodata for s in sources for _ in range(s.count)]
+    for src in sources:
+        if src.nodata is not None and not _representable(src.nodata, dtype):
+            raise InputError(
+                f"nodata value {src.nodata} of {src.path} cannot be stored as {dtype}; "
+                "pass --nodata with a value of that type"
+            )
+    distinct = {"nan" if isinstance(v, float) and math.isnan(v) else v for v in per_band}
+    nodata: Nodata = per_band[0] if len(distinct) == 1 else per_band
+    return dtype, nodata
 
 
 def _on_grid(grid: Grid, other: Grid) -> bool:
@@ -183,11 +204,7 @@ class SourceReader:
         plan = self.plan
         parts = []
         for src in plan.sources:
-            data = read_window(src, window, role="image").astype(plan.dtype, copy=False)
-            if src.nodata is not None and plan.nodata is not None and src.nodata != plan.nodata:
-                src_nd = np.asarray(src.nodata).astype(data.dtype)
-                data = np.where(data == src_nd, plan.nodata, data).astype(plan.dtype)
-            parts.append(data)
+            parts.append(read_window(src, window, role="image").astype(plan.dtype, copy=False))
         image = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         label = map_labels(plan, window) if plan.label is not None else None
         return image, label

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import Resampling
 
@@ -84,7 +85,9 @@ def open_raster(path: str, *, role: str) -> Iterator[Any]:
             )
     with gdal_env(path):
         try:
-            ds = rasterio.open(gdal_path(path))
+            with warnings.catch_warnings():  # checked by _check_georeferencing
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                ds = rasterio.open(gdal_path(path))
         except RasterioIOError as exc:
             raise InputError(
                 f"cannot read {role} file {path} as a raster ({_first_line(exc)}); "
@@ -125,6 +128,8 @@ def inspect_source(
                 f"{', '.join(allowed_dtypes)} (convert with `gdal_translate -ot ...`)"
             )
         grid = Grid.from_rasterio(ds)
+        _check_georeferencing(ds, path, role)
+        _check_size(ds, path, role)
         file_nodata = ds.nodata
         _probe_last_rows(ds, path, role)
         return RasterSource(
@@ -137,18 +142,65 @@ def inspect_source(
         )
 
 
+#: The pre-check reads at most this many pixels per band in each of three windows.
+PROBE_EDGE = 256
+
+
 def _probe_last_rows(ds: Any, path: str, role: str) -> None:
-    """Read the first and last block rows of every band: a truncated file fails here."""
-    bh = ds.block_shapes[0][0] if ds.block_shapes else 1
-    rows = min(ds.height, max(1, bh))
-    for row in {0, ds.height - rows}:
+    """Read small windows at the start, the middle and the end of the file: a truncated file
+    fails here, and memory stays bounded whatever size the header claims."""
+    h, w = min(ds.height, PROBE_EDGE), min(ds.width, PROBE_EDGE)
+    corners = {(0, 0), (ds.height // 2, ds.width // 2), (ds.height - h, ds.width - w)}
+    for row, col in sorted(corners):
         try:
-            ds.read(window=rasterio.windows.Window(0, row, ds.width, rows))
+            ds.read(window=rasterio.windows.Window(col, row, w, h))
         except (RasterioError, RasterioIOError) as exc:
             raise InputError(
-                f"{role} file {path} is corrupt or truncated: reading rows {row}-{row + rows} "
+                f"{role} file {path} is corrupt or truncated: reading rows {row}-{row + h} "
                 f"failed ({_first_line(exc)}); re-download or re-export it"
             ) from None
+
+
+def _check_size(ds: Any, path: str, role: str) -> None:
+    """An uncompressed file must hold the bytes its header claims (a tiny file whose header
+    claims a huge raster is refused before anything reads it)."""
+    if storage.is_remote(path) or ds.compression is not None:
+        return
+    claimed = ds.width * ds.height * ds.count * np.dtype(ds.dtypes[0]).itemsize
+    actual = os.path.getsize(path)
+    if actual < claimed:
+        raise InputError(
+            f"{role} file {path} is corrupt or truncated: its header claims {ds.width} x "
+            f"{ds.height} px x {ds.count} band(s) ({claimed:,} bytes uncompressed) but the "
+            f"file holds {actual:,} bytes; re-export or re-download it"
+        )
+
+
+def _check_georeferencing(ds: Any, path: str, role: str) -> None:
+    """Refuse georeferencing that is not what it seems, saying how to fix it."""
+    t = ds.transform
+    gcps, _ = ds.gcps
+    if t.is_identity and gcps:
+        raise InputError(
+            f"{role} file {path} is georeferenced by ground control points only; warp it onto "
+            "a grid first, e.g. `gdalwarp -t_srs EPSG:xxxx in.tif out.tif`"
+        )
+    if t.is_identity:
+        raise InputError(
+            f"{role} file {path} has no geotransform (its pixels would sit at the origin, one "
+            "CRS unit each); set it with `gdal_edit.py -a_ullr ULX ULY LRX LRY` or re-export "
+            "the file with its georeferencing"
+        )
+    if t.b != 0 or t.d != 0:
+        raise InputError(
+            f"{role} file {path} has a rotated grid; warp it onto a north-up grid first, e.g. "
+            "`gdalwarp in.tif out.tif`"
+        )
+    if t.e > 0 or t.a < 0:
+        raise InputError(
+            f"{role} file {path} is not north-up (its rows run south to north or its columns "
+            "east to west); warp it onto a north-up grid first, e.g. `gdalwarp in.tif out.tif`"
+        )
 
 
 def read_window(

@@ -61,6 +61,7 @@ class SynthConfig(StageConfig):
     """Settings of ``w2w synth``."""
 
     stage_name: ClassVar[str] = "synth"
+    outputs: ClassVar[tuple[str, ...]] = ("output",)
 
     output: PathStr = Field(
         description="folder for GeoTIFFs, or a scene store path with format=store"

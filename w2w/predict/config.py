@@ -13,6 +13,8 @@ class PredictConfig(StageConfig):
     """Settings of ``w2w predict``."""
 
     stage_name: ClassVar[str] = "predict"
+    inputs: ClassVar[dict[str, str]] = {"scene": "scene store", "bundle": "model bundle"}
+    outputs: ClassVar[tuple[str, ...]] = ("output",)
 
     scene: PathStr = Field(description="scene store to map")
     bundle: PathStr = Field(description="model bundle from `w2w train`")

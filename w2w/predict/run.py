@@ -30,9 +30,12 @@ from w2w.core import storage
 from w2w.core.coverage import verify_coverage
 from w2w.core.errors import ConfigError, InputError, OutputError, StageFailedError
 from w2w.core.grid import Window
+from w2w.core.outputs import beside, publish_store
 from w2w.core.progress import progress_bar
 from w2w.core.runtime import ensure_ray, quiet_ray_data, raise_from_worker
 from w2w.core.store import MosaicStore, SceneStore
+from w2w.core.store.integrity import identity as identity_of
+from w2w.core.store.integrity import short
 from w2w.predict.actor import Predictor
 from w2w.predict.config import PredictConfig
 from w2w.predict.plan import BlockPlan, batch_windows
@@ -105,6 +108,7 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
     from w2w.model.bundle import load_bundle
 
     scene = SceneStore.open(cfg.scene)
+    scene.require_whole()
     bundle = load_bundle(cfg.bundle)
     bundle.check_scene(scene.info, scene.url)
     stride = _stride(cfg, bundle.chip_size)
@@ -128,12 +132,14 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
     t0 = time.time()
     finished: list[float] = []  # when each block was written
     written = _run_blocks(cfg, todo, plan, scene.url, mosaic.url, progress=progress, times=finished)
+    output = mosaic.url
     if mosaic.done_blocks().all():
         written += _check_coverage(cfg, mosaic, plan, scene.url, progress=progress)
+        output = _publish(mosaic, cfg.output)
     seconds = time.time() - t0
     pixels = sum(b.size for b in todo)
     return PredictReport(
-        output=mosaic.url,
+        output=output,
         blocks_total=len(tiling),
         blocks_done_before=before,
         blocks_written=written,
@@ -256,10 +262,28 @@ def _run_blocks(
     return written
 
 
+def _made_from(cfg: PredictConfig, scene: SceneStore, bundle: Bundle, stride: int) -> dict:
+    """What decides the mosaic's pixels: the scene's and the bundle's identities and the
+    settings that change a prediction (block size and actors do not)."""
+    return {
+        "scene": scene.identity,
+        "bundle": bundle.content_hash,
+        "chip_size": bundle.chip_size,
+        "stride": stride,
+        "tta": cfg.tta,
+    }
+
+
 def _open_or_create_mosaic(
     cfg: PredictConfig, scene: SceneStore, bundle: Bundle, stride: int
 ) -> MosaicStore:
-    """Resume a mosaic made by the same bundle for the same scene, or create a new one."""
+    """Resume the mosaic this run makes, or create it.
+
+    A mosaic at the output made from other inputs or settings is refused, naming both; with
+    ``overwrite`` the new mosaic is built beside it and replaces it only when complete
+    (:func:`_publish`), so a failed run leaves the old one as it was.
+    """
+    made_from = _made_from(cfg, scene, bundle, stride)
     provenance = {
         "scene": scene.url,
         "bundle": cfg.bundle,
@@ -268,30 +292,22 @@ def _open_or_create_mosaic(
         "stride": stride,
         "tta": cfg.tta,
         "predict_config": cfg.to_dict(),
+        "made_from": made_from,
     }
     url = cfg.output
-    if storage.exists(url) and not cfg.overwrite:
-        try:
-            existing = MosaicStore.open(url, mode="r+")
-        except InputError:
-            raise OutputError(
-                f"{cfg.output} exists and is not a w2w mosaic; pass --overwrite or choose "
-                "another path"
-            ) from None
-        prov = existing.meta.get("provenance", {})
-        same = (
-            prov.get("bundle_hash") == bundle.content_hash
-            and prov.get("scene") == scene.url
-            and existing.block == cfg.block
-            and prov.get("stride") == stride
-            and prov.get("tta") == cfg.tta
-        )
-        if not same:
-            raise OutputError(
-                f"mosaic {cfg.output} exists from another model, scene or settings; pass "
-                "--overwrite to start over, or choose another output"
-            )
-        return existing
+    if storage.exists(url):
+        existing = _existing_mosaic(url, overwrite=cfg.overwrite)
+        if existing is not None and _same(existing, made_from, cfg.block):
+            if not cfg.overwrite:
+                return existing
+        elif not cfg.overwrite:
+            raise OutputError(_other_mosaic(cfg.output, existing, made_from))
+        tag = identity_of({"made_from": made_from, "block": cfg.block})[7:19]
+        url = beside(cfg.output, tag)
+        if storage.exists(url):
+            partial = _existing_mosaic(url, overwrite=True)
+            if partial is not None and _same(partial, made_from, cfg.block):
+                return partial  # an earlier --overwrite run of this same prediction
     shard = cfg.chunk is not None and cfg.chunk != cfg.block
     return MosaicStore.create(
         url,
@@ -302,5 +318,48 @@ def _open_or_create_mosaic(
         classes=list(bundle.classes),
         provenance=provenance,
         with_confidence=cfg.confidence,
-        overwrite=cfg.overwrite,
+        overwrite=True,
     )
+
+
+def _existing_mosaic(url: str, *, overwrite: bool) -> MosaicStore | None:
+    try:
+        return MosaicStore.open(url, mode="r+")
+    except InputError:
+        if overwrite:
+            return None
+        raise OutputError(
+            f"{url} exists and is not a w2w mosaic; pass --overwrite to replace it or choose "
+            "another path"
+        ) from None
+
+
+def _same(mosaic: MosaicStore, made_from: dict, block: int) -> bool:
+    mine = mosaic.provenance.get("made_from")
+    return mine is not None and mine == made_from and mosaic.block == block
+
+
+def _other_mosaic(output: str, existing: MosaicStore | None, made_from: dict) -> str:
+    theirs = (existing.provenance.get("made_from") if existing else None) or {}
+    changed = [k for k in made_from if theirs.get(k) != made_from[k]]
+    if existing is not None and not changed:
+        changed = ["block"]
+    detail = "; ".join(
+        f"{k}: {short(str(theirs.get(k))) if k in ('scene', 'bundle') else theirs.get(k)} "
+        f"there, {short(str(made_from.get(k))) if k in ('scene', 'bundle') else made_from.get(k)} "
+        "now"
+        for k in changed
+        if k != "block"
+    )
+    return (
+        f"mosaic {output} exists from another model, scene or settings; pass --overwrite to "
+        "start over (the old mosaic stays until the new one is complete), or choose another "
+        f"output ({detail or 'another block size'})"
+    )
+
+
+def _publish(mosaic: MosaicStore, output: str) -> str:
+    """Put a mosaic built beside its output in place of the old one, once complete."""
+    if mosaic.url != output:
+        publish_store(mosaic.url, output)
+    return output

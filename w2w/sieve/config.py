@@ -20,6 +20,8 @@ class SieveConfig(StageConfig):
     """Settings of ``w2w sieve``."""
 
     stage_name: ClassVar[str] = "sieve"
+    inputs: ClassVar[dict[str, str]] = {"input": "mosaic"}
+    outputs: ClassVar[tuple[str, ...]] = ("output",)
 
     input: PathStr = Field(description="mosaic store to sieve (local path or s3:// URL)")
     output: PathStr = Field(description="mosaic store to create")
@@ -44,11 +46,6 @@ class SieveConfig(StageConfig):
             raise ValueError(
                 "give exactly one minimum mapping unit: min_pixels (pixels) or min_area_ha "
                 "(hectares)"
-            )
-        if self.input == self.output:
-            raise ValueError(
-                f"output {self.output} is the input mosaic; the sieve writes a new mosaic, "
-                "give another output path"
             )
         return self
 

@@ -85,8 +85,14 @@ def sieve(cfg: SieveConfig, *, progress: bool = True) -> SieveReport:
         )
     source = MosaicStore.open(cfg.input)
     source.require_complete()
+    source.require_whole()
     min_pixels = cfg.min_unit_pixels(source.grid)
     provenance = {
+        "made_from": {
+            "mosaic": source.identity,
+            "min_pixels": min_pixels,
+            "connectivity": cfg.connectivity,
+        },
         "stage": "sieve",
         "input": source.url,
         "min_pixels": min_pixels,

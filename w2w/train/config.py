@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from w2w.core import storage
 from w2w.core.config import PathStr, StageConfig
@@ -72,6 +72,7 @@ class TrainConfig(StageConfig):
     """Settings of ``w2w train``."""
 
     stage_name: ClassVar[str] = "train"
+    inputs: ClassVar[dict[str, str]] = {"scene": "scene store"}
 
     scene: PathStr = Field(description="scene store with labels")
     run_name: str = Field(
@@ -116,11 +117,25 @@ class TrainConfig(StageConfig):
     engine: Literal["ray", "local"] = Field(default="ray", description="for the chip index scan")
     overwrite: bool = Field(default=False, description="delete an existing run of this name first")
 
+    @field_validator("run_name")
+    @classmethod
+    def _inside_storage(cls, v: str) -> str:
+        if set(v) == {"."}:
+            raise ValueError(
+                f"run name '{v}' names a folder (the runs folder or the one above it), not a "
+                "run inside it; give a name such as 'chihuahua-v1'"
+            )
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if isinstance(self.loss.class_weights, list) and not self.loss.class_weights:
             raise ValueError("loss.class_weights is an empty list")
         return self
+
+    def output_paths(self) -> dict[str, str]:
+        """The run folder and the bundle."""
+        return {"run folder": self.run_dir, "bundle": self.bundle_url}
 
     @property
     def run_dir(self) -> str:

@@ -21,8 +21,10 @@ from w2w.core import storage
 from w2w.core.classes import ClassInfo, label_lut
 from w2w.core.errors import ConfigError, InputError
 from w2w.core.grid import Window
+from w2w.core.outputs import restore, set_aside
 from w2w.core.split import SplitPlan, make_split
 from w2w.core.store import SceneInfo, SceneStore
+from w2w.core.store.integrity import short
 from w2w.model.models import ModelSpec, build_model, check_chip_size
 from w2w.model.normalization import Normalizer
 from w2w.train.chips import (
@@ -59,6 +61,8 @@ class TrainPlan:
     chips: dict[str, Any]
     scene_url: str
     scene_grid: dict[str, Any]
+    #: The scene's content identity: a run resumes only on the same content.
+    scene_identity: str | None = None
 
     @property
     def n_classes(self) -> int:
@@ -72,12 +76,13 @@ class TrainPlan:
     @property
     def scene(self) -> dict[str, Any]:
         """The scene the model was trained on, as recorded in the bundle."""
-        return {"url": self.scene_url, "grid": self.scene_grid}
+        return {"url": self.scene_url, "grid": self.scene_grid, "identity": self.scene_identity}
 
 
 def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     """Check the inputs and build the plan every worker receives."""
     store = SceneStore.open(cfg.scene)
+    store.require_whole()
     info = store.info
     classes = _classes(cfg, info)
     n_classes = len(classes)
@@ -144,6 +149,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
         chips=chips_report,
         scene_url=store.url,
         scene_grid=store.grid.to_attrs(),
+        scene_identity=store.identity,
     )
 
 
@@ -171,7 +177,7 @@ def _classes(cfg: TrainConfig, info: SceneInfo) -> tuple[ClassInfo, ...]:
 def run_fingerprint(cfg: TrainConfig, plan: TrainPlan) -> dict[str, Any]:
     """What must not change between a run and its resumption: scene, model, chips, split."""
     return {
-        "scene": plan.scene_url,
+        "scene": plan.scene_identity,
         "model": plan.spec.to_dict(),
         "chips": cfg.chips.to_dict(),
         "split": cfg.split.to_dict(),
@@ -180,31 +186,53 @@ def run_fingerprint(cfg: TrainConfig, plan: TrainPlan) -> dict[str, Any]:
     }
 
 
-def claim_run(cfg: TrainConfig, plan: TrainPlan) -> None:
+def claim_run(cfg: TrainConfig, plan: TrainPlan) -> str | None:
     """Start a new run, or check that an existing run of this name can be resumed.
 
     Ray Train resumes any run with the same name and storage path; resuming one that was
     made with another model or data would fail deep inside a worker, so the settings that
-    define a run are recorded in the run directory and compared here.
+    define a run are recorded in the run directory and compared here. With ``overwrite`` an
+    existing run is moved aside, not deleted: its location is returned, for
+    :func:`release_run` to delete once the new run has finished, or to restore if it fails.
     """
     run_file = storage.join(cfg.run_dir, RUN_FILE)
+    aside = None
     if cfg.overwrite and storage.exists(cfg.run_dir):
-        storage.remove_tree(cfg.run_dir)
+        aside = set_aside(cfg.run_dir)
+        log.info("run %s moved aside to %s until the new run finishes", cfg.run_name, aside)
     mine = run_fingerprint(cfg, plan)
     if storage.exists(run_file):
         theirs = json.loads(storage.read_bytes(run_file))
         if theirs != mine:
             changed = sorted(k for k in mine if mine.get(k) != theirs.get(k))
+            scene = (
+                f" (scene content {short(theirs.get('scene'))} then, {short(mine['scene'])} now)"
+                if "scene" in changed
+                else ""
+            )
             raise ConfigError(
                 f"run '{cfg.run_name}' in {cfg.storage_path} was started with other "
-                f"{', '.join(changed)} settings and cannot be resumed with these; choose another "
-                "--run-name, or pass overwrite to start it again"
+                f"{', '.join(changed)} settings{scene} and cannot be resumed with these; choose "
+                "another --run-name, or pass overwrite to start it again"
             )
         log.info("resuming run %s from its last checkpoint", cfg.run_name)
     elif storage.exists(cfg.run_dir) and _has_checkpoints(cfg.run_dir):
         raise ConfigError(f"{cfg.run_dir} holds a run w2w did not start; choose another --run-name")
     else:
         storage.atomic_write_bytes(run_file, json.dumps(mine, indent=2, sort_keys=True).encode())
+    return aside
+
+
+def release_run(cfg: TrainConfig, aside: str | None, *, succeeded: bool) -> None:
+    """After training: delete the old run set aside by ``overwrite`` when the new one
+    succeeded, else put it back in place of the failed new one."""
+    if aside is None:
+        return
+    if succeeded:
+        storage.remove_tree(aside)
+    else:
+        restore(aside, cfg.run_dir)
+        log.warning("training failed: the previous run %s is back in place", cfg.run_name)
 
 
 def _has_checkpoints(run_dir: str) -> bool:

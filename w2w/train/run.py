@@ -25,7 +25,7 @@ from w2w.core.plots import plot_confusion, plot_learning_curves
 from w2w.model.bundle import Bundle, save_bundle
 from w2w.train.chips import chip_dataset
 from w2w.train.config import TrainConfig
-from w2w.train.plan import TrainPlan, claim_run, prepare
+from w2w.train.plan import TrainPlan, claim_run, prepare, release_run
 from w2w.train.worker import history_csv, train_loop
 
 
@@ -44,15 +44,27 @@ class TrainReport:
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
-    """Train a model on a scene store and write its bundle; resumes a run of the same name."""
-    from ray.train.torch import TorchTrainer
-
+    """Train a model on a scene store and write its bundle; resumes a run of the same name.
+    With ``overwrite`` the old run is set aside and removed only when the new one finished."""
     from w2w.core.runtime import ensure_ray, quiet_ray_data
 
     ensure_ray()
     quiet_ray_data()
     plan = prepare(cfg, progress=progress)
-    claim_run(cfg, plan)
+    aside = claim_run(cfg, plan)
+    try:
+        report = _fit(cfg, plan)
+    except BaseException:
+        release_run(cfg, aside, succeeded=False)
+        raise
+    release_run(cfg, aside, succeeded=True)
+    return report
+
+
+def _fit(cfg: TrainConfig, plan: TrainPlan) -> TrainReport:
+    """Run the trainer over the plan's chips and make the bundle of its best checkpoint."""
+    from ray.train.torch import TorchTrainer
+
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={

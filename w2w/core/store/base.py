@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 import zarr
 import zarr.storage
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from w2w.core import storage
 from w2w.core.errors import InputError, OutputError
@@ -41,8 +41,9 @@ def _open_zarr_store(url: str, *, read_only: bool) -> zarr.abc.store.Store:
     return zarr.storage.LocalStore(url, read_only=read_only)
 
 
-def _compressors() -> list[BloscCodec]:
-    return [BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)]
+def _compressors() -> list[Any]:
+    """Blosc-zstd, then a CRC32C of the compressed chunk: a damaged chunk fails to decode."""
+    return [BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle), Crc32cCodec()]
 
 
 def _spatial_ref_attrs(grid: Grid) -> dict[str, Any]:
@@ -247,7 +248,9 @@ class GeoStore:
             raise InputError(f"{self.url} has no '{name}' array") from None
         if not isinstance(arr, zarr.Array):
             raise InputError(f"{self.url}: '{name}' is a group, not an array")
-        return arr
+        # A block's writer writes every chunk of its block, even one equal to the fill value
+        # (an array's config is not stored with it: set it on every open).
+        return arr.with_config({"write_empty_chunks": True})
 
     def chunk_shape(self, name: str) -> tuple[int, int]:
         """(rows, cols) of the write unit of an array: its shard if sharded, else its chunk."""
@@ -257,16 +260,60 @@ class GeoStore:
 
     # -- reading and writing ---------------------------------------------------------------
 
-    def read(self, name: str, window: Window, fill: float | int) -> np.ndarray:
-        """Read ``window`` of an array; pixels outside the grid are ``fill``."""
+    def read(self, name: str, window: Window, fill: Any) -> np.ndarray:
+        """Read ``window`` of an array; pixels outside the grid are ``fill`` (a value, or one
+        value per band of a (band, y, x) array).
+
+        A chunk whose checksum does not match fails with an error naming it and the store.
+        """
         arr = self._array(name)
         lead = arr.shape[:-2]
-        out = np.full((*lead, window.height, window.width), fill, dtype=arr.dtype)
+        values = np.asarray(fill, dtype=arr.dtype)
+        out = np.empty((*lead, window.height, window.width), dtype=arr.dtype)
+        out[...] = values if values.ndim == 0 else values.reshape(-1, 1, 1)
         inner = window.intersect(self.grid.full_window)
         if inner is not None:
             rel = inner.relative_to(window)
-            out[(..., *rel.slices)] = arr[(..., *inner.slices)]
+            try:
+                out[(..., *rel.slices)] = arr[(..., *inner.slices)]
+            except ValueError as exc:
+                if "checksum" not in str(exc).lower():
+                    raise
+                raise InputError(self._damaged(name, inner)) from None
         return out
+
+    def _damaged(self, name: str, window: Window) -> str:
+        uh, uw = self._array(name).chunks[-2:]
+        chunks = sorted(
+            {
+                (r // uh, c // uw)
+                for r in (window.row, window.row_stop - 1)
+                for c in (window.col, window.col_stop - 1)
+            }
+        )
+        return (
+            f"{self.url}: a chunk of '{name}' is damaged (its checksum does not match; chunks "
+            f"{chunks[0]}..{chunks[-1]} of {uh} x {uw} px are read here); restore the store "
+            "from a good copy or make it again"
+        )
+
+    def stored_chunks(self, name: str) -> set[tuple[int, int]]:
+        """The (row, col) indices of the write units (chunks, or shards) of ``name`` that
+        exist in storage, from one listing of the store."""
+        prefix = storage.join(self.url, name, "c")
+        fs = storage.filesystem(self.url)
+        try:
+            keys = fs.find(prefix) if storage.exists(prefix) else []
+        except FileNotFoundError:
+            keys = []
+        found = set()
+        for key in keys:
+            parts = str(key).rstrip("/").split("/")
+            try:
+                found.add((int(parts[-2]), int(parts[-1])))
+            except ValueError:
+                continue
+        return found
 
     def write(self, name: str, window: Window, data: np.ndarray) -> None:
         """Write ``data`` into ``window``, which must cover whole write units (chunks/shards).

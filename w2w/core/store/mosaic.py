@@ -24,6 +24,7 @@ from w2w.core.classes import CLASS_NODATA, ClassInfo
 from w2w.core.errors import InputError
 from w2w.core.grid import BlockTiling, Grid, Window
 from w2w.core.store.base import GeoStore, StoreKind
+from w2w.core.store.integrity import ChunkProblem, identity
 
 DONE = "blocks_done"
 VALID_COUNTS = "block_valid_pixels"
@@ -54,12 +55,21 @@ class MosaicStore(GeoStore):
             raise ValueError(f"block {block} must be a multiple of the chunk {chunk} when sharding")
         if not shard and chunk != block:
             raise ValueError("without sharding the block must equal the chunk size")
+        provenance = provenance or {}
         meta = {
             "block": block,
             "chunk": chunk,
             "sharded": shard,
             "classes": [c.to_dict() for c in classes],
-            "provenance": provenance or {},
+            "provenance": provenance,
+            # What decides the mosaic's pixels: its inputs' identities and the settings.
+            "identity": identity(
+                {
+                    "kind": "mosaic",
+                    "grid": grid.to_attrs(),
+                    "made_from": provenance.get("made_from"),
+                }
+            ),
             "complete": False,
         }
         group = cls._create_group(url, grid, meta, overwrite=overwrite)
@@ -123,6 +133,41 @@ class MosaicStore(GeoStore):
         """What the mosaic records about how it was made (inputs, bundle hash, settings)."""
         value = self.meta.get("provenance")
         return dict(value) if isinstance(value, dict) else {}
+
+    @property
+    def identity(self) -> str | None:
+        """The content identity recorded at creation: a hash of the identities of what it was
+        made from and the settings that decide its pixels (None for an older mosaic)."""
+        value = self.meta.get("identity")
+        return str(value) if value and self.provenance.get("made_from") else None
+
+    def missing_chunks(self) -> list[ChunkProblem]:
+        """Chunks of finished blocks that storage does not hold (a lost or interrupted
+        copy): one listing per array."""
+        done = self.done_blocks()
+        problems: list[ChunkProblem] = []
+        for name in ("class", "confidence"):
+            if name not in self.array_names():
+                continue
+            unit = self.chunk_shape(name)
+            stored = self.stored_chunks(name)
+            for w in self.tiling.windows(done):  # a block is whole write units
+                for r in range(w.row // unit[0], -(-w.row_stop // unit[0])):
+                    for c in range(w.col // unit[1], -(-w.col_stop // unit[1])):
+                        if (r, c) not in stored:
+                            problems.append(ChunkProblem(name, (r, c), "missing"))
+        return problems
+
+    def require_whole(self) -> None:
+        """Refuse a mosaic one of whose finished blocks lost a chunk, naming it."""
+        problems = self.missing_chunks()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InputError(
+                f"mosaic {self.url}: {problems[0].describe()}{more} though its block is "
+                "recorded as finished; its copy was interrupted or an object was lost: copy "
+                "it again, or re-run `w2w predict` after `w2w verify` lists the blocks"
+            )
 
     def require_complete(self, *, allow_incomplete: bool = False, then: str | None = None) -> None:
         """Refuse a mosaic whose run did not finish, unless ``allow_incomplete``. The error

@@ -20,9 +20,15 @@ import numpy as np
 from w2w.core import storage
 from w2w.core.classes import ClassInfo
 from w2w.core.errors import InputError
-from w2w.core.grid import Grid, Window
+from w2w.core.grid import BlockTiling, Grid, Window
 from w2w.core.stats import BandStats
 from w2w.core.store.base import GeoStore, StoreKind
+from w2w.core.store.integrity import ChunkProblem, identity
+
+#: One nodata value for every band, or one per band (None: the band has none).
+Nodata = float | None | list[float | None]
+#: The array of per-block digests recorded at ingest.
+DIGESTS = "block_digests"
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class SceneInfo:
     grid: Grid
     band_names: tuple[str, ...]
     dtype: str
-    nodata: float | None
+    nodata: Nodata
     chunk: int
     has_label: bool
     unlabelled: int | None = None
@@ -60,20 +66,28 @@ class SceneStore(GeoStore):
         *,
         band_names: list[str],
         dtype: str,
-        nodata: float | None,
+        nodata: Nodata,
         chunk: int = 512,
+        block: int | None = None,
         with_label: bool = False,
         unlabelled: int | None = None,
         classes: list[ClassInfo] | None = None,
         source: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> SceneStore:
-        """Create an empty scene store (metadata and empty arrays) ready for block writes."""
+        """Create an empty scene store (metadata and empty arrays) ready for block writes.
+
+        ``nodata`` is one value for every band, or one per band (a stack of files that mark
+        nodata differently); ``block`` is the edge of the blocks its writers write (a
+        multiple of ``chunk``), over which block digests are taken.
+        """
+        fills = band_fills(nodata, len(band_names))
         meta = {
             "band_names": list(band_names),
             "dtype": str(np.dtype(dtype)),
             "nodata": nodata,
             "chunk": chunk,
+            "block": block or chunk,
             "has_label": with_label,
             "unlabelled": unlabelled,
             "classes": [c.to_dict() for c in classes or []],
@@ -84,11 +98,10 @@ class SceneStore(GeoStore):
         }
         group = cls._create_group(url, grid, meta, overwrite=overwrite)
         store = cls(storage.normalize(url), group, writable=True)
-        fill = nodata if nodata is not None else 0
         store._create_raster(
             "image",
             dtype=dtype,
-            fill_value=fill,
+            fill_value=fills[0],
             chunk=chunk,
             bands=len(band_names),
             attrs={"band_names": list(band_names), "nodata": nodata},
@@ -118,8 +131,9 @@ class SceneStore(GeoStore):
 
     def read_image(self, window: Window) -> np.ndarray:
         """(band, h, w) pixels of ``window``; outside the grid they are nodata (or 0)."""
-        nodata = self.meta["nodata"]
-        return self.read("image", window, nodata if nodata is not None else 0)
+        return self.read(
+            "image", window, band_fills(self.meta["nodata"], len(self.meta["band_names"]))
+        )
 
     def read_label(self, window: Window) -> np.ndarray:
         """(h, w) labels of ``window``; outside the grid, and where absent, the unlabelled value."""
@@ -142,10 +156,65 @@ class SceneStore(GeoStore):
             valid &= inside
         return valid
 
-    def mark_complete(self, **meta: Any) -> None:
-        """Record final metadata (statistics, histogram), mark the store complete, consolidate."""
-        self.update_meta(**meta, complete=True)
+    def mark_complete(self, digests: np.ndarray | None = None, **meta: Any) -> None:
+        """Record final metadata (statistics, histogram), the block digests and the store's
+        identity computed from them; mark the store complete and consolidate."""
+        merged = {**self.meta, **meta}
+        if digests is not None:
+            arr = self._group.create_array(
+                DIGESTS,
+                shape=digests.shape,
+                chunks=digests.shape,
+                dtype="uint8",
+                fill_value=0,
+                dimension_names=["block_row", "block_col", "byte"],
+            )
+            arr[...] = digests
+            merged["identity"] = identity(_identity_parts(self.grid, merged), digests)
+        self.update_meta(**{k: v for k, v in merged.items() if k != "complete"}, complete=True)
         self.finalize()
+
+    @property
+    def identity(self) -> str | None:
+        """The content identity recorded at ingest (None for a store made before w2w
+        recorded one)."""
+        value = self.meta.get("identity")
+        return str(value) if value else None
+
+    @property
+    def tiling(self) -> BlockTiling:
+        """The blocks its writers wrote: the unit of its digests."""
+        return self.grid.blocks(int(self.meta.get("block") or self.meta["chunk"]))
+
+    def digests(self) -> np.ndarray | None:
+        """(block rows, block cols, 16) digests recorded at ingest, or None."""
+        if DIGESTS not in self.array_names():
+            return None
+        return np.asarray(self._array(DIGESTS)[...])
+
+    def missing_chunks(self) -> list[ChunkProblem]:
+        """Chunks of ``image`` and ``label`` that a complete store must hold but storage does
+        not (an interrupted copy, a lost object): one listing per array."""
+        problems: list[ChunkProblem] = []
+        for name in ("image", "label"):
+            if name not in self.array_names():
+                continue
+            unit = self.chunk_shape(name)
+            expected = self.grid.blocks(*unit).keys()
+            stored = self.stored_chunks(name)
+            problems += [ChunkProblem(name, k, "missing") for k in expected if k not in stored]
+        return problems
+
+    def require_whole(self) -> None:
+        """Refuse a store one of whose chunks is missing, naming the chunk and the store."""
+        problems = self.missing_chunks()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InputError(
+                f"scene store {self.url} says it is complete but {problems[0].describe()}{more}; "
+                "its copy was interrupted or an object was lost: copy or ingest it again "
+                "(`w2w verify` lists every problem)"
+            )
 
     @classmethod
     def open(cls, url: str, *, mode: Literal["r", "r+"] = "r") -> SceneStore:
@@ -159,12 +228,32 @@ class SceneStore(GeoStore):
         return store
 
 
-def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(h, w) bool mask of pixels valid in every band of a (band, h, w) array."""
+def band_fills(nodata: Nodata, bands: int) -> list[float]:
+    """The value each band is filled with where there is no data: its nodata, else 0."""
+    values = nodata if isinstance(nodata, list) else [nodata] * bands
+    return [0 if v is None else v for v in values]
+
+
+def valid_pixels(image: np.ndarray, nodata: Nodata) -> np.ndarray:
+    """(h, w) bool mask of pixels valid in every band of a (band, h, w) array; ``nodata`` is
+    one value for all bands or one per band (None: the band has none)."""
     if np.issubdtype(image.dtype, np.floating):
         valid = np.isfinite(image).all(axis=0)
     else:
         valid = np.ones(image.shape[-2:], dtype=bool)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        valid &= (image != np.asarray(nodata).astype(image.dtype)).all(axis=0)
+    values = nodata if isinstance(nodata, list) else [nodata] * image.shape[0]
+    for band, value in enumerate(values):
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            valid &= image[band] != np.asarray(value).astype(image.dtype)
     return valid
+
+
+def _identity_parts(grid: Grid, meta: dict[str, Any]) -> dict[str, Any]:
+    """What defines a scene besides its pixels (the block digests)."""
+    return {
+        "kind": "scene",
+        "grid": grid.to_attrs(),
+        **{k: meta.get(k) for k in ("band_names", "dtype", "nodata", "unlabelled", "block")},
+        "stats": meta.get("stats", {}),
+        "classes": meta.get("classes", []),
+    }
