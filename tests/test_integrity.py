@@ -263,6 +263,14 @@ def test_missing_and_damaged_scene_chunks_are_named_not_read_as_nodata(
         store.read_image(store.grid.blocks(64).window(2, 2))
     report = verify_scene(str(damaged), engine="local")
     assert not report.ok and report.damaged
+    # In a Ray worker the same failure reaches the user as its cause, not Ray's advice.
+    with pytest.raises(InputError, match=r"damaged\.zarr: a chunk of 'image' is damaged"):
+        predict(
+            PredictConfig(
+                scene=str(damaged), bundle=tiny_run[1].bundle, output=str(tmp_path / "d.zarr")
+            ),
+            progress=False,
+        )
 
 
 def test_a_lost_mosaic_chunk_is_found_by_verify_and_refused_by_export(

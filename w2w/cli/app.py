@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,8 @@ from rich.markup import escape
 
 from w2w.cli.options import command_for
 from w2w.core.config import StageConfig
-from w2w.core.errors import StageFailedError, W2WError
-from w2w.core.progress import console, out, set_enabled, setup_logging
+from w2w.core.errors import StageFailedError, StorageError, W2WError
+from w2w.core.progress import console, out, set_quiet, setup_logging
 from w2w.core.provenance import w2w_version
 from w2w.stages import STAGES, Stage
 
@@ -61,10 +62,29 @@ def _main(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    io_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds an object-storage request may wait before it is retried "
+            "(W2W_IO_TIMEOUT).",
+            show_default="60",
+        ),
+    ] = None,
+    io_retries: Annotated[
+        int | None,
+        typer.Option(
+            help="Retries of a failed object-storage request (W2W_IO_RETRIES).", show_default="3"
+        ),
+    ] = None,
 ) -> None:
     """w2w: map land cover for a whole state, every pixel, from satellite imagery."""
+    # Set in the environment before Ray starts, so that every worker uses them too.
+    if io_timeout is not None:
+        os.environ["W2W_IO_TIMEOUT"] = str(io_timeout)
+    if io_retries is not None:
+        os.environ["W2W_IO_RETRIES"] = str(io_retries)
     _state["debug"] = debug
-    set_enabled(not quiet)
+    set_quiet(quiet)
     setup_logging(logging.DEBUG if (debug or verbose) else logging.INFO)
 
 
@@ -166,6 +186,8 @@ def info(
     opened: GeoStore
     try:
         opened = SceneStore.open(store)
+    except StorageError:
+        raise
     except W2WError:
         opened = MosaicStore.open(store)
     if as_json:
@@ -208,6 +230,8 @@ def verify(
 
     try:
         SceneStore.open(store)
+    except StorageError:
+        raise
     except W2WError:
         report: Any = verify_coverage(store, engine=engine)
         fix = "re-run `w2w predict` on it: it predicts blocks that are unfinished or have holes"

@@ -26,6 +26,10 @@ class GridMismatchError(InputError):
     """Two rasters that must share a pixel grid do not."""
 
 
+class StorageError(InputError):
+    """Object storage failed: no answer in time, no credentials, access denied."""
+
+
 class OutputError(W2WError):
     """An output cannot be written: it exists already, or its location is not writable."""
 

@@ -22,12 +22,23 @@ from rich.progress import (
 console = Console(stderr=True, soft_wrap=True)
 #: Results of commands (paths written, metrics) go to stdout, everything else to stderr.
 out = Console(soft_wrap=True, highlight=False, markup=False)
-_state = {"enabled": True}
+_state = {"enabled": True, "quiet": False}
 
 
 def set_enabled(enabled: bool) -> None:
-    """Turn progress bars on or off for this process (``--quiet``)."""
+    """Turn progress bars on or off for this process."""
     _state["enabled"] = enabled
+
+
+def set_quiet(quiet: bool) -> None:
+    """``--quiet``: no progress bars, and none of Ray's own log lines."""
+    _state["quiet"] = quiet
+    _state["enabled"] = not quiet
+
+
+def is_quiet() -> bool:
+    """Whether the user asked for quiet (``--quiet``)."""
+    return bool(_state["quiet"])
 
 
 def setup_logging(level: int = logging.INFO) -> None:

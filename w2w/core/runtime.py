@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from w2w.core.config import Engine
 from w2w.core.errors import StageFailedError, W2WError
+from w2w.core.progress import is_quiet
 
 log = logging.getLogger("w2w")
 
@@ -40,8 +42,14 @@ def ensure_ray(**init_kwargs: Any) -> None:
     # Ray Data logs every dataset execution at INFO (each training epoch is one); w2w keeps
     # the console to its own progress and warnings. Set before Ray starts, so workers see it.
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    if is_quiet():
+        # --quiet: none of Ray's own lines (start-up notices, warnings of its defaults);
+        # failures still reach w2w as exceptions and end in one `error:` line.
+        for name in ("ray", "ray.data", "ray.train"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        os.environ["RAY_DATA_LOG_LEVEL"] = "ERROR"
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=not is_quiet())
         quiet_ray_data()
         return
     # Worker output (Ray Train's per-epoch reports, Ray Data's plans) is kept in Ray's log
@@ -51,8 +59,8 @@ def ensure_ray(**init_kwargs: Any) -> None:
         # on this machine with `ray start` (use RAY_ADDRESS to join one on purpose).
         "address": "local",
         "include_dashboard": False,
-        "log_to_driver": log.isEnabledFor(logging.DEBUG),
-        "logging_config": ray.LoggingConfig(log_level="WARNING"),
+        "log_to_driver": log.isEnabledFor(logging.DEBUG) and not is_quiet(),
+        "logging_config": ray.LoggingConfig(log_level="ERROR" if is_quiet() else "WARNING"),
     }
     kwargs.update(init_kwargs)
     ray.init(**kwargs)
@@ -69,7 +77,12 @@ def quiet_ray_data() -> None:
 
 
 def unwrap_ray_error(exc: BaseException) -> BaseException:
-    """The user-facing error inside a Ray task/actor failure, if there is one."""
+    """The user-facing error inside a Ray task/actor failure, if there is one.
+
+    Ray keeps the worker's exception as ``cause`` of a ``RayTaskError``, but an exception
+    that Ray Data wrapped (``UserCodeException``) arrives with its own cause only as text in
+    the traceback: a w2w error is then rebuilt from that text.
+    """
     from ray.exceptions import RayTaskError
 
     seen = 0
@@ -88,18 +101,48 @@ def unwrap_ray_error(exc: BaseException) -> BaseException:
             break
         cur = nxt
         seen += 1
-    return exc
+    return _w2w_error_in_text(str(exc)) or exc
+
+
+#: A line of a worker's traceback that names an exception: ``module.Class: message``.
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning)): (.+)$")
+
+
+def _w2w_error_in_text(text: str) -> W2WError | None:
+    """The last w2w error named in a traceback's text, rebuilt (class and message)."""
+    from w2w.core import errors
+
+    found = None
+    for line in text.splitlines():
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m and m.group(1).startswith("w2w.core.errors."):
+            cls = getattr(errors, m.group(1).rsplit(".", 1)[1], None)
+            if isinstance(cls, type) and issubclass(cls, W2WError):
+                found = cls(m.group(2))
+    return found
+
+
+def cause_line(text: str) -> str:
+    """The innermost exception a worker's traceback names (not Ray's own wrappers), or the
+    last line of ``text``."""
+    causes = [
+        f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+        for line in text.splitlines()
+        if (m := _EXCEPTION_LINE.match(line.strip())) and not m.group(1).startswith("ray.")
+    ]
+    if causes:
+        return causes[-1]
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def raise_from_worker(exc: BaseException, what: str) -> None:
     """Re-raise a Ray task or actor failure on the driver: a worker's W2WError as itself,
-    anything else as a StageFailedError naming the stage and the last line of the cause."""
+    anything else as a StageFailedError naming the stage and the cause (not Ray's advice)."""
     inner = unwrap_ray_error(exc)
     if isinstance(inner, W2WError):
         raise inner from None
-    text = str(inner).strip().splitlines()
-    last = text[-1] if text else type(inner).__name__
-    raise StageFailedError(f"{what} failed on a Ray worker: {last}") from exc
+    raise StageFailedError(f"{what} failed on a Ray worker: {cause_line(str(inner))}") from exc
 
 
 def run_blocks(

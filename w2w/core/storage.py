@@ -22,7 +22,7 @@ from typing import Any
 
 import fsspec
 
-from w2w.core.errors import InputError, OutputError
+from w2w.core.errors import InputError, OutputError, StorageError
 
 REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "memory://")
 
@@ -48,20 +48,65 @@ def join(url: str | Path, *parts: str) -> str:
     return str(Path(base).joinpath(*parts))
 
 
+#: Seconds an object-storage request may wait to connect or for data, and how many times a
+#: failed request is tried again (with backoff); from ``W2W_IO_TIMEOUT`` / ``W2W_IO_RETRIES``
+#: (``w2w --io-timeout``), read where each request is made, Ray workers included.
+DEFAULT_IO_TIMEOUT = 60.0
+DEFAULT_IO_RETRIES = 3
+
+
+def io_timeout() -> float:
+    """Seconds an object-storage request may wait (connect, or between bytes of data)."""
+    return float(os.environ.get("W2W_IO_TIMEOUT", DEFAULT_IO_TIMEOUT))
+
+
+def io_retries() -> int:
+    """How many times a failed object-storage request is tried again."""
+    return int(os.environ.get("W2W_IO_RETRIES", DEFAULT_IO_RETRIES))
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def storage_options(url: str) -> dict[str, Any]:
-    """Fsspec options for ``url``: S3 endpoint from ``AWS_ENDPOINT_URL`` when set."""
-    if str(url).startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return {"endpoint_url": endpoint} if endpoint else {}
-    return {}
+    """Fsspec options for ``url``: endpoint, timeouts and retries for ``s3://``."""
+    if not str(url).startswith("s3://"):
+        return {}
+    timeout = io_timeout()
+    options: dict[str, Any] = {
+        "config_kwargs": {
+            "connect_timeout": timeout,
+            "read_timeout": timeout,
+            # botocore retries each request (timeouts included), with backoff; s3fs's own
+            # retry loop is turned off (with_retries), else the two would multiply.
+            "retries": {"max_attempts": io_retries() + 1, "mode": "standard"},
+        },
+    }
+    endpoint = s3_endpoint()
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
 
 
-def filesystem(url: str) -> fsspec.AbstractFileSystem:
-    """The fsspec filesystem serving ``url``."""
+def with_retries(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem:
+    """``fs`` with one retry loop only: s3fs keeps its own count on the filesystem (not among
+    its options), on top of botocore's, which :func:`storage_options` configures."""
+    if hasattr(fs, "retries"):
+        fs.retries = 1
+    return fs
+
+
+def filesystem(url: str, *, asynchronous: bool = False) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem serving ``url`` (with timeouts and retries for object storage)."""
     if is_remote(url):
         protocol = str(url).split("://", 1)[0]
+        options = storage_options(url)
+        if asynchronous:
+            options["asynchronous"] = True
         try:
-            return fsspec.filesystem(protocol, **storage_options(url))
+            return with_retries(fsspec.filesystem(protocol, **options))
         except ImportError as exc:
             raise InputError(
                 f"{url}: support for {protocol}:// is not installed ({exc}); install the "
@@ -81,18 +126,24 @@ def exists(url: str | Path) -> bool:
         raise remote_error(u, exc) from None
 
 
-def remote_error(url: str, exc: BaseException) -> InputError:
+def remote_error(url: str, exc: BaseException) -> StorageError:
     """A clear error for a failed object-store access, naming the likely fix."""
     text = f"{type(exc).__name__}: {exc}"
     lowered = text.lower()
     if "credential" in lowered or "nocredentials" in lowered or "unable to locate" in lowered:
-        return InputError(
+        return StorageError(
             f"{url}: no credentials for object storage ({text}); set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run on an instance with an IAM role"
         )
     if "accessdenied" in lowered or "forbidden" in lowered or "403" in lowered:
-        return InputError(f"{url}: access denied ({text}); check the bucket policy / IAM role")
-    return InputError(f"{url}: object storage request failed ({text})")
+        return StorageError(f"{url}: access denied ({text}); check the bucket policy / IAM role")
+    if "timeout" in lowered or "timed out" in lowered:
+        return StorageError(
+            f"{url}: object storage did not answer within {io_timeout():g} s, "
+            f"{io_retries() + 1} tries ({text}); check the endpoint and network, or allow "
+            "more time with --io-timeout / W2W_IO_TIMEOUT"
+        )
+    return StorageError(f"{url}: object storage request failed ({text})")
 
 
 def read_bytes(url: str | Path) -> bytes:

@@ -57,8 +57,15 @@ def gdal_path(path: str) -> str:
 @contextlib.contextmanager
 def gdal_env(path: str) -> Iterator[None]:
     """A rasterio environment that lets GDAL reach object storage for ``path``."""
-    options: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
-    endpoint = storage.storage_options(path).get("endpoint_url")
+    timeout = max(1, round(storage.io_timeout()))
+    options: dict[str, Any] = {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "GDAL_HTTP_CONNECTTIMEOUT": timeout,
+        "GDAL_HTTP_TIMEOUT": timeout,
+        "GDAL_HTTP_MAX_RETRY": storage.io_retries(),
+        "GDAL_HTTP_RETRY_DELAY": 1,
+    }
+    endpoint = storage.s3_endpoint()
     if path.startswith("s3://") and endpoint:
         host = endpoint.split("://", 1)[-1]
         options.update(

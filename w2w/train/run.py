@@ -48,9 +48,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     With ``overwrite`` the old run is set aside and removed only when the new one finished."""
     from w2w.core.runtime import ensure_ray, quiet_ray_data
 
+    plan = prepare(cfg, progress=progress)  # checks every input before Ray starts
     ensure_ray()
     quiet_ray_data()
-    plan = prepare(cfg, progress=progress)
     aside = claim_run(cfg, plan)
     try:
         report = _fit(cfg, plan)
@@ -167,19 +167,25 @@ def _ray_storage_path(url: str) -> str:
 
 def _ray_filesystem(url: str) -> Any:
     """A pyarrow S3 filesystem when an S3-compatible endpoint is configured, else None."""
-    endpoint = storage.storage_options(url).get("endpoint_url") if storage.is_remote(url) else None
+    endpoint = storage.s3_endpoint() if url.startswith("s3://") else None
     if not endpoint:
         return None
     import pyarrow.fs
 
     scheme, _, host = endpoint.partition("://")
-    return pyarrow.fs.S3FileSystem(endpoint_override=host, scheme=scheme or "https")
+    return pyarrow.fs.S3FileSystem(
+        endpoint_override=host,
+        scheme=scheme or "https",
+        connect_timeout=storage.io_timeout(),
+        request_timeout=storage.io_timeout(),
+        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=storage.io_retries() + 1),
+    )
 
 
 def _training_error(exc: BaseException) -> Exception:
     """The user-facing error for a failed ``fit()``: a worker's W2WError as is, else the last
     line of the worker's traceback."""
-    from w2w.core.runtime import unwrap_ray_error
+    from w2w.core.runtime import cause_line, unwrap_ray_error
 
     inner = unwrap_ray_error(exc)
     if isinstance(inner, W2WError):
@@ -188,8 +194,7 @@ def _training_error(exc: BaseException) -> Exception:
         found = unwrap_ray_error(cause)
         if isinstance(found, W2WError):
             return found
-    lines = [ln for ln in str(inner).strip().splitlines() if ln.strip()]
-    return StageFailedError(f"training failed: {lines[-1] if lines else type(inner).__name__}")
+    return StageFailedError(f"training failed: {cause_line(str(inner))}")
 
 
 def finish(cfg: TrainConfig, plan: TrainPlan, result: Any) -> TrainReport:

@@ -35,9 +35,8 @@ StoreKind = Literal["scene", "mosaic"]
 def _open_zarr_store(url: str, *, read_only: bool) -> zarr.abc.store.Store:
     """A zarr store object for a local path or an object-store URL."""
     if storage.is_remote(url):
-        return zarr.storage.FsspecStore.from_url(
-            url, storage_options=storage.storage_options(url), read_only=read_only
-        )
+        fs = storage.filesystem(url, asynchronous=True)
+        return zarr.storage.FsspecStore(fs, read_only=read_only, path=url.split("://", 1)[1])
     return zarr.storage.LocalStore(url, read_only=read_only)
 
 
@@ -118,7 +117,7 @@ class GeoStore:
         u = storage.normalize(url)
         try:
             zstore = _open_zarr_store(u, read_only=mode == "r")
-            group = zarr.open_group(store=zstore, mode=mode)
+            group = zarr.open_group(store=zstore, mode=mode, zarr_format=3)
         except (
             FileNotFoundError,
             zarr.errors.GroupNotFoundError,

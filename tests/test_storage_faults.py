@@ -1,0 +1,127 @@
+"""Object storage that stalls: every command fails within its timeout and retries, with one
+line saying so, instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT, RETRIES = 2, 1
+
+
+@pytest.fixture
+def stalled_endpoint() -> Iterator[str]:
+    """An 'S3 endpoint' on loopback that accepts every connection and never answers."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_every_command_fails_within_its_timeout_on_a_stalled_endpoint(
+    stalled_endpoint: str, tmp_path: Path
+) -> None:
+    s3 = "s3://bucket"
+    commands = {
+        "info": ["info", f"{s3}/scene.zarr"],
+        "verify": ["verify", f"{s3}/mosaic.zarr"],
+        "ingest": [
+            "ingest",
+            f"{s3}/image.tif",
+            "-o",
+            str(tmp_path / "s.zarr"),
+            "--engine",
+            "local",
+        ],
+        "ingest to s3": [
+            "ingest",
+            str(tmp_path / "none.tif"),
+            "-o",
+            f"{s3}/s.zarr",
+            "--engine",
+            "local",
+        ],
+        "train": ["train", f"{s3}/scene.zarr", "--storage-path", str(tmp_path / "runs")],
+        "predict": [
+            "predict",
+            f"{s3}/scene.zarr",
+            "-m",
+            f"{s3}/m.safetensors",
+            "-o",
+            str(tmp_path / "m.zarr"),
+        ],
+        "sieve": [
+            "sieve",
+            f"{s3}/mosaic.zarr",
+            "-o",
+            str(tmp_path / "m2.zarr"),
+            "--min-pixels",
+            "3",
+        ],
+        "export": ["export", f"{s3}/mosaic.zarr", "-o", str(tmp_path / "map.tif")],
+        "evaluate": [
+            "evaluate",
+            f"{s3}/mosaic.zarr",
+            "--scene",
+            f"{s3}/scene.zarr",
+            "-o",
+            str(tmp_path / "ev"),
+        ],
+        "bundle-info": ["bundle-info", f"{s3}/m.safetensors"],
+    }
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AWS_ENDPOINT_URL": stalled_endpoint,
+        "W2W_IO_TIMEOUT": str(TIMEOUT),
+        "W2W_IO_RETRIES": str(RETRIES),
+    }
+    (tmp_path / "none.tif").write_bytes(b"")  # ingest to s3 fails on the output first
+    started = time.time()
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "w2w.cli", "--quiet", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, args in commands.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        results[name] = (proc.returncode, err, time.time() - started)
+    for name, (code, err, seconds) in results.items():
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code != 0, (name, err)
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
+        # A request may wait TIMEOUT s, tried 1 + RETRIES times; a command makes a few
+        # requests before it knows the store is unreachable (ten commands share 2 cores).
+        assert seconds < 60, (name, seconds, err)
+    stalled = [n for n, (_, err, _) in results.items() if "did not answer" in err]
+    assert len(stalled) >= len(commands) - 1, {n: r[1] for n, r in results.items()}
