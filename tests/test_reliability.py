@@ -373,6 +373,11 @@ def _bad_inputs(tmp: Path, scene: str, bundle: str) -> dict[str, tuple[list[str]
     w2w_cli(["ingest", str(good), "-o", other, "--engine", "local"])
     w2w_cli(["ingest", str(good), "-o", str(tmp / "existing.zarr"), "--engine", "local"])
 
+    _bad_georeferencing(tmp, rng)
+    broken = tmp / "broken.zarr"
+    shutil.copytree(scene, broken)
+    (broken / "image" / "c" / "0" / "1" / "1").unlink()  # an interrupted copy
+
     ingest = ["ingest", "--engine", "local", "-o"]
     return {
         "missing-file": (
@@ -438,7 +443,83 @@ def _bad_inputs(tmp: Path, scene: str, bundle: str) -> dict[str, tuple[list[str]
             [*ingest, "s3://w2w-no-such-bucket/s.zarr", str(good)],
             "no credentials for object storage",
         ),
+        "output-is-input": (
+            ["predict", scene, "-m", str(tmp / "model.safetensors"), "-o", scene, "--overwrite"],
+            "is the input scene store",
+        ),
+        "run-name-escapes": (
+            ["train", scene, "--run-name", "..", "--overwrite"],
+            "names a folder",
+        ),
+        "duplicate-class-names": (
+            [*ingest, str(tmp / "o.zarr"), str(good), "--classes", "1=forest,2=forest"],
+            "is given to several ids",
+        ),
+        "no-geotransform": (
+            [*ingest, str(tmp / "o.zarr"), str(tmp / "no-transform.tif")],
+            "has no geotransform",
+        ),
+        "gcps-only": (
+            [*ingest, str(tmp / "o.zarr"), str(tmp / "gcps.tif")],
+            "ground control points only",
+        ),
+        "rotated-grid": (
+            [*ingest, str(tmp / "o.zarr"), str(tmp / "rotated.tif")],
+            "has a rotated grid",
+        ),
+        "south-up": (
+            [*ingest, str(tmp / "o.zarr"), str(tmp / "south-up.tif")],
+            "is not north-up",
+        ),
+        "header-lies": (
+            [*ingest, str(tmp / "o.zarr"), str(tmp / "huge-header.tif")],
+            "its header claims 100000 x 100000 px",
+        ),
+        "missing-chunk": (
+            [
+                "predict",
+                str(broken),
+                "-m",
+                str(tmp / "model.safetensors"),
+                "-o",
+                str(tmp / "m.zarr"),
+            ],
+            r"says it is complete but image chunk (1, 1) is missing",
+        ),
     }
+
+
+def _bad_georeferencing(tmp: Path, rng: np.random.Generator) -> None:
+    """Rasters whose georeferencing is not what it seems."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    from tests.conftest import write_tif
+
+    data = rng.integers(1, 3000, size=(1, 40, 40)).astype("uint16")
+    write_tif(tmp / "rotated.tif", data, transform=(10.0, 2.0, 300000.0, 2.0, -10.0, 3500000.0))
+    write_tif(tmp / "south-up.tif", data, transform=(10.0, 0.0, 300000.0, 0.0, 10.0, 3500000.0))
+    profile = {"driver": "GTiff", "width": 40, "height": 40, "count": 1, "dtype": "uint16"}
+    with rasterio.open(tmp / "no-transform.tif", "w", crs="EPSG:32613", **profile) as dst:
+        dst.write(data)
+    gcps = [
+        GroundControlPoint(0, 0, 300000.0, 3500000.0),
+        GroundControlPoint(40, 40, 300400.0, 3499600.0),
+    ]
+    with rasterio.open(tmp / "gcps.tif", "w", **profile) as dst:
+        dst.write(data)
+        dst.gcps = (gcps, rasterio.crs.CRS.from_epsg(32613))
+    # An uncompressed GeoTIFF whose header claims 100000 x 100000 px but holds a few bytes.
+    big = {**profile, "width": 100_000, "height": 100_000, "dtype": "uint8", "tiled": True}
+    with rasterio.open(
+        tmp / "huge-header.tif",
+        "w",
+        crs="EPSG:32613",
+        transform=rasterio.Affine(10, 0, 0, 0, -10, 0),
+        sparse_ok=True,
+        **big,
+    ):
+        pass
 
 
 def w2w_cli(args: list[str]) -> Any:
@@ -468,6 +549,15 @@ BAD_INPUTS = [
     "output-exists",
     "output-not-writable",
     "s3-no-credentials",
+    "output-is-input",
+    "run-name-escapes",
+    "duplicate-class-names",
+    "no-geotransform",
+    "gcps-only",
+    "rotated-grid",
+    "south-up",
+    "header-lies",
+    "missing-chunk",
 ]
 
 

@@ -125,7 +125,10 @@ def publish_files(files: list[tuple[str, Path]]) -> None:
         for dest, path in files:
             storage.ensure_writable_dir(Path(dest).parent)
             staged = f"{dest}.w2w-staged-{token}"
-            shutil.copyfile(path, staged)
+            if Path(path).parent == Path(dest).parent:
+                os.replace(path, staged)  # already beside its destination: move it
+            else:
+                shutil.copyfile(path, staged)
             entries.append({"dest": dest, "staged": staged, "old": f"{dest}.w2w-old-{token}"})
         _write_journal(journal, entries)
     except BaseException:

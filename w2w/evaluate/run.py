@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ from w2w.core.classes import CLASS_NODATA, ClassInfo
 from w2w.core.errors import ConfigError, InputError, OutputError
 from w2w.core.grid import Window
 from w2w.core.metrics import confusion
+from w2w.core.outputs import publish_files
 from w2w.core.plots import plot_confusion
 from w2w.core.provenance import find_bundle_hash
 from w2w.core.runtime import run_blocks
@@ -164,7 +167,7 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
         warnings.append(note)
     mosaic.require_complete(allow_incomplete=cfg.allow_incomplete, then="evaluate it")
     mosaic.require_whole()
-    scene.require_whole()
+    scene.require_whole(arrays=("label",))  # only the labels are read
     _check_scene_identity(mosaic, scene)
     classes = mosaic.classes
     if not classes:
@@ -215,11 +218,13 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
     for w in result.warnings:
         log.warning(w)
     report = result.to_json()
-    storage.atomic_write_bytes(
-        targets["figure"], plot_confusion(totals.matrix, [c.name for c in classes])
-    )
-    storage.atomic_write_bytes(targets["markdown"], markdown_report(report).encode())
-    storage.atomic_write_bytes(targets["json"], (json.dumps(report, indent=2) + "\n").encode())
+    with tempfile.TemporaryDirectory(prefix="w2w-evaluate-") as tmp:
+        staged = {key: Path(tmp) / Path(url).name for key, url in targets.items()}
+        staged["figure"].write_bytes(plot_confusion(totals.matrix, [c.name for c in classes]))
+        staged["markdown"].write_text(markdown_report(report))
+        staged["json"].write_text(json.dumps(report, indent=2) + "\n")
+        # One set, the JSON last: a reader never finds a report beside another's figure.
+        publish_files([(targets[k], staged[k]) for k in ("figure", "markdown", "json")])
     return result
 
 

@@ -174,6 +174,7 @@ def _properties(cfg: ExportConfig, mosaic: MosaicStore, targets: ExportTargets) 
         f"classes by {cfg.overview_resampling}, of confidence by average",
         "w2w:mosaic": cfg.input,
         "w2w:provenance": provenance,
+        "w2w:mosaic_identity": mosaic.identity,
     }
     if grid.crs.is_projected:
         properties["gsd"] = grid.res[0]

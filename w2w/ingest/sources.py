@@ -134,8 +134,8 @@ def inspect_source(
                 f"{role} file {path} has unsupported pixel type {dtype}; supported: "
                 f"{', '.join(allowed_dtypes)} (convert with `gdal_translate -ot ...`)"
             )
-        grid = Grid.from_rasterio(ds)
         _check_georeferencing(ds, path, role)
+        grid = Grid.from_rasterio(ds)
         _check_size(ds, path, role)
         file_nodata = ds.nodata
         _probe_last_rows(ds, path, role)

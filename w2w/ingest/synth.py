@@ -35,7 +35,7 @@ from rasterio.crs import CRS
 from w2w.core import storage
 from w2w.core.config import Engine, PathStr, StageConfig, engine_field, overwrite_field
 from w2w.core.grid import Grid, Window
-from w2w.core.outputs import replace_store
+from w2w.core.outputs import publish_files, replace_store
 from w2w.core.runtime import run_blocks
 from w2w.ingest.build import build_store
 
@@ -384,8 +384,7 @@ def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> SynthOut
     finally:
         for dst in [*image_dsts, label_dst]:
             dst.close()
-    for t, final in zip(tmp, targets, strict=True):
-        t.replace(final)
+    publish_files([(str(final), t) for t, final in zip(tmp, targets, strict=True)])
     return SynthOutputs(
         images=tuple(str(t) for t in targets[:-1]),
         label=str(targets[-1]),

@@ -192,11 +192,11 @@ class SceneStore(GeoStore):
             return None
         return np.asarray(self._array(DIGESTS)[...])
 
-    def missing_chunks(self) -> list[ChunkProblem]:
-        """Chunks of ``image`` and ``label`` that a complete store must hold but storage does
-        not (an interrupted copy, a lost object): one listing per array."""
+    def missing_chunks(self, arrays: tuple[str, ...] = ("image", "label")) -> list[ChunkProblem]:
+        """Chunks of ``arrays`` that a complete store must hold but storage does not (an
+        interrupted copy, a lost object): one listing per array."""
         problems: list[ChunkProblem] = []
-        for name in ("image", "label"):
+        for name in arrays:
             if name not in self.array_names():
                 continue
             unit = self.chunk_shape(name)
@@ -205,9 +205,9 @@ class SceneStore(GeoStore):
             problems += [ChunkProblem(name, k, "missing") for k in expected if k not in stored]
         return problems
 
-    def require_whole(self) -> None:
-        """Refuse a store one of whose chunks is missing, naming the chunk and the store."""
-        problems = self.missing_chunks()
+    def require_whole(self, arrays: tuple[str, ...] = ("image", "label")) -> None:
+        """Refuse a store one of whose chunks (of ``arrays``) is missing, naming the chunk."""
+        problems = self.missing_chunks(arrays)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise InputError(
