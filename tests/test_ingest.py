@@ -268,10 +268,21 @@ def test_unsupported_dtype(tmp_path: Path) -> None:
         run(tmp_path, [write_tif(tmp_path / "c.tif", data)])
 
 
-def test_float_labels_refused(tmp_path: Path, good_image: Path) -> None:
-    lab = write_tif(tmp_path / "l.tif", np.ones((40, 40), dtype="float32"))
-    with pytest.raises(InputError, match="label file .* unsupported pixel type float32"):
-        run(tmp_path, [good_image], label=lab)
+def test_float_labels_with_whole_codes_are_taken_and_fractions_refused(
+    tmp_path: Path, good_image: Path
+) -> None:
+    # (Issue 15: a label raster exported as float32 with integer codes is accepted.)
+    codes = np.ones((40, 40), dtype="float32")
+    codes[:, 20:] = 2
+    codes[0, 0] = np.nan  # no label there
+    lab = write_tif(tmp_path / "l.tif", codes)
+    store = run(tmp_path, [good_image], label=lab)
+    labels = store.read_label(store.grid.full_window)
+    assert labels[0, 0] == 0 and labels[0, 1] == 1 and labels[0, 39] == 2
+    codes[7, 3] = 1.5
+    lab = write_tif(tmp_path / "half.tif", codes)
+    with pytest.raises(InputError, match=r"holds 1\.5 at pixel \(row 7, col 3\)"):
+        run(tmp_path, [good_image], label=lab, overwrite=True)
 
 
 def test_label_values_outside_class_range(tmp_path: Path, good_image: Path) -> None:

@@ -201,7 +201,7 @@ def verify_scene(
     if engine == "auto":
         engine = "local" if store.grid.full_window.size <= COVERAGE_LOCAL_PIXELS else "ray"
     changed, damaged = [], []
-    items = [(store.url, w.to_dict()) for w in tiling.windows()]
+    items = [(store.url, w.to_dict()) for w in tiling.windows(store.written_blocks())]
     for window, digest in run_blocks(
         _block_digest,
         items,

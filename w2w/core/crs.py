@@ -1,9 +1,9 @@
 """How two coordinate reference systems relate: the same, equivalent, or different.
 
 Agencies' rasters often name one projection in several ways: another realisation of the
-same datum (NAD83 vs NAD83(HARN)), or a WKT with a no-op datum binding. w2w treats such
-CRSs as *equivalent* (the pixels line up to far below a pixel) and warns, instead of
-refusing the file or warping it for nothing.
+same datum (NAD83 vs NAD83(HARN)), or a WKT with a datum binding (``TOWGS84[...]``, read by
+pyproj as a BoundCRS). w2w treats such CRSs as *equivalent* (the pixels line up to far below
+a pixel) and warns, instead of refusing the file or warping it for nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ def crs_relation(wkt_a: str, wkt_b: str) -> Relation:
     a, b = PyprojCRS.from_wkt(wkt_a), PyprojCRS.from_wkt(wkt_b)
     if a.equals(b, ignore_axis_order=True):
         return "equal"
+    # A datum binding (TOWGS84, as older GDAL and GRASS write) changes where a point lands
+    # in another datum, never a pixel's place on the projection: compare what it binds.
+    bound = a.is_bound or b.is_bound
+    a, b = (c.source_crs if c.is_bound and c.source_crs is not None else c for c in (a, b))
+    if bound and a.equals(b, ignore_axis_order=True):
+        return "equivalent"
     if a.is_projected != b.is_projected or a.ellipsoid is None or b.ellipsoid is None:
         return "different"
     ea, eb = a.ellipsoid, b.ellipsoid

@@ -7,12 +7,13 @@ comma-separated; a YAML file may use these strings or plain mappings and lists.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from w2w.core.config import Engine, PathStr, StageConfig, engine_field, overwrite_field
 from w2w.core.errors import ConfigError
+from w2w.ingest.vectors import is_vector
 
 
 def parse_label_map(text: str | None) -> dict[int, int] | None:
@@ -78,27 +79,87 @@ LabelMap = Annotated[dict[int, int], _from_text(parse_label_map)]
 ClassNames = Annotated[dict[int, str], _from_text(parse_class_names)]
 CommaList = Annotated[list[str], _from_text(_split)]
 CommaFloats = Annotated[list[float], _from_text(_floats)]
+CommaInts = Annotated[list[int], _from_text(lambda t: [int(v) for v in _floats(t)])]
 
 
 class IngestConfig(StageConfig):
     """Settings of ``w2w ingest``."""
 
     stage_name: ClassVar[str] = "ingest"
-    inputs: ClassVar[dict[str, str]] = {"images": "image", "label": "label raster"}
+    inputs: ClassVar[dict[str, str]] = {
+        "images": "image",
+        "label": "labels",
+        "aoi": "boundary",
+    }
     outputs: ClassVar[tuple[str, ...]] = ("output",)
 
-    images: list[PathStr] = Field(
-        min_length=1, description="image raster(s); bands stacked in order"
+    images: list[PathStr] | None = Field(
+        default=None,
+        description="image raster(s) on one pixel grid; several are stacked band by band",
+    )
+    tiles: CommaList | None = Field(
+        default=None,
+        description="image tiles on any grids, mosaicked onto the target grid: paths, globs, "
+        "@list.txt, VRTs, or a STAC ItemCollection / catalog (.json)",
     )
     output: PathStr = Field(description="scene store to create (local path or s3:// URL)")
-    label: PathStr | None = Field(default=None, description="label raster (one band, integer)")
+    label: PathStr | None = Field(
+        default=None,
+        description="labels: a raster of class codes (integer, or float holding whole codes), "
+        "or a vector file of polygons or points (with label_field)",
+    )
+    label_field: str | None = Field(
+        default=None, description="vector labels: the field holding each feature's class code"
+    )
+    crs: str | None = Field(
+        default=None, description="tiles: the target grid's CRS, e.g. EPSG:6372"
+    )
+    resolution: float | None = Field(
+        default=None, gt=0, description="tiles: the target grid's pixel size, in CRS units"
+    )
+    bounds: CommaFloats | None = Field(
+        default=None,
+        description="tiles: left,bottom,right,top of the target grid in its CRS (default: the "
+        "boundary's, else the tiles'); snapped to whole pixels as gdalwarp -tap",
+    )
+    aoi: PathStr | None = Field(
+        default=None,
+        description="the state's boundary (any vector format): pixels outside are nodata and "
+        "blocks outside are never written",
+    )
+    aoi_where: str | None = Field(
+        default=None, description="boundary features to keep (OGR SQL), e.g. NAME='Chihuahua'"
+    )
+    bands: CommaList | None = Field(
+        default=None,
+        description="STAC tiles: bands to take, by asset key or common name, in order",
+    )
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = Field(
+        default="bilinear", description="tiles: how imagery is resampled onto the target grid"
+    )
+    overlap: Literal["first", "last", "median"] = Field(
+        default="first",
+        description="tiles: where tiles overlap, the first valid pixel in the order given, the "
+        "last, or the median of the valid values per band (a per-pixel composite)",
+    )
+    mask_band: int | None = Field(
+        default=None, ge=1, description="tiles: a band of each file that is a mask, not data"
+    )
+    mask_asset: str | None = Field(
+        default=None, description="STAC tiles: the asset that is a mask, e.g. SCL"
+    )
+    mask_values: CommaInts = Field(
+        default_factory=list,
+        description="mask values that make a pixel invalid, e.g. 3,8,9,10,11 (Sentinel-2 SCL "
+        "cloud shadow, clouds, cirrus, snow)",
+    )
     band_names: CommaList | None = Field(
         default=None, description="one name per stacked band, e.g. B02,B03,B04"
     )
     nodata: CommaFloats | None = Field(
         default=None, description="nodata per image source (one value applies to all)"
     )
-    label_nodata: int | None = Field(default=None, description="label value meaning no data")
+    label_nodata: float | None = Field(default=None, description="label value meaning no data")
     label_map: LabelMap = Field(
         default_factory=dict, description="label value -> class id, e.g. '-5=0;2,3,6=1'"
     )
@@ -140,7 +201,19 @@ class IngestConfig(StageConfig):
     def _consistent(self) -> IngestConfig:
         if self.block % self.chunk:
             raise ValueError(f"block ({self.block}) must be a multiple of chunk ({self.chunk})")
-        if self.nodata is not None and len(self.nodata) not in (1, len(self.images)):
+        if not self.images and not self.tiles:
+            raise ValueError(
+                "'images' is required (rasters on one grid), or 'tiles' (tiles on any grids "
+                "with crs and resolution)"
+            )
+        if self.images and self.tiles:
+            raise ValueError("give either images (one grid) or tiles (any grids), not both")
+        self._check_tiles()
+        if (
+            self.images
+            and self.nodata is not None
+            and len(self.nodata) not in (1, len(self.images))
+        ):
             raise ValueError(
                 f"give one nodata value, or one per image source ({len(self.images)}), "
                 f"not {len(self.nodata)}"
@@ -149,4 +222,39 @@ class IngestConfig(StageConfig):
             self.label_map or self.reproject_labels or self.label_nodata is not None
         ):
             raise ValueError("label_map, label_nodata and reproject_labels need a label raster")
+        if self.label_field and not (self.label and is_vector(self.label)):
+            raise ValueError("label_field needs vector labels (label: a .gpkg, .shp, ... file)")
+        if self.label and is_vector(self.label) and not self.label_field:
+            raise ValueError(
+                f"label {self.label} is a vector file: give the field that holds the class "
+                "code with label_field (--label-field)"
+            )
         return self
+
+    def _check_tiles(self) -> None:
+        if not self.tiles:
+            grid_settings = (self.crs, self.resolution, self.bounds, self.aoi, self.bands)
+            if any(v is not None for v in grid_settings) or self.mask_values:
+                raise ValueError(
+                    "crs, resolution, bounds, aoi, bands and masks go with tiles (--tiles); "
+                    "images are read on their own grid"
+                )
+            return
+        if self.crs is None or self.resolution is None:
+            raise ValueError(
+                "tiles are mosaicked onto the state's grid: give its crs and resolution "
+                "(e.g. --crs EPSG:6372 --resolution 20)"
+            )
+        if self.bounds is not None and len(self.bounds) != 4:
+            raise ValueError("bounds are four numbers: left,bottom,right,top")
+        if self.bounds is None and self.aoi is None:
+            raise ValueError(
+                "tiles need the area to map: a boundary (--aoi state.gpkg) or --bounds"
+            )
+        if self.reproject_labels:
+            raise ValueError("with tiles, labels are always warped onto the target grid")
+
+    @property
+    def vector_labels(self) -> bool:
+        """Whether the labels are a vector file."""
+        return bool(self.label and is_vector(self.label))

@@ -29,6 +29,8 @@ from w2w.core.outputs import replace_store
 from w2w.core.store.scene import Nodata
 from w2w.ingest.build import build_store
 from w2w.ingest.config import IngestConfig
+from w2w.ingest.labels import LabelCodes
+from w2w.ingest.mosaic import MosaicPlan, MosaicReader, plan_mosaic
 from w2w.ingest.sources import (
     IMAGE_DTYPES,
     LABEL_DTYPES,
@@ -52,7 +54,7 @@ class IngestPlan:
     nodata: Nodata
     label_lut_keys: tuple[int, ...]
     label_lut_values: tuple[int, ...]
-    label_nodata: int | None
+    label_nodata: float | None
     unlabelled: int
     reproject_labels: bool
 
@@ -213,6 +215,7 @@ class SourceReader:
 def map_labels(plan: IngestPlan, window: Window) -> np.ndarray:
     """Read a block of labels (warped onto the image grid if asked) and map them to class ids."""
     assert plan.label is not None
+    float_labels = np.dtype(plan.label.dtype).kind == "f"
     warp_nodata = plan.label_nodata if plan.label_nodata is not None else _warp_fill(plan)
     raw = read_window(
         plan.label,
@@ -220,34 +223,33 @@ def map_labels(plan: IngestPlan, window: Window) -> np.ndarray:
         role="label",
         target=plan.grid if plan.reproject_labels else None,
         warp_nodata=warp_nodata,
-    )[0].astype(np.int64)
-    out = raw.copy()
-    for k, v in zip(plan.label_lut_keys, plan.label_lut_values, strict=True):
-        out[raw == k] = v
-    missing = raw == warp_nodata if plan.reproject_labels else np.zeros(raw.shape, dtype=bool)
-    if plan.label_nodata is not None:
-        missing |= raw == plan.label_nodata
-    out[missing] = plan.unlabelled
-    bad = (out < 0) | (out > 254)
-    if bad.any():
-        values = sorted(set(np.unique(raw[bad]).tolist()))[:8]
-        raise InputError(
-            f"label file {plan.label.path} has values {values} that are not class ids 0-254; "
-            "map them with --label-map (e.g. '-5=0;2,3,6=1') or set --label-nodata"
-        )
-    return out.astype(np.uint8)
+    )[0]
+    missing = raw == warp_nodata if plan.reproject_labels and not float_labels else None
+    codes = LabelCodes(
+        plan.label_lut_keys,
+        plan.label_lut_values,
+        plan.label_nodata,
+        plan.unlabelled,
+        f"file {plan.label.path}",
+    )
+    return codes.apply(raw, window, missing)
 
 
-def _warp_fill(plan: IngestPlan) -> int:
-    """A value outside the label's range, used for pixels a warp leaves uncovered."""
+def _warp_fill(plan: IngestPlan) -> float:
+    """A value outside the label's range, for pixels a warp leaves uncovered (NaN for float
+    labels)."""
     assert plan.label is not None
     dt = np.dtype(plan.label.dtype)
+    if dt.kind == "f":
+        return float("nan")
     info = np.iinfo(dt)
     return int(info.max) if plan.unlabelled != info.max else int(info.min)
 
 
 def ingest(cfg: IngestConfig, *, progress: bool = True) -> IngestReport:
     """Run ingest end to end and report what was written; bad input raises a W2WError."""
+    if cfg.tiles:
+        return ingest_tiles(cfg, progress=progress)
     output = cfg.output
     if storage.exists(output) and not cfg.overwrite:
         raise OutputError(
@@ -292,4 +294,73 @@ def _provenance(cfg: IngestConfig, plan: IngestPlan) -> dict[str, Any]:
         "label": cfg.label,
         "label_map": {str(k): v for k, v in cfg.label_map.items()},
         "reprojected_labels": plan.reproject_labels,
+    }
+
+
+def ingest_tiles(cfg: IngestConfig, *, progress: bool = True) -> IngestReport:
+    """Tiles on any grids mosaicked onto the state's grid, inside its boundary."""
+    output = cfg.output
+    if storage.exists(output) and not cfg.overwrite:
+        raise OutputError(
+            f"output store {cfg.output} exists already; pass --overwrite to replace it"
+        )
+    plan, blocks, warnings = plan_mosaic(cfg)
+    for w in warnings:
+        log.warning(w)
+    tiling = plan.grid.blocks(cfg.block)
+    log.info(
+        "target grid %s; %d tiles; %d of %d blocks meet the area to map",
+        plan.grid.describe(),
+        len(plan.tiles),
+        len(blocks),
+        len(tiling),
+    )
+    with replace_store(output, overwrite=cfg.overwrite) as work_url:
+        stats = build_store(
+            work_url,
+            plan.grid,
+            MosaicReader(plan),
+            band_names=list(plan.band_names),
+            dtype=plan.dtype,
+            nodata=plan.nodata,
+            with_label=plan.has_label,
+            unlabelled=cfg.unlabelled,
+            class_names=cfg.classes,
+            chunk=cfg.chunk,
+            block=cfg.block,
+            engine=cfg.engine,
+            source=_mosaic_provenance(cfg, plan),
+            overwrite=cfg.overwrite,
+            progress=progress,
+            what_nodata="no tile holds a valid pixel inside the area to map; check the tiles, "
+            "their nodata and masks, and the boundary",
+            blocks=blocks,
+        )
+    return IngestReport(
+        output=output,
+        grid=plan.grid,
+        band_names=plan.band_names,
+        valid_pixels=stats.valid_count,
+        class_histogram=stats.histogram(cfg.unlabelled) if plan.has_label else {},
+        warnings=tuple(warnings),
+    )
+
+
+def _mosaic_provenance(cfg: IngestConfig, plan: MosaicPlan) -> dict[str, Any]:
+    """What a mosaicked scene was made from: tiles, dates, boundary, rules."""
+    starts = sorted(t.start for t in plan.tiles if t.start)
+    ends = sorted(t.end for t in plan.tiles if t.end)
+    return {
+        "mode": "tiles",
+        "tiles": [{"name": t.name, "bands": [a.path for a in t.bands]} for t in plan.tiles],
+        "datetime": {"start": starts[0], "end": ends[-1]} if starts and ends else None,
+        "aoi": {"path": plan.aoi.source, "area": plan.aoi.area(), "where": cfg.aoi_where}
+        if plan.aoi
+        else None,
+        "resampling": plan.resampling,
+        "overlap": plan.overlap,
+        "mask_values": list(plan.mask_values),
+        "label": cfg.label,
+        "label_field": cfg.label_field,
+        "label_map": {str(k): v for k, v in cfg.label_map.items()},
     }

@@ -27,7 +27,16 @@ from w2w.core.grid import Grid, Window
 #: Pixel types an image may have. Complex and 64-bit integers cannot be represented in the
 #: float32 the models see without loss, so they are refused with a conversion hint.
 IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-LABEL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32")
+LABEL_DTYPES = (
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "float32",
+    "float64",
+)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ What it models, so that a segmentation model has something real to learn:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -83,6 +83,19 @@ class SynthConfig(StageConfig):
         default="geotiff", description="GeoTIFFs in a folder, or a scene store"
     )
     separate_bands: bool = Field(default=False, description="one GeoTIFF per band")
+    tiles: bool = Field(
+        default=False,
+        description="also write the state as overlapping tiles in two UTM zones, its boundary "
+        "(boundary.gpkg) and field labels as polygons and points (labels.gpkg)",
+    )
+    tile_size: int = Field(default=320, ge=32, description="tile edge in pixels (with tiles)")
+    tile_overlap: int = Field(default=32, ge=0, description="pixels neighbouring tiles share")
+    boundary_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1.0,
+        description="size of the state within its bounding box (1: about 78% of it is state)",
+    )
     feature_scale: float | None = Field(
         default=None,
         gt=0,
@@ -145,6 +158,9 @@ class SynthOutputs:
     label: str | None
     store: str | None
     grid: Grid
+    tiles: tuple[str, ...] = ()
+    boundary: str | None = None
+    vector_labels: str | None = None
 
 
 # -- noise ----------------------------------------------------------------------------------
@@ -237,7 +253,7 @@ def state_mask(cfg: SynthConfig, window: Window) -> np.ndarray:
     cols = np.arange(window.col, window.col_stop)[None, :]
     ry = (rows + 0.5 - cfg.height / 2) / (cfg.height / 2)
     rx = (cols + 0.5 - cfg.width / 2) / (cfg.width / 2)
-    radius = np.sqrt(rx * rx + ry * ry)
+    radius = np.sqrt(rx * rx + ry * ry) / cfg.boundary_scale
     wobble = fbm(window, max(cfg.height, cfg.width) / 3.0, cfg.seed + 5, octaves=3)
     return radius + 0.35 * wobble < 1.0
 
@@ -321,7 +337,21 @@ def synthesize(cfg: SynthConfig, *, progress: bool = True) -> SynthOutputs:
                 what_nodata="the synthetic scene has no valid pixel; make it larger",
             )
         return SynthOutputs(images=(), label=None, store=out, grid=grid)
-    return _write_geotiffs(cfg, grid, progress=progress)
+    written = _write_geotiffs(cfg, grid, progress=progress)
+    if not cfg.tiles:
+        return written
+    from w2w.ingest.synth_tiles import write_tiles
+
+    made = write_tiles(
+        Path(written.images[0]),
+        Path(str(written.label)),
+        grid,
+        Path(cfg.output),
+        size=cfg.tile_size,
+        overlap=cfg.tile_overlap,
+        seed=cfg.seed,
+    )
+    return replace(written, tiles=made.tiles, boundary=made.boundary, vector_labels=made.labels)
 
 
 def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> SynthOutputs:

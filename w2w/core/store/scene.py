@@ -27,8 +27,11 @@ from w2w.core.store.integrity import ChunkProblem, identity
 
 #: One nodata value for every band, or one per band (None: the band has none).
 Nodata = float | None | list[float | None]
-#: The array of per-block digests recorded at ingest.
+#: Bookkeeping arrays recorded at ingest: per-block digests, which blocks were written, and
+#: the valid pixels of every chunk.
 DIGESTS = "block_digests"
+WRITTEN = "blocks_written"
+CHUNK_VALID = "chunk_valid_pixels"
 
 
 @dataclass(frozen=True)
@@ -156,23 +159,68 @@ class SceneStore(GeoStore):
             valid &= inside
         return valid
 
-    def mark_complete(self, digests: np.ndarray | None = None, **meta: Any) -> None:
+    def mark_complete(
+        self,
+        digests: np.ndarray | None = None,
+        *,
+        written: np.ndarray | None = None,
+        chunk_valid: np.ndarray | None = None,
+        **meta: Any,
+    ) -> None:
         """Record final metadata (statistics, histogram), the block digests and the store's
-        identity computed from them; mark the store complete and consolidate."""
+        identity computed from them, which blocks were written (the others lie outside the
+        state: their chunks stay absent) and the valid pixels of every chunk; mark the store
+        complete and consolidate."""
         merged = {**self.meta, **meta}
         if digests is not None:
-            arr = self._group.create_array(
-                DIGESTS,
-                shape=digests.shape,
-                chunks=digests.shape,
-                dtype="uint8",
-                fill_value=0,
-                dimension_names=["block_row", "block_col", "byte"],
-            )
-            arr[...] = digests
+            self._put(DIGESTS, digests, ["block_row", "block_col", "byte"])
             merged["identity"] = identity(_identity_parts(self.grid, merged), digests)
+        if written is not None:
+            self._put(WRITTEN, written.astype(np.uint8), ["block_row", "block_col"])
+            merged["blocks_skipped"] = int((~written).sum())
+        if chunk_valid is not None:
+            self._put(CHUNK_VALID, chunk_valid.astype(np.int64), ["chunk_row", "chunk_col"])
         self.update_meta(**{k: v for k, v in merged.items() if k != "complete"}, complete=True)
         self.finalize()
+
+    def _put(self, name: str, values: np.ndarray, dims: list[str]) -> None:
+        """A small bookkeeping array, written whole by the driver."""
+        arr = self._group.create_array(
+            name,
+            shape=values.shape,
+            chunks=values.shape,
+            dtype=values.dtype,
+            fill_value=0,
+            dimension_names=dims,
+        )
+        arr[...] = values
+
+    def written_blocks(self) -> np.ndarray:
+        """(block rows, block cols) bool: blocks ingest wrote (all, for an older store)."""
+        if WRITTEN not in self.array_names():
+            return np.ones(self.tiling.shape, dtype=bool)
+        return np.asarray(self._array(WRITTEN)[...]).astype(bool)
+
+    def valid_pixels_in(self, window: Window) -> int | None:
+        """Valid pixels in the store chunks ``window`` overlaps (at least those of the
+        window itself): 0 means the window holds none. None when not recorded."""
+        if CHUNK_VALID not in self.array_names():
+            return None
+        counts = self._chunk_valid()
+        chunk = int(self.meta["chunk"])
+        inner = window.intersect(self.grid.full_window)
+        if inner is None:
+            return 0
+        r0, c0 = inner.row // chunk, inner.col // chunk
+        r1, c1 = -(-inner.row_stop // chunk), -(-inner.col_stop // chunk)
+        return int(counts[r0:r1, c0:c1].sum())
+
+    def _chunk_valid(self) -> np.ndarray:
+        cached = getattr(self, "_chunk_valid_cache", None)
+        if cached is None:
+            cached = np.asarray(self._array(CHUNK_VALID)[...])
+            self._chunk_valid_cache = cached
+        return cached
 
     @property
     def identity(self) -> str | None:
@@ -196,13 +244,17 @@ class SceneStore(GeoStore):
         """Chunks of ``arrays`` that a complete store must hold but storage does not (an
         interrupted copy, a lost object): one listing per array."""
         problems: list[ChunkProblem] = []
+        written = self.tiling.windows(self.written_blocks())
         for name in arrays:
             if name not in self.array_names():
                 continue
-            unit = self.chunk_shape(name)
-            expected = self.grid.blocks(*unit).keys()
+            uh, uw = self.chunk_shape(name)
             stored = self.stored_chunks(name)
-            problems += [ChunkProblem(name, k, "missing") for k in expected if k not in stored]
+            for w in written:  # a block is whole chunks
+                for r in range(w.row // uh, -(-w.row_stop // uh)):
+                    for c in range(w.col // uw, -(-w.col_stop // uw)):
+                        if (r, c) not in stored:
+                            problems.append(ChunkProblem(name, (r, c), "missing"))
         return problems
 
     def require_whole(self, arrays: tuple[str, ...] = ("image", "label")) -> None:

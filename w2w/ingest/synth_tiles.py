@@ -1,0 +1,177 @@
+"""The synthetic state as an agency receives a real one: overlapping tiles in two UTM zones,
+a boundary polygon, and field labels as polygons and points.
+
+From the state written as GeoTIFFs on its own grid (:mod:`w2w.ingest.synth`):
+
+* ``tiles/tile_<row>_<col>.tif`` -- overlapping tiles (like MGRS tiles, scaled down), those
+  west of the state's middle in UTM zone 12N and the others in 13N, each the state's imagery
+  warped onto the tile's own grid (bilinear, nodata 0);
+* ``boundary.gpkg`` -- the state's outline, a polygon in WGS84 longitude/latitude;
+* ``labels.gpkg`` -- training data in the state's CRS, field ``class``: polygons of some
+  patches of the true land cover, and points on single pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from w2w.core import storage
+from w2w.core.grid import Grid, Window
+
+#: The CRSs of the tiles: west and east of the state's middle.
+ZONES = (32612, 32613)
+
+
+@dataclass(frozen=True)
+class TileOutputs:
+    """Where the tiles, the boundary and the vector labels were written."""
+
+    tiles: tuple[str, ...]
+    boundary: str
+    labels: str
+
+
+def tile_windows(grid: Grid, size: int, overlap: int) -> list[tuple[int, int, Window]]:
+    """(row, col, window) of overlapping tiles over the state's grid."""
+    step = max(1, size - overlap)
+    out = []
+    for i, r in enumerate(range(0, max(1, grid.height - overlap), step)):
+        for j, c in enumerate(range(0, max(1, grid.width - overlap), step)):
+            h, w = min(size, grid.height - r), min(size, grid.width - c)
+            out.append((i, j, Window(r, c, h, w)))
+    return out
+
+
+def write_tiles(
+    image: Path, truth: Path, grid: Grid, folder: Path, *, size: int, overlap: int, seed: int
+) -> TileOutputs:
+    """Cut the state's imagery into tiles in two zones; write its boundary and labels."""
+    tiles_dir = folder / "tiles"
+    storage.ensure_writable_dir(tiles_dir)
+    paths = []
+    for i, j, window in tile_windows(grid, size, overlap):
+        centre = window.col + window.width / 2
+        epsg = ZONES[0] if centre < grid.width / 2 else ZONES[1]
+        path = tiles_dir / f"tile_{i:02d}_{j:02d}.tif"
+        _warp_tile(image, grid, window, epsg, path)
+        paths.append(str(path))
+    boundary = folder / "boundary.gpkg"
+    labels = folder / "labels.gpkg"
+    _write_boundary(truth, grid, boundary)
+    _write_labels(truth, grid, labels, seed)
+    return TileOutputs(tuple(paths), str(boundary), str(labels))
+
+
+def _warp_tile(image: Path, grid: Grid, window: Window, epsg: int, path: Path) -> None:
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.warp import transform_bounds
+
+    from w2w.ingest.target import snapped_grid
+
+    crs = CRS.from_epsg(epsg)
+    sub = grid.window_grid(window)
+    bounds = transform_bounds(grid.crs, crs, *sub.bounds, densify_pts=21)
+    tile = snapped_grid(crs.to_wkt(), grid.res[0], bounds)
+    with (
+        rasterio.open(image) as src,
+        WarpedVRT(
+            src,
+            crs=crs,
+            transform=tile.transform,
+            width=tile.width,
+            height=tile.height,
+            resampling=Resampling.bilinear,
+            src_nodata=0,
+            nodata=0,
+        ) as vrt,
+    ):
+        data = vrt.read()
+        profile = {
+            "driver": "GTiff",
+            "width": tile.width,
+            "height": tile.height,
+            "count": data.shape[0],
+            "dtype": data.dtype,
+            "crs": crs,
+            "transform": tile.transform,
+            "nodata": 0,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+        }
+        tmp = path.with_name(f".{path.name}.part")
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            for b, name in enumerate(src.descriptions, start=1):
+                if name:
+                    dst.set_band_description(b, name)
+        tmp.replace(path)
+
+
+def _write_vector(path: Path, geoms: list[Any], values: list[int] | None, crs: str) -> None:
+    import pyogrio.raw
+    import shapely
+
+    tmp = path.with_name(f".{path.name}.part.gpkg")
+    tmp.unlink(missing_ok=True)
+    fields = ["class"] if values is not None else []
+    data = [np.asarray(values, dtype=np.int32)] if values is not None else []
+    pyogrio.raw.write(
+        str(tmp),
+        shapely.to_wkb(np.asarray(geoms, dtype=object)),
+        data,
+        fields,
+        driver="GPKG",
+        geometry_type="Unknown",
+        crs=crs,
+        layer=path.stem,
+    )
+    tmp.replace(path)
+
+
+def _write_boundary(truth: Path, grid: Grid, path: Path) -> None:
+    """The outline of the state's valid area, simplified, in WGS84."""
+    import rasterio
+    import shapely
+    from rasterio.features import shapes
+    from rasterio.warp import transform_geom
+
+    with rasterio.open(truth) as src:
+        inside = (src.read(1) != 0).astype(np.uint8)
+    polys = [shapely.geometry.shape(g) for g, v in shapes(inside, transform=grid.transform) if v]
+    outline = shapely.union_all(polys).simplify(grid.res[0], preserve_topology=True)
+    geo = transform_geom(grid.crs, "EPSG:4326", shapely.geometry.mapping(outline))
+    _write_vector(path, [shapely.geometry.shape(geo)], None, "EPSG:4326")
+
+
+def _write_labels(truth: Path, grid: Grid, path: Path, seed: int) -> None:
+    """Some patches of the true land cover as polygons, and single pixels as points."""
+    import rasterio
+    import shapely
+    from rasterio.features import shapes
+
+    rng = np.random.default_rng(seed + 101)
+    with rasterio.open(truth) as src:
+        classes = src.read(1)
+    geoms: list[Any] = []
+    values: list[int] = []
+    for g, v in shapes(classes, mask=classes != 0, transform=grid.transform):
+        poly = shapely.geometry.shape(g)
+        if poly.area >= 25 * grid.res[0] ** 2 and rng.random() < 0.35:
+            geoms.append(poly)
+            values.append(int(v))
+    rows, cols = np.nonzero(classes)
+    pick = rng.choice(len(rows), size=min(400, len(rows)), replace=False)
+    for r, c in zip(rows[pick], cols[pick], strict=True):
+        x, y = grid.transform @ (c + 0.5, r + 0.5)
+        geoms.append(shapely.Point(x, y))
+        values.append(int(classes[r, c]))
+    _write_vector(path, geoms, values, grid.crs.to_wkt())
