@@ -335,3 +335,48 @@ def test_bad_tile_inputs_get_one_clear_error(
             {"tiles": tiles, "output": str(tmp_path / "x.zarr"), "aoi": "a.gpkg"}
         )
     assert not (tmp_path / "scene.zarr").exists()
+
+
+def test_tiles_and_a_stac_collection_on_object_storage(
+    state: dict[str, object], tmp_path: Path, s3_bucket: str
+) -> None:
+    from w2w.core import storage
+
+    out = state["out"]
+    tiles = list(out.tiles)  # type: ignore[attr-defined]
+    features = []
+    for k, path in enumerate(tiles):
+        storage.atomic_put_file(path, f"{s3_bucket}/tiles/{Path(path).name}")
+        features.append(
+            {
+                "type": "Feature",
+                "stac_version": "1.1.0",
+                "id": f"t{k}",
+                "geometry": None,
+                "properties": {"datetime": "2024-05-01T00:00:00Z"},
+                "links": [],
+                "assets": {
+                    "image": {
+                        "href": f"{s3_bucket}/tiles/{Path(path).name}",
+                        "type": "image/tiff; application=geotiff",
+                    }
+                },
+            }
+        )
+    storage.atomic_write_bytes(
+        f"{s3_bucket}/items.json",
+        json.dumps({"type": "FeatureCollection", "features": features}).encode(),
+    )
+    bounds = middle(state, tmp_path)
+    from_s3 = run(
+        state,
+        tmp_path / "s3",
+        tiles=[f"{s3_bucket}/items.json"],
+        bands="image",
+        aoi=None,
+        bounds=bounds,
+        resampling="nearest",
+    )
+    local = run(state, tmp_path / "local", aoi=None, bounds=bounds, resampling="nearest")
+    a, b = (s.read_image(s.grid.full_window) for s in (from_s3, local))
+    np.testing.assert_array_equal(a[0], b[0])  # the STAC asset is the files' first band

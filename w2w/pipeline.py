@@ -102,16 +102,31 @@ def _linked_paths(cfg: PipelineConfig, linked: set[str]) -> dict[str, dict[str, 
         },
     }
     if "synth" in linked:
-        from w2w.ingest.synth import class_names
-
-        synth_out = (cfg.synth or {}).get("output", defaults["synth"]["output"])
-        folder = storage.normalize(str(synth_out))
-        defaults["ingest"].update(
-            images=[storage.join(folder, "image.tif")],
-            label=storage.join(folder, "labels.tif"),
-            classes=class_names(),
-        )
+        defaults["ingest"].update(_synthetic_inputs(cfg, str(defaults["synth"]["output"])))
     return defaults
+
+
+def _synthetic_inputs(cfg: PipelineConfig, default_output: str) -> dict[str, Any]:
+    """Ingest's inputs from the synth stage: its tiles, boundary and vector labels (with
+    ``tiles: true``), else its GeoTIFFs on the state's grid."""
+    from w2w.ingest.synth import class_names
+
+    synth = cfg.synth or {}
+    folder = storage.normalize(str(synth.get("output", default_output)))
+    given = cfg.ingest or {}
+    if synth.get("tiles") and "images" not in given:
+        return {
+            "tiles": [storage.join(folder, "tiles", "*.tif")],
+            "aoi": storage.join(folder, "boundary.gpkg"),
+            "label": storage.join(folder, "labels.gpkg"),
+            "label_field": "class",
+            "classes": class_names(),
+        }
+    return {
+        "images": [storage.join(folder, "image.tif")],
+        "label": storage.join(folder, "labels.tif"),
+        "classes": class_names(),
+    }
 
 
 def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
@@ -151,14 +166,28 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> PipelineResul
 
 
 def demo_config(
-    workdir: str, *, size: int = 768, epochs: int = 30, seed: int = 0
+    workdir: str, *, size: int = 768, epochs: int = 15, seed: int = 0
 ) -> PipelineConfig:
     """The embedded default: a synthetic state through every stage, sized for 2 CPU cores."""
     return PipelineConfig.from_dict(
         {
             "workdir": workdir,
-            "synth": {"height": size, "width": size, "seed": seed, "overwrite": True},
-            "ingest": {"chunk": 256, "block": 512, "overwrite": True},
+            # The state as it arrives: overlapping tiles in UTM 12N and 13N, a boundary, and
+            # field labels as polygons and points; mapped on Mexico's national grid.
+            "synth": {
+                "height": size,
+                "width": size,
+                "seed": seed,
+                "tiles": True,
+                "overwrite": True,
+            },
+            "ingest": {
+                "crs": "EPSG:6372",
+                "resolution": 10.0,
+                "chunk": 256,
+                "block": 512,
+                "overwrite": True,
+            },
             "train": {
                 "run_name": "demo",
                 "overwrite": True,
@@ -167,8 +196,8 @@ def demo_config(
                     "encoder": "tu-resnet10t",
                     "options": {"encoder_depth": 3, "decoder_channels": [64, 32, 16]},
                 },
-                "chips": {"size": 64, "stride": 64},
-                "split": {"block_chips": 2, "seed": seed},
+                "chips": {"size": 64, "stride": 32},
+                "split": {"block_chips": 4, "seed": seed},
                 "epochs": epochs,
                 "batch_size": 4,
                 "optim": {"lr": 0.003},

@@ -208,11 +208,33 @@ def info(
         for c in meta.classes:
             n = meta.class_histogram.get(c.id, 0)
             out.print(f"  class {c.id} {c.name}: {n:,} labelled px")
+        _print_sources(opened)
     elif isinstance(opened, MosaicStore):
         done = opened.done_blocks()
         out.print(f"blocks done: {int(done.sum())} of {done.size}")
         for c in opened.classes:
             out.print(f"  class {c.id} {c.name}")
+
+
+def _print_sources(scene: Any) -> None:
+    """What a scene was made from: tiles, dates, boundary, and the blocks it skipped."""
+    source = scene.info.source
+    written = scene.written_blocks()
+    out.print(
+        f"blocks: {int(written.sum())} of {written.size} written, "
+        f"{int((~written).sum())} outside the area mapped (never written)"
+    )
+    if source.get("mode") != "tiles":
+        return
+    used = {name for names in scene.meta.get("block_sources", {}).values() for name in names}
+    out.print(f"tiles: {len(source['tiles'])} given, {len(used)} used")
+    if source.get("datetime"):
+        out.print(f"imagery dates: {source['datetime']['start']} to {source['datetime']['end']}")
+    aoi = source.get("aoi")
+    if aoi:
+        where = f" where {aoi['where']}" if aoi.get("where") else ""
+        out.print(f"boundary: {aoi['path']}{where}, {aoi['area'] / 1e6:,.2f} km²")
+    out.print(f"overlap rule: {source['overlap']}, resampling: {source['resampling']}")
 
 
 @app.command()
@@ -298,7 +320,7 @@ def demo(
         str, typer.Argument(help="Folder (or s3:// prefix) for the outputs.")
     ] = "w2w-demo",
     size: Annotated[int, typer.Option(help="Edge of the synthetic state in pixels.")] = 768,
-    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic state and training.")] = 0,
 ) -> None:
     """The main job on the embedded default: synthetic state -> ingest -> train -> predict ->

@@ -118,7 +118,11 @@ class BlockCounter:
         if self._stores is None:
             self._stores = (MosaicStore.open(self.mosaic_url), SceneStore.open(self.scene_url))
         mosaic, scene = self._stores
-        return self.count(mosaic.read_class(window), scene.read_label(window), window)
+        if mosaic.is_empty(window):  # outside the state: nothing to read, all nodata
+            cls = np.full((window.height, window.width), CLASS_NODATA, dtype=np.uint8)
+        else:
+            cls = mosaic.read_class(window)
+        return self.count(cls, scene.read_label(window), window)
 
     def count(self, cls: np.ndarray, label: np.ndarray, window: Window) -> BlockCounts:
         """The sums for map classes ``cls`` and labels ``label`` of ``window``."""

@@ -106,6 +106,8 @@ def _stage_profile(grid: Grid, count: int, nodata: int, blocksize: int) -> dict[
         "compress": codec,
         "interleave": "band",
         "BIGTIFF": "IF_SAFER",
+        # Tiles never written (blocks outside the state) read as nodata.
+        "SPARSE_OK": "TRUE",
     }
     if codec == "zstd":
         profile["ZSTD_LEVEL"] = 1
@@ -146,7 +148,12 @@ def write_stages(
         if conf_dst is not None:
             _describe_confidence_band(conf_dst, 1)
         advance = stack.enter_context(progress_bar("export", total=len(windows), enabled=progress))
+        empty = mosaic.empty_blocks()
         for window in windows:
+            if empty[mosaic.tiling.index(window)]:  # outside the state: left sparse (nodata)
+                counts[CLASS_NODATA] += window.size
+                advance(1)
+                continue
             cls = mosaic.read_class(window)
             counts += np.bincount(cls.ravel(), minlength=256)
             rw = window.to_rasterio()

@@ -165,7 +165,7 @@ def _write_labels(truth: Path, grid: Grid, path: Path, seed: int) -> None:
     values: list[int] = []
     for g, v in shapes(classes, mask=classes != 0, transform=grid.transform):
         poly = shapely.geometry.shape(g)
-        if poly.area >= 25 * grid.res[0] ** 2 and rng.random() < 0.35:
+        if poly.area >= 16 * grid.res[0] ** 2 and rng.random() < 0.8:
             geoms.append(poly)
             values.append(int(v))
     rows, cols = np.nonzero(classes)

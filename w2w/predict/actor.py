@@ -39,9 +39,11 @@ class Predictor:
         self.weights = blend_weights(self.bp.chip)
         ids = [c.id for c in self.bundle.classes]
         self.class_ids = np.asarray(ids, dtype=np.uint8)
+        self.chips_forwarded = self.chips_skipped = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         classes, confidences, counts = [], [], []
+        self.chips_forwarded = self.chips_skipped = 0
         for i, block in enumerate(batch_windows(batch)):
             cls, conf = self.predict_block(block, batch["image"][i], batch["valid"][i])
             classes.append(cls)
@@ -54,6 +56,8 @@ class Predictor:
             "class": np.stack(classes),
             "confidence": np.stack(confidences),
             "valid_pixels": np.asarray(counts, dtype=np.int64),
+            "chips_forwarded": np.full(len(classes), self.chips_forwarded, dtype=np.int64),
+            "chips_skipped": np.full(len(classes), self.chips_skipped, dtype=np.int64),
         }
 
     def predict_block(
@@ -69,7 +73,11 @@ class Predictor:
         norm = self.bundle.normalizer(image, valid)
         acc = np.zeros((k, size, size), dtype=np.float32)
         wsum = np.zeros((size, size), dtype=np.float32)
-        chips = bp.chips(block)
+        # A chip with no valid pixel is not run through the model: every pixel it covers is
+        # nodata in the output anyway (valid pixels lie only in chips that hold them).
+        chips = [c for c in bp.chips(block) if _any_valid(valid, c.relative_to(win))]
+        self.chips_forwarded += len(chips)
+        self.chips_skipped += len(bp.chips(block)) - len(chips)
         bs = int(self.settings["batch_size"])
         for start in range(0, len(chips), bs):
             group = chips[start : start + bs]
@@ -116,3 +124,8 @@ class Predictor:
                 total = p if total is None else total + p
         assert total is not None
         return (total / len(flips)).contiguous().cpu().numpy()
+
+
+def _any_valid(valid: np.ndarray, chip: Window) -> bool:
+    """Whether a chip (in the read window's pixels) holds a valid pixel."""
+    return bool(valid[chip.row : chip.row_stop, chip.col : chip.col_stop].any())

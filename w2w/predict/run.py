@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,7 +79,7 @@ def write_blocks(
         if with_confidence:
             mosaic.write("confidence", block, batch["confidence"][i][:h, :w])
         mosaic.mark_block_done(block, int(batch["valid_pixels"][i]))
-    return {"row": batch["row"], "col": batch["col"]}
+    return {k: batch[k] for k in ("row", "col", "chips_forwarded", "chips_skipped")}
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -100,6 +100,11 @@ class PredictReport:
     #: block's read and forward) and until the last one was; None when no block was written.
     first_block_seconds: float | None = None
     last_block_seconds: float | None = None
+    #: Blocks without a valid input pixel (outside the state), recorded but never read.
+    blocks_empty: int = 0
+    #: Chips run through the model, and chips skipped for holding no valid pixel.
+    chips_forwarded: int = 0
+    chips_skipped: int = 0
 
 
 def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
@@ -128,13 +133,18 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
     if cfg.max_blocks is not None:
         todo = todo[: cfg.max_blocks]
     plan = BlockPlan(scene.grid.height, scene.grid.width, cfg.block, bundle.chip_size, stride)
+    # Blocks without a valid input pixel (outside the state) are neither read nor forwarded:
+    # recorded as finished and empty, their chunks never written (they read as nodata).
+    empty = [w for w in todo if scene.valid_pixels_in(w) == 0]
+    for w in empty:
+        mosaic.mark_block_done(w, 0, empty=True)
+    work = [w for w in todo if scene.valid_pixels_in(w) != 0]
 
     t0 = time.time()
-    finished: list[float] = []  # when each block was written
-    written = _run_blocks(cfg, todo, plan, scene.url, mosaic.url, progress=progress, times=finished)
+    tally = _run_blocks(cfg, work, plan, scene.url, mosaic.url, progress=progress)
     output = mosaic.url
     if mosaic.done_blocks().all():
-        written += _check_coverage(cfg, mosaic, plan, scene.url, progress=progress)
+        tally.written += _check_coverage(cfg, mosaic, plan, scene.url, progress=progress)
         output = _publish(mosaic, cfg.output)
     seconds = time.time() - t0
     pixels = sum(b.size for b in todo)
@@ -142,12 +152,26 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
         output=output,
         blocks_total=len(tiling),
         blocks_done_before=before,
-        blocks_written=written,
+        blocks_written=tally.written,
         seconds=seconds,
         pixels_per_second=pixels / seconds if seconds > 0 else 0.0,
-        first_block_seconds=finished[0] - t0 if finished else None,
-        last_block_seconds=finished[-1] - t0 if finished else None,
+        first_block_seconds=tally.times[0] - t0 if tally.times else None,
+        last_block_seconds=tally.times[-1] - t0 if tally.times else None,
+        blocks_empty=len(empty),
+        chips_forwarded=tally.chips_forwarded,
+        chips_skipped=tally.chips_skipped,
     )
+
+
+@dataclass
+class Tally:
+    """What a block job did: blocks written (and when), chips run through the model, and
+    chips skipped for holding no valid pixel."""
+
+    written: int = 0
+    chips_forwarded: int = 0
+    chips_skipped: int = 0
+    times: list[float] = field(default_factory=list)
 
 
 def _stride(cfg: PredictConfig, chip_size: int) -> int:
@@ -178,7 +202,7 @@ def _check_coverage(
         mosaic.update_meta(complete=False)
         for w in redo:
             mosaic.clear_block(w)
-        written = _run_blocks(cfg, redo, plan, scene_url, mosaic.url, progress=progress)
+        written = _run_blocks(cfg, redo, plan, scene_url, mosaic.url, progress=progress).written
         coverage = verify_coverage(mosaic.url, progress=progress)
     if not coverage.ok:
         mosaic.update_meta(complete=False)
@@ -201,15 +225,13 @@ def _run_blocks(
     mosaic_url: str,
     *,
     progress: bool,
-    times: list[float] | None = None,
-) -> int:
-    """The Ray Data job over ``todo``: read -> predict (actor pool) -> write; blocks written.
-    The time each block was written is appended to ``times``."""
+) -> Tally:
+    """The Ray Data job over ``todo``: read -> predict (actor pool) -> write."""
     import ray
     import ray.data
 
     if not todo:
-        return 0
+        return Tally()
     ensure_ray()
     quiet_ray_data()
     rows = [b.to_dict() for b in todo]
@@ -249,17 +271,18 @@ def _run_blocks(
         batch_size=1,
         num_cpus=cfg.read_cpus,
     )
-    written = 0
+    tally = Tally()
     with progress_bar("predict", total=len(todo), enabled=progress) as advance:
         try:
-            for _ in ds.iter_rows():
-                written += 1
-                if times is not None:
-                    times.append(time.time())
+            for row in ds.iter_rows():
+                tally.written += 1
+                tally.chips_forwarded += int(row["chips_forwarded"])
+                tally.chips_skipped += int(row["chips_skipped"])
+                tally.times.append(time.time())
                 advance(1)
         except Exception as exc:  # noqa: BLE001 - surface the worker's cause
             raise_from_worker(exc, "prediction")
-    return written
+    return tally
 
 
 def _made_from(cfg: PredictConfig, scene: SceneStore, bundle: Bundle, stride: int) -> dict:

@@ -62,6 +62,9 @@ class MosaicWriter:
         """Write one block's chunks, then mark the block done."""
         target = MosaicStore.open(self.output_url, mode="r+")
         source = MosaicStore.open(self.input_url)
+        if source.is_empty(window):  # outside the state: nothing was, nothing is written
+            target.mark_block_done(window, 0, empty=True)
+            return
         target.write("class", window, sieved)
         if target.has_confidence:
             confidence = source.read_confidence(window)

@@ -95,12 +95,14 @@ class _IndexTask:
         s, c = self.chips.stride, self.chips.size
         window = self.chips.span(i0, j0, i1, j1)
         store = SceneStore.open(self.store_url)
+        valid_counts = np.zeros((i1 - i0, j1 - j0), dtype=np.int64)
+        counts = np.zeros((i1 - i0, j1 - j0, self.n_classes), dtype=np.int64)
+        if store.valid_pixels_in(window) == 0:  # outside the state: nothing to read
+            return i0, j0, valid_counts, counts
         image = store.read_image(window)
         valid = store.valid_mask(image, window)
         del image
         classes = self.lut[store.read_label(window)] if store.meta["has_label"] else None
-        valid_counts = np.zeros((i1 - i0, j1 - j0), dtype=np.int64)
-        counts = np.zeros((i1 - i0, j1 - j0, self.n_classes), dtype=np.int64)
         for a in range(i1 - i0):
             for b in range(j1 - j0):
                 sl = (slice(a * s, a * s + c), slice(b * s, b * s + c))

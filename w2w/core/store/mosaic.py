@@ -6,7 +6,8 @@ Written by prediction and by the sieve, one block at a time; each block is one w
 * ``class`` (y, x, uint8): class ids of the class table, 255 = nodata;
 * ``confidence`` (y, x, uint8): the top-class probability x 255 (0 = nodata);
 * ``blocks_done`` (block row, block col): the manifest, one cell in its own chunk per block,
-  written by the block's writer after its data -- a re-run skips recorded blocks;
+  written by the block's writer after its data -- a re-run skips recorded blocks; 2 marks a
+  block finished without data (outside the state: nothing written, its chunks absent);
 * ``block_valid_pixels``: per block, how many valid input pixels its writer classified,
   which the coverage check compares the stored classes against (-1: not written).
 
@@ -28,6 +29,8 @@ from w2w.core.store.integrity import ChunkProblem, identity
 
 DONE = "blocks_done"
 VALID_COUNTS = "block_valid_pixels"
+#: Manifest values: a block written, and a block finished without data (nothing written).
+WRITTEN, EMPTY = 1, 2
 
 
 class MosaicStore(GeoStore):
@@ -144,7 +147,7 @@ class MosaicStore(GeoStore):
     def missing_chunks(self) -> list[ChunkProblem]:
         """Chunks of finished blocks that storage does not hold (a lost or interrupted
         copy): one listing per array."""
-        done = self.done_blocks()
+        done = self.done_blocks() & ~self.empty_blocks()
         problems: list[ChunkProblem] = []
         for name in ("class", "confidence"):
             if name not in self.array_names():
@@ -186,15 +189,27 @@ class MosaicStore(GeoStore):
 
     def done_blocks(self) -> np.ndarray:
         """(block rows, block cols) bool array: which blocks the manifest records as finished."""
-        return np.asarray(self._array(DONE)[...]).astype(bool)
+        return np.asarray(self._array(DONE)[...]) != 0
 
-    def mark_block_done(self, window: Window, valid_pixels: int | None = None) -> None:
+    def empty_blocks(self) -> np.ndarray:
+        """(block rows, block cols) bool: blocks finished without a valid input pixel, whose
+        chunks were never written (they read as nodata)."""
+        return np.asarray(self._array(DONE)[...]) == EMPTY
+
+    def is_empty(self, window: Window) -> bool:
+        """Whether the block at ``window`` finished without data (reads its cell only)."""
+        return bool(self._array(DONE)[self.tiling.index(window)] == EMPTY)
+
+    def mark_block_done(
+        self, window: Window, valid_pixels: int | None = None, *, empty: bool = False
+    ) -> None:
         """Record a finished block, with the valid input pixels it classified; call only after
-        its data has been written."""
+        its data has been written (or, ``empty``, when it has no valid pixel and nothing is
+        written: the block lies outside the state)."""
         key = self.tiling.index(window)
         if valid_pixels is not None and VALID_COUNTS in self.array_names():
             self._array(VALID_COUNTS)[key] = int(valid_pixels)
-        self._array(DONE)[key] = 1
+        self._array(DONE)[key] = EMPTY if empty else WRITTEN
 
     def clear_block(self, window: Window) -> None:
         """Forget a block in the manifest, so that the next run predicts it again."""
