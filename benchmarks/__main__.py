@@ -2,7 +2,9 @@
 
 - ``run``: throughput of every stage against its limit and a baseline, in one run;
 - ``quality``: map quality against a per-pixel RandomForest on the same split;
-- ``gpu``: model-only and pipeline throughput on a CUDA GPU, and a statewide projection.
+- ``gpu``: model-only and pipeline throughput on a CUDA GPU, and a statewide projection;
+- ``statewide``: ingest from tiles against GDAL's warper, memory as tiles grow, and the
+  pipeline inside a boundary against the same state without one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to the chosen benchmark."""
     args = sys.argv[1:] if argv is None else argv
-    commands = ("run", "quality", "gpu")
+    commands = ("run", "quality", "gpu", "statewide")
     if not args or args[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2
@@ -21,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.throughput import main as run
     elif args[0] == "quality":
         from benchmarks.quality import main as run
+    elif args[0] == "statewide":
+        from benchmarks.statewide import main as run
     else:
         from benchmarks.gpu import main as run
     return run(args[1:])

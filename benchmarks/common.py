@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
-
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 MIB = 1 << 20
@@ -25,9 +23,11 @@ MIB = 1 << 20
 T = TypeVar("T")
 
 
-def _tree_memory(root: psutil.Process) -> int:
+def _tree_memory(root: Any) -> int:
     """Proportional set size (shared pages split between their users) of ``root`` and every
     process below it: the driver, Ray's raylet and object store, and all its workers."""
+    import psutil
+
     total = 0
     procs = [root]
     with contextlib.suppress(psutil.Error):
@@ -54,6 +54,8 @@ class PeakMemory:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> PeakMemory:
+        import psutil
+
         me = psutil.Process()
         self.start = self.peak = _tree_memory(me)
 
@@ -68,6 +70,8 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        import psutil
+
         self.peak = max(self.peak, _tree_memory(psutil.Process()))
 
 
@@ -127,7 +131,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    mem = psutil.virtual_memory().total / (1 << 30)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     text = f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB"
     try:
         import torch

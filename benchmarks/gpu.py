@@ -1,20 +1,27 @@
-"""GPU throughput: model-only and pipeline chips/s, a short bf16 training run, and a projection
-of the statewide prediction time on A10G GPUs (AWS G5).
+"""GPU throughput of prediction: the model alone, and the actor's whole per-block path, in bf16
+and fp32, with a projection of the statewide prediction time on A10G GPUs (AWS G5).
 
-On a CUDA GPU, in one run:
+On one CUDA GPU, in one run (about 3 minutes):
 
-- **model only**: Unet/resnet34 (6 bands, 6 classes, random init) at 256 and 512 px chips,
-  bf16 autocast, over a batch-size sweep: chips/s, Mpx/s, peak GPU memory, GPU utilisation;
-- **pipeline**: ``w2w predict`` with one GPU actor over a synthetic state, at the best batch
-  size of the sweep: chips/s and GPU utilisation, and its ratio to model only;
-- **training**: a short ``w2w train`` run of Unet/resnet34 on 256 px chips with bf16 on one
-  GPU: chips/s and GPU memory;
+- **model only**: Unet/resnet34 (6 bands, 6 classes, random init) at 256 px chips in
+  channels-last, bf16 and fp32, over a batch-size sweep: chips/s, Mpx/s, peak GPU memory,
+  GPU utilisation;
+- **block path**: :class:`w2w.predict.engine.BlockEngine`, exactly what a prediction actor
+  runs per block -- raw uint16 pixels to the device, normalise, forward over the block's
+  chips, Hann blend, argmax, uint8 back -- on 2048 px blocks at stride = chip / 2, at the
+  best batch of the sweep, bf16 and fp32: output Mpx/s, chips/s, its ratio to model only,
+  and the share of pixels whose class bf16 and fp32 agree on (random-init model);
 - **projection** for Chihuahua (about 247,000 km², ~2.47 billion pixels at 10 m) on 1, 4
-  and 8 A10G GPUs, with the formula and its assumptions printed beside it.
+  and 8 A10G GPUs from the block path's bf16 rate, with the formula printed beside it.
 
-    python -m benchmarks gpu [--out bench-out/gpu] [--scene 8192] [--results]
+It imports only torch, timm, segmentation-models-pytorch, numpy, safetensors and w2w's pure
+modules (no Ray, GDAL, zarr or pydantic), so it runs on a bare machine with PyTorch:
+
+    python -m benchmarks gpu [--out bench-out/gpu] [--batches 8,16,32,64] [--results]
 
 Without a CUDA GPU it says so and exits with status 3; nothing is measured or recorded.
+``--device cpu --quick`` runs the same code on a CPU with small sizes (the test suite does,
+to keep the module importable and its import list pure).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from benchmarks.common import publish, run_header
 
 MODEL = {"arch": "Unet", "encoder": "resnet34"}
 CHIHUAHUA_KM2 = 247_000.0
+BANDS = CLASSES = 6
+
 
 #: Dense bf16 tensor throughput (TFLOP/s) and memory bandwidth (TB/s) from the vendors'
 #: datasheets, for scaling a figure measured on one GPU to another. A CNN's inference sits
@@ -104,13 +113,13 @@ def project(
 
 
 @contextlib.contextmanager
-def gpu_utilisation(interval: float = 0.2) -> Iterator[dict[str, float]]:
+def gpu_utilisation(device: str = "cuda", interval: float = 0.2) -> Iterator[dict[str, float]]:
     """Sample ``nvidia-smi`` while a block runs; yields a dict filled with mean / max % and the
-    peak memory used (MiB) when the block ends."""
+    peak memory used (MiB) when the block ends (empty on a CPU)."""
     stats: dict[str, float] = {}
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
-    exe = shutil.which("nvidia-smi")
+    exe = shutil.which("nvidia-smi") if device == "cuda" else None
 
     def sample() -> None:
         while exe and not stop.wait(interval):
@@ -147,35 +156,44 @@ def gpu_utilisation(interval: float = 0.2) -> Iterator[dict[str, float]]:
 # -- model only -----------------------------------------------------------------------------------
 
 
+def build(device: str) -> Any:
+    """Unet/resnet34 with random weights, on ``device``, in inference mode."""
+    import torch
+
+    from w2w.model.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(MODEL["arch"], MODEL["encoder"], BANDS, CLASSES)
+    return build_model(spec).to(device).eval()
+
+
 def model_sweep(
     device: str,
     sizes: tuple[int, ...],
     batches: tuple[int, ...],
     seconds: float = 5.0,
-    bands: int = 6,
-    classes: int = 6,
+    precision: str = "bf16",
 ) -> list[dict[str, Any]]:
-    """Model-only forward throughput (softmax included) per chip size and batch size."""
+    """Model-only forward throughput (softmax included) per chip size and batch size, in the
+    memory layout prediction uses (channels last)."""
     import torch
 
-    from w2w.model.models import ModelSpec, build_model, channels_last, channels_last_input
+    from w2w.model.models import channels_last, channels_last_input
 
-    # In the memory layout prediction uses (channels last).
-    model = build_model(ModelSpec(MODEL["arch"], MODEL["encoder"], bands, classes)).to(device)
-    model = channels_last(model.eval())
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    model = channels_last(build(device))
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     rows = []
     for size in sizes:
         for batch in batches:
-            x = channels_last_input(torch.randn(batch, bands, size, size, device=device))
+            x = channels_last_input(torch.randn(batch, BANDS, size, size, device=device))
             if device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             try:
                 with (
                     torch.inference_mode(),
-                    torch.autocast(device, dtype=torch.bfloat16, enabled=bf16),
-                    gpu_utilisation() as util,
+                    torch.autocast(device, dtype=low or torch.float32, enabled=low is not None),
+                    gpu_utilisation(device) as util,
                 ):
                     for _ in range(3):  # warm-up (cuDNN autotuning)
                         torch.softmax(model(x).float(), dim=1)
@@ -193,7 +211,7 @@ def model_sweep(
                 {
                     "chip": size,
                     "batch": batch,
-                    "precision": "bf16" if bf16 else "fp32",
+                    "precision": precision,
                     "chips_per_s": round(n / dt, 1),
                     "mpx_per_s": round(n * size * size / dt / 1e6, 2),
                     "peak_mem_mib": round(torch.cuda.max_memory_allocated() / 2**20)
@@ -205,6 +223,71 @@ def model_sweep(
     return rows
 
 
+# -- the actor's per-block path ---------------------------------------------------------------
+
+
+def block_path(
+    device: str,
+    chip: int,
+    batch: int,
+    precision: str,
+    block: int = 2048,
+    seconds: float = 10.0,
+) -> tuple[dict[str, Any], Any]:
+    """What a prediction actor does per block, timed over whole blocks of smooth synthetic
+    uint16 imagery (every pixel valid): raw pixels in, uint8 classes and confidence out.
+    Returns the row and the classes of the last block (for the bf16 / fp32 agreement)."""
+    import numpy as np
+
+    from w2w.core.windows import Window
+    from w2w.model.normalization import Normalizer
+    from w2w.predict.engine import BlockEngine, EngineSettings
+    from w2w.predict.plan import BlockPlan
+
+    stride = chip // 2
+    plan = BlockPlan(4 * block, 4 * block, block, chip, stride)
+    norm = Normalizer("percentile", (500.0,) * BANDS, (2500.0,) * BANDS, (500.0,) * BANDS,
+                      (3000.0,) * BANDS)  # fmt: skip
+    engine = BlockEngine(
+        build(device),
+        norm,
+        list(range(1, CLASSES + 1)),
+        plan,
+        device,
+        EngineSettings(batch_size=batch, precision=precision),
+    )
+    b = Window(block, block, block, block)  # an inner block: the full halo of chips
+    size = plan.window_size
+    rng = np.random.default_rng(0)
+    coarse = rng.uniform(500, 3000, (BANDS, size // 32 + 1, size // 32 + 1))
+    image = coarse.repeat(32, axis=1).repeat(32, axis=2)[:, :size, :size].astype(np.uint16)
+    valid = np.ones((size, size), dtype=bool)
+    engine.predict(b, engine.stage(b, image, valid))  # warm-up
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    with gpu_utilisation(device) as util:
+        while n < 2 or time.perf_counter() - t0 < seconds:
+            cls, _ = engine.predict(b, engine.stage(b, image, valid))  # uint8 on the host
+            n += 1
+    dt = time.perf_counter() - t0
+    chips = len(plan.chips(b))
+    distinct = (block // stride) ** 2
+    row = {
+        "chip": chip,
+        "stride": stride,
+        "block": block,
+        "batch": batch,
+        "precision": precision,
+        "blocks": n,
+        "chips_per_block": chips,
+        "halo_factor": round(chips / distinct, 4),
+        "chips_per_s": round(n * chips / dt, 1),
+        "mpx_per_s": round(n * block * block / dt / 1e6, 2),
+        **util,
+    }
+    return row, cls
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -212,191 +295,120 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-# -- pipeline and training ------------------------------------------------------------------------
-
-
-def pipeline_run(out: Path, size: int, chip: int, batch: int) -> dict[str, Any]:
-    """``w2w predict`` on one GPU actor over a synthetic state: chips/s and GPU utilisation."""
-    from benchmarks.throughput import chip_forwards, ingest_state, make_bundle, make_state
-    from w2w.predict import PredictConfig, predict
-
-    image, label = make_state(out / "state", size, 0)
-    store = str(out / "scene.zarr")
-    ingest_state(image, label, out / "scene.zarr")
-    bundle = make_bundle(store, MODEL, chip, out / f"unet-{chip}.safetensors", 0)
-    block = 2048
-    cfg = PredictConfig(
-        scene=store,
-        bundle=bundle,
-        output=str(out / f"mosaic-{chip}.zarr"),
-        block=block,
-        batch_size=batch,
-        actors=1,
-        use_gpu=True,
-        cpus_per_actor=4,
-        overwrite=True,
-    )
-    with gpu_utilisation() as util:
-        report = predict(cfg, progress=False)
-    stride = chip // 2
-    forwards, unique = chip_forwards(size, size, block, chip, stride)
-    return {
-        "scene": size,
-        "chip": chip,
-        "batch": batch,
-        "block": block,
-        "seconds": round(report.seconds, 1),
-        "chip_forwards": forwards,
-        "distinct_chips": unique,
-        "halo_factor": round(forwards / unique, 4),
-        "chips_per_s": round(forwards / report.seconds, 1),
-        "mpx_per_s": round(report.pixels_per_second / 1e6, 2),
-        **util,
-    }
-
-
-def training_run(out: Path, store: str, batch: int, epochs: int = 2) -> dict[str, Any]:
-    """A short bf16 ``w2w train`` of Unet/resnet34 on 256 px chips, one GPU worker."""
-    from w2w.train import TrainConfig, train
-
-    cfg = TrainConfig.from_dict(
-        {
-            "scene": store,
-            "run_name": "gpu-bench",
-            "storage_path": str((out / "runs").absolute()),
-            "model": MODEL,
-            "chips": {"size": 256, "stride": 128},
-            "epochs": epochs,
-            "batch_size": batch,
-            "precision": "bf16",
-            "workers": {"num_workers": 1, "use_gpu": True, "cpus_per_worker": 4},
-            "patience": None,
-            "overwrite": True,
-        }
-    )
-    with gpu_utilisation() as util:
-        report = train(cfg, progress=False)
-    per_epoch = report.chips["train"]["samples"]
-    secs = [h["seconds"] for h in report.history]
-    return {
-        "epochs": len(secs),
-        "chips_per_epoch": per_epoch,
-        "epoch_seconds": secs,
-        "chips_per_s_last_epoch": round(per_epoch / secs[-1], 1),
-        "batch": batch,
-        **util,
-    }
-
-
 # -- the run --------------------------------------------------------------------------------------
 
 
 def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
-    """The results as a Markdown section for RESULTS.md."""
+    """The results as one Markdown table (and the projection) for RESULTS.md."""
     lines = [
         f"### GPU, {header['date']} — {header['machine']}",
         "",
-        f"- Command: `{header['command']}`; commit `{header['commit']}`",
+        f"- Command: `{header['command']}`; commit `{header['commit']}`; device "
+        f"{res['device_name']}",
         "",
-        "Model only (Unet/resnet34, 6 bands, bf16):",
-        "",
-        "| chip | batch | chips/s | Mpx/s | peak GPU MiB | util % |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| what | chip | stride | batch | precision | chips/s | Mpx/s | ÷ model only | "
+        "peak GPU MiB | util % |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in res["sweep"]:
         if "error" in r:
-            lines.append(f"| {r['chip']} | {r['batch']} | {r['error']} | | | |")
+            lines.append(f"| model only | {r['chip']} | | {r['batch']} | | {r['error']} | | | | |")
             continue
         lines.append(
-            f"| {r['chip']} | {r['batch']} | {r['chips_per_s']} | {r['mpx_per_s']} | "
-            f"{r['peak_mem_mib']} | {r.get('util_mean', '')} |"
+            f"| model only | {r['chip']} | | {r['batch']} | {r['precision']} | "
+            f"{r['chips_per_s']} | {r['mpx_per_s']} | | {r['peak_mem_mib'] or ''} | "
+            f"{r.get('util_mean', '')} |"
         )
-    lines += ["", "Pipeline (`w2w predict`, one GPU actor, stride = chip / 2):", ""]
-    for p in res["pipeline"]:
+    for r in res["block_path"]:
         lines.append(
-            f"- chip {p['chip']}, batch {p['batch']}: {p['chips_per_s']} chips/s "
-            f"({p['ratio_to_model_only']:.2f} of model only), {p['mpx_per_s']} Mpx/s, "
-            f"GPU util mean {p.get('util_mean', '?')} %"
+            f"| block path ({r['block']} px blocks, output Mpx/s) | {r['chip']} | {r['stride']} "
+            f"| {r['batch']} | {r['precision']} | {r['chips_per_s']} | {r['mpx_per_s']} | "
+            f"{r['ratio_to_model_only']:.2f} | | {r.get('util_mean', '')} |"
         )
-    t = res.get("training")
-    if t:
-        lines.append(
-            f"- training, 256 px, batch {t['batch']}, bf16: {t['chips_per_s_last_epoch']} chips/s, "
-            f"GPU memory {t.get('mem_used_mib', '?')} MiB"
-        )
-    lines += ["", "Projection for Chihuahua (A10G, 256 px chips):", "", res["formula"], ""]
     lines += [
+        "",
+        f"bf16 and fp32 give the same class on {100 * res['agreement']:.2f}% of a block's pixels "
+        "(random-init model).",
+        "",
+        "Projection for Chihuahua (A10G):",
+        "",
+        res["formula"],
+        "",
         "| A10G GPUs | hours, low bound | hours, high bound |",
         "|---:|---:|---:|",
     ]
     for p in res["projection"]:
-        lines.append(f"| {p['gpus']} | {p['hours_low']:.1f} | {p['hours_high']:.1f} |")
+        lines.append(f"| {p['gpus']} | {p['hours_low']:.2f} | {p['hours_high']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the GPU benchmark; see the module docstring."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks gpu", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks gpu", description=(__doc__ or "").splitlines()[0]
     )
     parser.add_argument("--out", default="bench-out/gpu")
-    parser.add_argument(
-        "--scene", type=int, default=8192, help="synthetic state edge for the pipeline run"
-    )
-    parser.add_argument("--batches", default="8,16,32,64,128")
-    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per sweep point")
-    parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--batches", default="8,16,32,64")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per point")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--results", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
+    import numpy as np
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU on this machine: nothing measured", file=sys.stderr)
         return 3
-    from w2w.core.runtime import ensure_ray
-
-    ensure_ray()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name(0)
+    device = args.device
+    chip, block = (64, 128) if args.quick else (256, 2048)
+    seconds = 0.2 if args.quick else args.seconds
     batches = tuple(int(b) for b in args.batches.split(","))
-    sweep = model_sweep("cuda", (256, 512), batches, args.seconds)
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    sweep = []
+    for precision in ("bf16", "fp32"):
+        sweep += model_sweep(device, (chip,), batches, seconds, precision)
     print(json.dumps(sweep, indent=1), flush=True)
-    pipeline = []
-    for chip in (256, 512):
-        ok = [r for r in sweep if r["chip"] == chip and "error" not in r]
+    paths, classes = [], {}
+    for precision in ("bf16", "fp32"):
+        ok = [r for r in sweep if r.get("precision") == precision and "error" not in r]
         best = max(ok, key=lambda r: r["chips_per_s"])
-        p = pipeline_run(out / f"pipe-{chip}", args.scene, chip, best["batch"])
-        p["ratio_to_model_only"] = round(p["chips_per_s"] / best["chips_per_s"], 3)
-        pipeline.append(p)
-        print(json.dumps(p), flush=True)
-    training = None
-    if not args.no_train:
-        training = training_run(out, str(out / "pipe-256" / "scene.zarr"), 32)
-        print(json.dumps(training), flush=True)
-    here = spec_of(name)
-    p256 = pipeline[0]
+        row, classes[precision] = block_path(
+            device, chip, best["batch"], precision, block, 2 * seconds
+        )
+        row["ratio_to_model_only"] = round(row["chips_per_s"] / best["chips_per_s"], 3)
+        paths.append(row)
+        print(json.dumps(row), flush=True)
+    agreement = float(np.mean(classes["bf16"] == classes["fp32"]))
+    bf16 = paths[0]
     pixels = CHIHUAHUA_KM2 * 1e6 / (10.0 * 10.0)
+    here = spec_of(name)
     projection: list[Projection] = []
-    formula = "no datasheet entry for this GPU: no projection"
+    formula = f"no datasheet entry for {name}: no projection"
     if here is not None:
-        projection = project(pixels, 256, 128, p256["halo_factor"], p256["chips_per_s"], here[1])
+        projection = project(
+            pixels, chip, bf16["stride"], bf16["halo_factor"], bf16["chips_per_s"], here[1]
+        )
         formula = (
             f"hours = pixels / stride² × halo / (chips/s × r × N × e) / 3600, with pixels = "
-            f"{pixels:.3g} (247,000 km² at 10 m), stride 128, halo {p256['halo_factor']} "
-            f"(2048 px blocks), chips/s {p256['chips_per_s']} measured on {name}, r = A10G / "
-            f"{here[0]} ratio of bf16 compute ({GPU_SPECS['A10G'][0]}/{here[1][0]} TFLOP/s) or "
-            f"of memory bandwidth ({GPU_SPECS['A10G'][1]}/{here[1][1]} TB/s), e = 0.95 for "
-            "N > 1 (blocks are independent; the Zarr reads and writes scale with CPU nodes)."
+            f"{pixels:.3g} (247,000 km² at 10 m), stride {bf16['stride']}, halo "
+            f"{bf16['halo_factor']} ({block} px blocks), chips/s {bf16['chips_per_s']} of the "
+            f"block path in bf16 on {name}, r = A10G / {here[0]} ratio of bf16 compute "
+            f"({GPU_SPECS['A10G'][0]}/{here[1][0]} TFLOP/s) or of memory bandwidth "
+            f"({GPU_SPECS['A10G'][1]}/{here[1][1]} TB/s), e = 0.95 for N > 1 (blocks are "
+            "independent; reads and writes run on CPU nodes beside the GPUs)."
         )
     res = {
+        "device_name": name,
         "sweep": sweep,
-        "pipeline": pipeline,
-        "training": training,
+        "block_path": paths,
+        "agreement": agreement,
         "projection": [p.__dict__ for p in projection],
         "formula": formula,
     }
     header = run_header("python -m benchmarks gpu", argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     publish(out / "gpu.json", header, res, markdown(res, header), record=args.results)
     return 0
 

@@ -44,8 +44,30 @@ def test_projection_formula() -> None:
 
 
 def test_model_sweep_runs_on_the_cpu() -> None:
-    rows = model_sweep("cpu", (64,), (2,), seconds=0.1)
+    rows = model_sweep("cpu", (64,), (2,), seconds=0.1, precision="fp32")
     assert rows[0]["chips_per_s"] > 0 and rows[0]["precision"] == "fp32"
+
+
+def test_the_gpu_benchmark_runs_with_torch_side_packages_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``python -m benchmarks gpu`` must run on a bare machine with PyTorch: the whole run
+    (here on the CPU, small sizes) imports no Ray, GDAL, zarr or pydantic."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from benchmarks.gpu import main\n"
+        f"rc = main(['--device', 'cpu', '--quick', '--batches', '2', '--out', {str(tmp_path)!r}])\n"
+        "heavy = {'ray', 'rasterio', 'osgeo', 'zarr', 'pydantic', 'fsspec', 'pyarrow', 'psutil'}\n"
+        "print('HEAVY', sorted(heavy & {m.split('.')[0] for m in sys.modules}), rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY [] 0" in out.stdout
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    assert [r["precision"] for r in res["block_path"]] == ["bf16", "fp32"]
+    assert all(r["chips_per_s"] > 0 and r["ratio_to_model_only"] > 0 for r in res["block_path"])
+    assert 0 <= res["agreement"] <= 1
 
 
 def test_peak_memory_sees_an_allocation() -> None:

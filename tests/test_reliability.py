@@ -570,7 +570,7 @@ def bad_inputs(
 
 
 def test_the_errors_table_lists_every_case() -> None:
-    table = (REPO / "docs" / "errors.md").read_text()
+    table = (REPO / "docs" / "errors.md").read_text().split("## Statewide inputs", 1)[0]
     ids = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert ids[1:] == BAD_INPUTS  # the header row first
 

@@ -279,16 +279,37 @@ def test_stac_items_with_band_assets_ingest_like_their_files(
         run(state, tmp_path, tiles=[str(collection)], bands="nir", **common)
 
 
-def test_bad_tile_inputs_get_one_clear_error(
-    state: dict[str, object], tmp_path: Path, rng: np.random.Generator
-) -> None:
+def _vector(path: Path, geometry: dict[str, object], crs: str, **props: object) -> str:
+    """A one-feature GeoJSON file in ``crs``."""
+    doc: dict[str, object] = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": crs}},
+        "features": [{"type": "Feature", "properties": props, "geometry": geometry}],
+    }
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def _no_crs_shapefile(path: Path) -> str:
+    """A boundary in a shapefile with no .prj: a polygon in no CRS."""
+    import pyogrio.raw
+    import shapely
+
+    geom = shapely.box(300000, 3400000, 310000, 3410000)
+    pyogrio.raw.write(
+        str(path), shapely.to_wkb(np.asarray([geom], dtype=object)), [], [],
+        driver="ESRI Shapefile", geometry_type="Polygon", crs=None,
+    )  # fmt: skip
+    return str(path)
+
+
+def _bad_tile_inputs(
+    state: dict[str, object], tmp: Path, rng: np.random.Generator
+) -> dict[str, tuple[dict[str, object], str]]:
+    """Each case of the statewide table in docs/errors.md: (ingest settings, the error)."""
     out = state["out"]
     tiles = list(out.tiles)  # type: ignore[attr-defined]
-    with pytest.raises(
-        InputError, match=r"do not cover .* of the area to map \(for example around lon"
-    ):
-        run(state, tmp_path, tiles=tiles[:2])
-    plain = tmp_path / "nocrs.tif"
+    plain = tmp / "nocrs.tif"
     with rasterio.open(
         plain,
         "w",
@@ -300,41 +321,95 @@ def test_bad_tile_inputs_get_one_clear_error(
         transform=rasterio.Affine(10, 0, 0, 0, -10, 0),
     ) as dst:
         dst.write(np.ones((1, 8, 8), "uint16"))
-    with pytest.raises(InputError, match="has no CRS"):
-        run(state, tmp_path, tiles=[str(plain)])
-    four = write_tif(tmp_path / "four.tif", rng.integers(1, 9, (4, 8, 8)).astype("uint16"))
-    with pytest.raises(InputError, match="has 4 bands but tile"):
-        run(state, tmp_path, tiles=[tiles[0], str(four)])
-    with pytest.raises(InputError, match="has no field 'klass'; its fields are: class"):
-        run(state, tmp_path, label=out.vector_labels, label_field="klass")  # type: ignore[attr-defined]
-    with pytest.raises(InputError, match="AOI file .* has no feature matching"):
-        run(state, tmp_path, aoi_where="fid = 99")
-    lines = tmp_path / "lines.geojson"
-    lines.write_text(
-        json.dumps(
+    four = write_tif(tmp / "four.tif", rng.integers(1, 9, (4, 8, 8)).astype("uint16"))
+    flat = {
+        "type": "Polygon",
+        "coordinates": [[[-106, 28], [-105, 28], [-105, 28], [-106, 28]]],
+    }
+    line = {"type": "LineString", "coordinates": [[300000, 3499000], [300500, 3499500]]}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "tile-0",
+        "geometry": None,
+        "properties": {"datetime": "2024-06-01T17:00:00Z"},
+        "links": [],
+        "assets": {"B04": {"href": tiles[0], "type": "image/tiff; application=geotiff"}},
+    }
+    stac = tmp / "items.json"
+    stac.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+    labels = out.vector_labels  # type: ignore[attr-defined]
+    return {
+        "tiles-miss-aoi": (
+            {"tiles": tiles[:2]},
+            r"do not cover .* of the area to map \(for example around lon",
+        ),
+        "tile-no-crs": ({"tiles": [str(plain)]}, r"tile .*nocrs.tif has no CRS; assign one"),
+        "tiles-differ": ({"tiles": [tiles[0], str(four)]}, "has 4 bands but tile"),
+        "aoi-no-crs": (
+            {"aoi": _no_crs_shapefile(tmp / "nocrs.shp")},
+            r"AOI file .* has no CRS; assign one \(e.g. `ogr2ogr -a_srs",
+        ),
+        "aoi-empty": (
+            {"aoi": _vector(tmp / "flat.geojson", flat, "EPSG:4326")},
+            r"AOI file .* covers no area; check the file and its CRS",
+        ),
+        "aoi-where-none": ({"aoi_where": "fid = 99"}, "AOI file .* has no feature matching"),
+        "stac-no-asset": (
+            {"tiles": [str(stac)], "bands": "nir"},
+            r"STAC Item tile-0 in .* has no asset 'nir'.*assets are: B04",
+        ),
+        "no-label-field": (
+            {"label": labels, "label_field": "klass"},
+            "has no field 'klass'; its fields are: class",
+        ),
+        "label-lines": (
             {
-                "type": "FeatureCollection",
-                "crs": {"type": "name", "properties": {"name": "EPSG:32613"}},
-                "features": [
-                    {
-                        "type": "Feature",
-                        "properties": {"class": 1},
-                        "geometry": {
-                            "type": "LineString",
-                            "coordinates": [[300000, 3499000], [300500, 3499500]],
-                        },
-                    }
-                ],
-            }
-        )
-    )
-    with pytest.raises(InputError, match="holds LineString features"):
-        run(state, tmp_path, label=str(lines), label_field="class")
-    with pytest.raises(ConfigError, match="give its crs and resolution"):
-        IngestConfig.from_dict(
-            {"tiles": tiles, "output": str(tmp_path / "x.zarr"), "aoi": "a.gpkg"}
-        )
-    assert not (tmp_path / "scene.zarr").exists()
+                "label": _vector(tmp / "lines.geojson", line, "EPSG:32613", **{"class": 1}),
+                "label_field": "class",
+            },
+            "holds LineString features; labels are polygons",
+        ),
+    }
+
+
+BAD_TILE_INPUTS = [
+    "tiles-miss-aoi",
+    "tile-no-crs",
+    "tiles-differ",
+    "aoi-no-crs",
+    "aoi-empty",
+    "aoi-where-none",
+    "stac-no-asset",
+    "no-label-field",
+    "label-lines",
+    "no-target-grid",
+]
+
+
+def test_the_errors_table_lists_every_statewide_case() -> None:
+    table = (Path(__file__).parents[1] / "docs" / "errors.md").read_text()
+    section = table.split("## Statewide inputs", 1)[1]
+    ids = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    assert ids[1:] == BAD_TILE_INPUTS
+
+
+@pytest.mark.parametrize("case", BAD_TILE_INPUTS)
+def test_bad_tile_input_gets_one_clear_error(
+    case: str, state: dict[str, object], tmp_path: Path, rng: np.random.Generator
+) -> None:
+    out = tmp_path / "scene.zarr"
+    if case == "no-target-grid":
+        with pytest.raises(ConfigError, match="give its crs and resolution"):
+            IngestConfig.from_dict(
+                {"tiles": list(state["out"].tiles), "output": str(out), "aoi": "a.gpkg"}  # type: ignore[attr-defined]
+            )
+        return
+    settings, expected = _bad_tile_inputs(state, tmp_path, rng)[case]
+    with pytest.raises(InputError, match=expected) as err:
+        run(state, tmp_path, **settings)
+    assert "\n" not in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".scene.zarr*"))
 
 
 def test_tiles_and_a_stac_collection_on_object_storage(

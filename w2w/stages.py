@@ -123,7 +123,14 @@ def _predict(r: Any) -> StageSummary:
             f"mosaic: {r.output}",
             f"blocks: {r.blocks_written} written, {r.blocks_done_before} already done "
             f"(skipped), {r.blocks_total} in all",
-            f"throughput: {r.pixels_per_second / 1e6:.3f} Mpx/s over {r.seconds:.1f} s",
+            f"throughput: {r.pixels_per_second / 1e6:.3f} Mpx/s over {r.seconds:.1f} s"
+            + (
+                f"; first block written after {r.first_block_seconds:.1f} s (start-up)"
+                if r.first_block_seconds is not None
+                else ""
+            ),
+            f"chips: {r.chips_forwarded:,} through the model, {r.chips_skipped:,} skipped (no "
+            f"valid pixel); {r.blocks_empty} blocks outside the state never read",
         ),
     )
 

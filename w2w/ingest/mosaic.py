@@ -198,7 +198,7 @@ class MosaicReader:
         order = plan.index.meeting(plan.grid, window)
         if plan.overlap == "last":
             order = order[::-1]
-        image, used = self._combine(order, target, inside)
+        image, used = self._combine(order, window, inside)
         label = self._labels(window, target, inside) if plan.has_label else None
         return image, label, used
 
@@ -212,10 +212,10 @@ class MosaicReader:
         return data, valid
 
     def _combine(
-        self, order: list[int], target: Grid, inside: np.ndarray
+        self, order: list[int], window: Window, inside: np.ndarray
     ) -> tuple[np.ndarray, tuple[str, ...]]:
         plan = self.plan
-        shape = (len(plan.band_names), target.height, target.width)
+        shape = (len(plan.band_names), window.height, window.width)
         out = np.full(shape, np.nan, dtype=np.float64)
         filled = ~inside  # outside the boundary: nothing to fill
         used: list[str] = []
@@ -223,18 +223,26 @@ class MosaicReader:
         for i in order:
             if plan.overlap != "median" and filled.all():
                 break
+            # Only the part of the block the tile's footprint covers is warped.
+            part = plan.index.part(i, plan.grid, window)
+            if part is None:
+                continue
+            rel = part.relative_to(window).slices
             tile = plan.tiles[i]
-            data, valid = self._tile(tile, target)
-            valid &= inside
+            data, valid = self._tile(tile, plan.grid.window_grid(part))
+            valid &= inside[rel]
             if not valid.any():
                 continue
             used.append(tile.name)
             if plan.overlap == "median":
-                stack.append(np.where(valid[None], data, np.nan))
+                layer = np.full(shape, np.nan, dtype=np.float64)
+                layer[(slice(None), *rel)] = np.where(valid[None], data, np.nan)
+                stack.append(layer)
                 continue
-            take = valid & ~filled
-            out[:, take] = data[:, take]
-            filled |= take
+            take = valid & ~filled[rel]
+            view = out[(slice(None), *rel)]
+            view[:, take] = data[:, take]
+            filled[rel] |= take
         if stack:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no tile valid there

@@ -96,6 +96,12 @@ class SynthConfig(StageConfig):
         le=1.0,
         description="size of the state within its bounding box (1: about 78% of it is state)",
     )
+    fill_box: bool = Field(
+        default=False,
+        description="imagery and labels everywhere in the bounding box (as around a real "
+        "state, whose neighbours are imaged and surveyed too); the boundary still marks the "
+        "state",
+    )
     feature_scale: float | None = Field(
         default=None,
         gt=0,
@@ -243,7 +249,8 @@ def land_cover(cfg: SynthConfig, window: Window) -> np.ndarray:
     cover[(moisture < -0.2) & (elevation > 0.0)] = 6  # bare soil where dry and high
     cover[(town > 0.33) & (elevation < 0.3)] = 5  # towns in lower ground
     cover[(elevation < -0.42) | (river < 0.022)] = 4  # lakes and rivers
-    cover[~state_mask(cfg, window)] = UNLABELLED
+    if not cfg.fill_box:
+        cover[~state_mask(cfg, window)] = UNLABELLED
     return cover
 
 
@@ -350,6 +357,7 @@ def synthesize(cfg: SynthConfig, *, progress: bool = True) -> SynthOutputs:
         size=cfg.tile_size,
         overlap=cfg.tile_overlap,
         seed=cfg.seed,
+        inside=state_mask(cfg, grid.full_window) if cfg.fill_box else None,
     )
     return replace(written, tiles=made.tiles, boundary=made.boundary, vector_labels=made.labels)
 

@@ -47,9 +47,18 @@ def tile_windows(grid: Grid, size: int, overlap: int) -> list[tuple[int, int, Wi
 
 
 def write_tiles(
-    image: Path, truth: Path, grid: Grid, folder: Path, *, size: int, overlap: int, seed: int
+    image: Path,
+    truth: Path,
+    grid: Grid,
+    folder: Path,
+    *,
+    size: int,
+    overlap: int,
+    seed: int,
+    inside: np.ndarray | None = None,
 ) -> TileOutputs:
-    """Cut the state's imagery into tiles in two zones; write its boundary and labels."""
+    """Cut the state's imagery into tiles in two zones; write its boundary (the outline of
+    ``inside``, default: of the labelled area) and labels."""
     tiles_dir = folder / "tiles"
     storage.ensure_writable_dir(tiles_dir)
     paths = []
@@ -61,7 +70,7 @@ def write_tiles(
         paths.append(str(path))
     boundary = folder / "boundary.gpkg"
     labels = folder / "labels.gpkg"
-    _write_boundary(truth, grid, boundary)
+    _write_boundary(truth, grid, boundary, inside)
     _write_labels(truth, grid, labels, seed)
     return TileOutputs(tuple(paths), str(boundary), str(labels))
 
@@ -137,16 +146,18 @@ def _write_vector(path: Path, geoms: list[Any], values: list[int] | None, crs: s
     tmp.replace(path)
 
 
-def _write_boundary(truth: Path, grid: Grid, path: Path) -> None:
-    """The outline of the state's valid area, simplified, in WGS84."""
+def _write_boundary(truth: Path, grid: Grid, path: Path, inside: np.ndarray | None) -> None:
+    """The outline of the state (``inside``, or the labelled area), simplified, in WGS84."""
     import rasterio
     import shapely
     from rasterio.features import shapes
     from rasterio.warp import transform_geom
 
-    with rasterio.open(truth) as src:
-        inside = (src.read(1) != 0).astype(np.uint8)
-    polys = [shapely.geometry.shape(g) for g, v in shapes(inside, transform=grid.transform) if v]
+    if inside is None:
+        with rasterio.open(truth) as src:
+            inside = src.read(1) != 0
+    mask = inside.astype(np.uint8)
+    polys = [shapely.geometry.shape(g) for g, v in shapes(mask, transform=grid.transform) if v]
     outline = shapely.union_all(polys).simplify(grid.res[0], preserve_topology=True)
     geo = transform_geom(grid.crs, "EPSG:4326", shapely.geometry.mapping(outline))
     _write_vector(path, [shapely.geometry.shape(geo)], None, "EPSG:4326")

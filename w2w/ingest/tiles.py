@@ -199,6 +199,21 @@ class TileIndex:
         hit = (f[:, 0] < right) & (f[:, 2] > left) & (f[:, 1] < top) & (f[:, 3] > bottom)
         return [int(i) for i in np.flatnonzero(hit)]
 
+    def part(self, i: int, grid: Grid, window: Window) -> Window | None:
+        """The pixels of ``window`` that tile ``i``'s footprint covers (rounded outwards), or
+        ``None``: a block task warps only these, not the whole block, for each tile."""
+        left, bottom, right, top = self.footprints[i]
+        inv = ~grid.transform
+        c0, r0 = inv @ (left, top)
+        c1, r1 = inv @ (right, bottom)
+        box = Window(
+            math.floor(min(r0, r1)),
+            math.floor(min(c0, c1)),
+            math.ceil(max(r0, r1)) - math.floor(min(r0, r1)),
+            math.ceil(max(c0, c1)) - math.floor(min(c0, c1)),
+        )
+        return window.intersect(box)
+
     def uncovered(self, area: Any) -> Any:
         """The part of ``area`` (a shapely geometry) that no tile footprint covers."""
         import shapely

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -37,6 +37,14 @@ class PredictConfig(StageConfig):
         default=0.5,
         gt=0,
         description="CPUs per read/write task (differs from the actors' so the stages stay apart)",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="dtype of the model's forward pass: auto = bf16 on a GPU, fp32 on a CPU "
+        "(blending is always fp32)",
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile the model in each actor (slower start-up)"
     )
     confidence: bool = Field(default=True, description="write the confidence array")
     overwrite: bool = Field(default=False, description="start the mosaic over")

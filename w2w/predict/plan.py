@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from w2w.core.grid import ChipGrid, Window
+from w2w.core.windows import ChipGrid, Window
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ its shard), so every chunk has exactly one writer. The job is three Ray Data sta
 1. ``read`` (CPU tasks): read the block plus a halo -- every chip of the **global** chip grid
    that touches the block -- from the scene store; edge blocks are padded so every row has
    the same shape;
-2. ``predict`` (an actor pool; one GPU per actor on GPU, CPU actors locally): normalise,
-   run the model over those chips in batches (optionally with flip test-time augmentation),
-   blend overlapping chip probabilities with a smooth weight window, crop to the block;
+2. ``predict`` (an actor pool; one GPU per actor on GPU, CPU actors locally): on the model's
+   device (:mod:`w2w.predict.engine`), normalise, run the model over the chips that hold a
+   valid pixel in batches (optionally with flip test-time augmentation), blend overlapping
+   chip probabilities with a smooth weight window, argmax and quantise; uint8 comes back;
 3. ``write`` (CPU tasks): write ``class`` and ``confidence`` for the block, then record the
    block in the manifest -- only after its data is written.
 
@@ -252,10 +253,13 @@ def _run_blocks(
                 "tta": cfg.tta,
                 "use_gpu": cfg.use_gpu,
                 "threads": cfg.threads or max(1, int(cfg.cpus_per_actor)),
+                "precision": cfg.precision,
+                "compile": cfg.compile,
             },
         },
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        batch_size=1,
+        # Two blocks per call on a GPU: the second's copy overlaps the first's forwards.
+        batch_size=2 if cfg.use_gpu else 1,
         num_gpus=1 if cfg.use_gpu else 0,
         num_cpus=cfg.cpus_per_actor,
         # Fault tolerance: Ray Data (2.60) restarts a dead inference actor without limit and
@@ -294,7 +298,17 @@ def _made_from(cfg: PredictConfig, scene: SceneStore, bundle: Bundle, stride: in
         "chip_size": bundle.chip_size,
         "stride": stride,
         "tta": cfg.tta,
+        "precision": _precision(cfg),
     }
+
+
+def _precision(cfg: PredictConfig) -> str:
+    """The precision a prediction runs in, as far as the driver knows: ``auto`` is fp32 on
+    CPU actors and the GPU's low precision (bf16, or fp16 where bf16 is unsupported) on GPU
+    actors."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "gpu-auto" if cfg.use_gpu else "fp32"
 
 
 def _open_or_create_mosaic(

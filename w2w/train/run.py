@@ -75,8 +75,8 @@ def _fit(cfg: TrainConfig, plan: TrainPlan) -> TrainReport:
         },
         scaling_config=_scaling(cfg),
         run_config=_run_config(cfg),
-        datasets={"train": _chips(cfg, plan)},
-        dataset_config=_data_config(cfg),
+        datasets={"train": training_chips(cfg, plan)},
+        dataset_config=data_config(cfg),
     )
     try:
         result = trainer.fit()
@@ -87,7 +87,7 @@ def _fit(cfg: TrainConfig, plan: TrainPlan) -> TrainReport:
     return finish(cfg, plan, result)
 
 
-def _chips(cfg: TrainConfig, plan: TrainPlan) -> Any:
+def training_chips(cfg: TrainConfig, plan: TrainPlan) -> Any:
     """The Ray Data dataset of training chips (materialised when it fits the object store).
 
     Ray Data hands out blocks as their reads finish unless asked to keep their order; the
@@ -109,7 +109,7 @@ def _chips(cfg: TrainConfig, plan: TrainPlan) -> Any:
     return ds
 
 
-def _data_config(cfg: TrainConfig) -> Any:
+def data_config(cfg: TrainConfig) -> Any:
     """The trainer's split of the dataset across workers, in a fixed order when reproducible."""
     from ray.train import DataConfig
 

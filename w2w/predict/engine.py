@@ -1,0 +1,223 @@
+"""One block's prediction on the model's device: normalise, forward, blend, argmax, quantise.
+
+:class:`BlockEngine` is the whole per-block path of ``w2w predict`` and nothing else. The raw
+pixels of a block's read window (source dtype) and its valid mask go to the device once;
+normalisation, the forward passes over the block's chips in batches, the smooth-window blend
+of overlapping chips, the argmax and the confidence quantisation all run there as torch
+operations, and only the uint8 class and uint8 confidence of the block come back. On a GPU
+the next block's pixels are copied from pinned memory while the current one runs
+(:meth:`BlockEngine.stage` before :meth:`BlockEngine.predict`).
+
+Determinism: chips are summed into the block one after another in row-major order of the
+global chip grid, with elementwise adds (no atomics, no reductions across chips), so a pixel
+gets the same sum whatever the block size, the actor count or the run. In fp32 on a CPU this
+is, operation for operation, the plain numpy blend (tests/test_predict_engine.py checks it
+against an in-memory sliding-window prediction written in the test).
+
+The module is pure: it imports torch, numpy and w2w's pure modules only (no Ray, GDAL, zarr
+or pydantic), so ``python -m benchmarks gpu`` runs it on a bare machine with PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from w2w.core.classes import CLASS_NODATA
+from w2w.core.windows import Window
+from w2w.model.models import channels_last, channels_last_input
+from w2w.model.normalization import Normalizer
+from w2w.predict.plan import BlockPlan, blend_weights
+
+#: Model precisions: the dtype of the forward pass (autocast); blending is always fp32.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` -> bf16 on a GPU (fp16 where bf16 is unsupported), fp32 on a CPU; other values
+    are returned as given (bf16 or fp16 on a CPU is the user's choice)."""
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be auto or one of {PRECISIONS}, not {precision!r}")
+        return precision
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine runs the model: chips per forward pass, flip TTA, precision, compile."""
+
+    batch_size: int = 16
+    tta: bool = False
+    precision: str = "fp32"
+    compile: bool = False
+
+
+@dataclass
+class Staged:
+    """A block's raw pixels and valid mask on the device (copy possibly still in flight: the
+    ``ready`` event, on a GPU), and the chips of its read window that hold a valid pixel."""
+
+    image: torch.Tensor
+    valid: torch.Tensor
+    chips: list[Window]
+    skipped: int
+    ready: torch.cuda.Event | None = None
+
+
+class BlockEngine:
+    """Predicts blocks on one device; see the module docstring."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        normalizer: Normalizer,
+        class_ids: Sequence[int],
+        plan: BlockPlan,
+        device: torch.device | str,
+        settings: EngineSettings,
+    ) -> None:
+        self.plan = plan
+        self.device = torch.device(device)
+        self.settings = settings
+        if settings.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {settings.precision!r}")
+        model = channels_last(model.to(self.device).eval())
+        if settings.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        self.model = model
+
+        def column(values: Sequence[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device)[:, None, None]
+
+        self.offset, self.scale = column(normalizer.offset), column(normalizer.scale)
+        self.clip = (column(normalizer.lo), column(normalizer.hi)) if normalizer.lo else None
+        self.weights = torch.from_numpy(blend_weights(plan.chip)).to(self.device)
+        self.class_ids = torch.tensor(list(class_ids), dtype=torch.uint8, device=self.device)
+        # On a GPU, blocks are copied on a stream of their own, so the copy of the next
+        # block overlaps the forward passes of the current one.
+        self.copies = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    # -- per block ---------------------------------------------------------------------------
+
+    def stage(self, block: Window, image: np.ndarray, valid: np.ndarray) -> Staged:
+        """Start a block's pixels on their way to the device (asynchronously from pinned
+        memory on a GPU) and list the chips worth a forward pass: those with a valid pixel."""
+        win = self.plan.window(block)
+        every = self.plan.chips(block)
+        table = _integral(valid)
+        chips = [c for c in every if _holds_valid(table, c.relative_to(win))]
+        if self.copies is None:
+            return Staged(
+                torch.from_numpy(np.ascontiguousarray(image)).to(self.device),
+                torch.from_numpy(np.ascontiguousarray(valid)).to(self.device),
+                chips,
+                len(every) - len(chips),
+            )
+        with torch.cuda.stream(self.copies):
+            on_device = [
+                torch.from_numpy(np.ascontiguousarray(a))
+                .pin_memory()
+                .to(self.device, non_blocking=True)
+                for a in (image, valid)
+            ]
+            ready = torch.cuda.Event()
+            ready.record(self.copies)
+        return Staged(on_device[0], on_device[1], chips, len(every) - len(chips), ready)
+
+    def predict(self, block: Window, staged: Staged) -> tuple[np.ndarray, np.ndarray]:
+        """(block, block) uint8 class ids and confidence x 255, padded to the full block size
+        (class nodata and confidence 0 past the scene's edge and on invalid pixels)."""
+        plan, win = self.plan, self.plan.window(block)
+        size, k = plan.window_size, len(self.class_ids)
+        if staged.ready is not None:  # the copy stream's work on this block is done first
+            torch.cuda.current_stream(self.device).wait_event(staged.ready)
+            for t in (staged.image, staged.valid):
+                t.record_stream(torch.cuda.current_stream(self.device))
+        x = self.normalise(staged.image, staged.valid)
+        acc = torch.zeros((k, size, size), dtype=torch.float32, device=self.device)
+        wsum = torch.zeros((size, size), dtype=torch.float32, device=self.device)
+        rel = [c.relative_to(win) for c in staged.chips]
+        bs = self.settings.batch_size
+        for start in range(0, len(rel), bs):
+            group = rel[start : start + bs]
+            batch = torch.stack([x[:, r.row : r.row_stop, r.col : r.col_stop] for r in group])
+            weighted = self.forward(batch) * self.weights
+            for p, r in zip(weighted, group, strict=True):  # fixed (row-major) summation order
+                acc[:, r.row : r.row_stop, r.col : r.col_stop] += p
+                wsum[r.row : r.row_stop, r.col : r.col_stop] += self.weights
+        inner = block.relative_to(win)
+        acc = acc[:, inner.row : inner.row_stop, inner.col : inner.col_stop]
+        wsum = wsum[inner.row : inner.row_stop, inner.col : inner.col_stop]
+        ok = staged.valid[inner.row : inner.row_stop, inner.col : inner.col_stop] & (wsum > 0)
+        probs = acc / torch.where(wsum > 0, wsum, torch.ones_like(wsum))
+        top_p, top = probs.max(dim=0)  # ties: the first class, as numpy's argmax
+        nodata = torch.tensor(CLASS_NODATA, dtype=torch.uint8, device=self.device)
+        cls = torch.full((plan.block, plan.block), CLASS_NODATA, dtype=torch.uint8)
+        conf = torch.zeros((plan.block, plan.block), dtype=torch.uint8)
+        h, w = block.height, block.width
+        cls[:h, :w] = torch.where(ok, self.class_ids[top], nodata).cpu()
+        quantised = torch.round(top_p * 255).clamp(0, 255).to(torch.uint8)
+        conf[:h, :w] = torch.where(ok, quantised, torch.zeros_like(quantised)).cpu()
+        return cls.numpy(), conf.numpy()
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def normalise(self, image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(band, h, w) raw pixels -> float32 ``(clip(x, lo, hi) - offset) / scale``, invalid
+        pixels 0: the bundle's :class:`Normalizer`, on the device."""
+        x = image.to(torch.float32)
+        if self.clip is not None:
+            x = torch.clamp(x, min=self.clip[0], max=self.clip[1])
+        x = (x - self.offset) / self.scale
+        x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (N, K, c, c) float32 of a normalised batch, averaged over
+        flips with TTA; the model runs in the engine's precision."""
+        x = channels_last_input(batch)
+        flips: list[tuple[int, ...]] = [()]
+        if self.settings.tta:
+            flips = [(), (-1,), (-2,), (-2, -1)]
+        dtype = _AUTOCAST.get(self.settings.precision)
+        total = None
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype or torch.float32, enabled=dtype is not None),
+        ):
+            for dims in flips:
+                xi = torch.flip(x, dims) if dims else x
+                p = torch.softmax(self.model(xi).float(), dim=1)
+                p = torch.flip(p, dims) if dims else p
+                total = p if total is None else total + p
+        assert total is not None
+        return total / len(flips)
+
+
+def _integral(valid: np.ndarray) -> np.ndarray:
+    """Summed-area table of a mask, one row and column of zeros in front."""
+    table = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(valid, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    return table
+
+
+def _holds_valid(table: np.ndarray, chip: Window) -> bool:
+    """Whether a chip (in the read window's pixels, clipped to it) holds a valid pixel."""
+    r0, c0 = max(chip.row, 0), max(chip.col, 0)
+    r1 = min(chip.row_stop, table.shape[0] - 1)
+    c1 = min(chip.col_stop, table.shape[1] - 1)
+    if r1 <= r0 or c1 <= c0:
+        return False
+    return bool(table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0] > 0)
+
+
+def device_of(use_gpu: bool) -> torch.device:
+    """The device an actor runs its model on: a GPU when asked for and present."""
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
