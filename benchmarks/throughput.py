@@ -275,11 +275,19 @@ def model_only(
         return n / (time.perf_counter() - t0)
 
 
-def w2w_predict(store: str, bundle: str, out: Path, s: Settings, stride: int | None) -> Any:
+def w2w_predict(
+    store: str,
+    bundle: str,
+    out: Path,
+    s: Settings,
+    stride: int | None,
+    precision: str = "fp32",
+) -> Any:
     """w2w predict: Ray Data read tasks -> one CPU actor (all cores' threads) -> write tasks."""
     from w2w.predict import PredictConfig, predict
 
     cfg = PredictConfig(
+        precision=precision,
         scene=store,
         bundle=bundle,
         output=str(out),
@@ -292,6 +300,17 @@ def w2w_predict(store: str, bundle: str, out: Path, s: Settings, stride: int | N
         overwrite=True,
     )
     return predict(cfg, progress=False)
+
+
+def _agreement(a: str, b: str) -> float:
+    """Share of the classified pixels of mosaic ``a`` that mosaic ``b`` gives the same class."""
+    from w2w.core.classes import CLASS_NODATA
+    from w2w.core.store import MosaicStore
+
+    stores = [MosaicStore.open(m) for m in (a, b)]
+    x, y = (m.read_class(m.grid.full_window) for m in stores)
+    mapped = x != CLASS_NODATA
+    return float((x[mapped] == y[mapped]).mean())
 
 
 def chip_forwards(height: int, width: int, block: int, chip: int, stride: int) -> tuple[int, int]:
@@ -608,6 +627,23 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
         )
         if name == "realistic":
             mosaic_for_export = str(mosaic)
+            # bf16 on the CPU: a user's choice; its speed and how often its class agrees.
+            bf = timed(
+                lambda b=bundle: w2w_predict(
+                    store, b, out / "bf16.zarr", s, s.chip, precision="bf16"
+                )
+            )
+            agree = _agreement(str(mosaic), str(out / "bf16.zarr"))
+            rows.append(
+                row(f"predict {name}, stride {s.chip}, bf16", px, bf, s, "fp32 (time ratio)",
+                    pr.seconds / bf.seconds)
+            )  # fmt: skip
+            predict_details[f"{name}-bf16"] = {
+                "seconds": round(bf.seconds, 2),
+                "speedup_vs_fp32": round(pr.seconds / bf.seconds, 3),
+                "class_agreement_with_fp32": round(agree, 5),
+            }
+            log(f"bf16: {bf.seconds:.1f} s vs fp32 {pr.seconds:.1f} s; agreement {agree:.4f}")
         if name == "realistic" and s.overlap:
             # The default, overlapping chip grid (stride = chip / 2) with blending.
             stride = s.chip // 2
