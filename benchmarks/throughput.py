@@ -17,6 +17,9 @@ its throughput):
   settings: the same model, batch, channels-last layout, threads and stride (with overlap,
   it blends softmax files with the same Hann window). Every predict row states its stride;
   ``--overlap`` adds the default stride (chip / 2) with its own naive row;
+- **predict with a free model** (a per-pixel linear model, ~36 multiply-adds a pixel): its
+  steady-state Mpx/s vs reading the same blocks (with their chip halo) from the scene store
+  in one process -- prediction's cost outside the model;
 - **sieve** (1 ha minimum mapping unit, block by block) vs ``rasterio.features.sieve`` on the
   whole raster in memory;
 - **export** (mosaic -> COG) vs GDAL's COG driver converting the same classes from a plain
@@ -57,6 +60,10 @@ MODELS: dict[str, dict[str, Any]] = {
         "options": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
     },
 }
+
+
+#: A per-pixel linear model: prediction's cost outside the model.
+FREE_MODEL: dict[str, Any] = {"arch": "PixelMLP", "encoder": "none", "options": {"layers": 0}}
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,23 @@ def raw_read(image: str, block: int) -> int:
             for col in range(0, src.width, block):
                 w = RioWindow(col, row, min(block, src.width - col), min(block, src.height - row))
                 n += src.read(window=w).size
+    return n
+
+
+def raw_block_reads(store: str, s: Settings) -> int:
+    """The I/O limit of prediction: each block's read window (block + chip halo) read from the
+    scene store with its valid mask, in one process, nothing else. Returns block pixels."""
+    from w2w.core.store import SceneStore
+    from w2w.predict.plan import BlockPlan
+
+    scene = SceneStore.open(store)
+    plan = BlockPlan(scene.grid.height, scene.grid.width, s.block, s.chip, s.chip)
+    n = 0
+    for block in scene.grid.blocks(s.block):
+        win = plan.window(block)
+        image = scene.read_image(win)
+        scene.valid_mask(image, win)
+        n += block.size
     return n
 
 
@@ -589,9 +613,9 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
         ex = timed(lambda m=mosaic, p=map_path: w2w_export(str(m), p))
         vs_naive = naive.seconds / pr.seconds
         vs_naive_export = naive.seconds / (pr.seconds + ex.seconds)
-        label = f"predict {name}, stride {s.chip}"
-        rows.append(row(label, px, pr, s, "model only (compute limit)", eff))
-        rows.append(row(label, px, pr, s, "naive .npy loop, same settings (time ratio)", vs_naive))
+        stage = f"predict {name}, stride {s.chip}"
+        rows.append(row(stage, px, pr, s, "model only (compute limit)", eff))
+        rows.append(row(stage, px, pr, s, "naive .npy loop, same settings (time ratio)", vs_naive))
         rows.append(
             row(
                 f"predict+export {name}, stride {s.chip}",
@@ -688,6 +712,34 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
                 "speedup_vs_naive": round(naive_ov.seconds / ov.seconds, 2),
             }
             log(f"predict {name} stride {stride}: {ov.seconds:.1f} s, {fw} forwards of {un} chips")
+    # The cost outside the model: a per-pixel linear model (its forward is ~36 multiply-adds
+    # a pixel) against the same blocks' reads from the scene store.
+    free = make_bundle(store, FREE_MODEL, s.chip, out / "free.safetensors", s.seed)
+    fr = timed(lambda: w2w_predict(store, free, out / "mosaic-free.zarr", s, s.chip))
+    reads = timed(lambda: raw_block_reads(store, s))
+    first, last = fr.result.first_block_seconds, fr.result.last_block_seconds
+    blocks = fr.result.blocks_written
+    steady_mpx = None
+    if first is not None and last is not None and blocks > 1 and last > first:
+        steady_mpx = px * (blocks - 1) / blocks / (last - first) / 1e6
+    reads_mpx = reads.result / reads.seconds / 1e6
+    rows.append(
+        row(f"predict, free model, stride {s.chip}", px, fr, s,
+            "raw block reads of the scene store (steady state)",
+            None if steady_mpx is None else steady_mpx / reads_mpx)
+    )  # fmt: skip
+    rows.append(row("  (reference) raw block reads of the scene store", px, reads, s))
+    predict_details["free"] = {
+        "model": FREE_MODEL,
+        "seconds": round(fr.seconds, 2),
+        "first_block_seconds": None if first is None else round(first, 1),
+        "steady_state_mpx_per_s": None if steady_mpx is None else round(steady_mpx, 3),
+        "raw_block_reads_mpx_per_s": round(reads_mpx, 3),
+        "cpu_us_per_px_outside_model": None
+        if steady_mpx is None
+        else round(s.torch_threads / steady_mpx, 3),
+    }
+    log(f"free model: steady {steady_mpx or 0:.2f} Mpx/s vs raw block reads {reads_mpx:.2f}")
     details["predict"] = predict_details
 
     # sieve vs the whole raster in memory

@@ -310,9 +310,11 @@ def test_output_keeps_grid_and_classes_and_records_provenance(
     assert prov["input_provenance"] == {"by": "test"}
     changed = got != cls
     assert b.meta["changed_pixels"] == int(changed.sum()) > 0
-    # Confidence: 0 where the class changed, copied from the input elsewhere.
+    # Confidence: 1 (set by the sieve) where the class changed, never 0 (nodata) on a
+    # classified pixel, copied from the input elsewhere.
     conf_in, conf_out = read_all(src, "confidence"), read_all(b.url, "confidence")
-    assert (conf_out[changed] == 0).all()
+    assert (conf_out[changed] == 1).all()
+    assert (conf_out[got != 255] != 0).all()
     np.testing.assert_array_equal(conf_out[~changed], conf_in[~changed])
 
 

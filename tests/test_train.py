@@ -285,3 +285,25 @@ def test_spectral_branch_and_context_bound() -> None:
         build_model(
             ModelSpec(TINY_MODEL["arch"], TINY_MODEL["encoder"], 4, 3, {"context_bound": 2})
         )
+
+
+def test_pixel_mlp_sees_each_pixel_alone() -> None:
+    """The per-pixel architecture: a pixel's logits depend on its own bands only; with no
+    hidden layer it is a linear map of them (checked against the weights here)."""
+    from w2w.model.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("pixelmlp", "none", 4, 3, {"hidden": 8})).eval()
+    x = torch.randn(1, 4, 16, 16)
+    y = x.clone()
+    y[0, :, 5, 7] += 3.0
+    with torch.no_grad():
+        changed = (model(x) - model(y)).abs().sum(dim=1)[0] > 0
+    assert changed[5, 7] and changed.sum() == 1
+    linear = build_model(ModelSpec("PixelMLP", "none", 4, 3, {"layers": 0})).eval()
+    conv = linear.net[0]
+    with torch.no_grad():
+        expected = torch.einsum("kc,nchw->nkhw", conv.weight[:, :, 0, 0], x)
+        expected += conv.bias[None, :, None, None]
+        torch.testing.assert_close(linear(x), expected)
+    with pytest.raises(ConfigError, match="PixelMLP needs"):
+        build_model(ModelSpec("PixelMLP", "none", 4, 3, {"layers": 1, "hidden": 0}))

@@ -17,6 +17,13 @@ from w2w.core.errors import InputError
 
 #: Stored class value meaning "no class" in mosaics (outside the state, invalid input).
 CLASS_NODATA = 255
+#: Confidence (top-class probability x 255, uint8) values with a meaning of their own:
+#: 0 is nodata; 1 marks a pixel whose class the minimum mapping unit set (the model's
+#: probability for that class is unknown). A predicted pixel's confidence is at least 2
+#: (for up to 170 classes the top probability is at least 1/170, which rounds to 2 or more).
+CONFIDENCE_NODATA = 0
+CONFIDENCE_SIEVED = 1
+CONFIDENCE_MIN_PREDICTED = 2
 #: Label value for pixels that must not enter the loss or the metrics.
 IGNORE = 255
 

@@ -25,7 +25,7 @@ import rasterio
 from rasterio.enums import ColorInterp, Resampling
 
 from w2w.core import storage
-from w2w.core.classes import CLASS_NODATA, ClassInfo
+from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA, ClassInfo
 from w2w.core.errors import ConfigError, StageFailedError
 from w2w.core.grid import Grid
 from w2w.core.progress import progress_bar
@@ -33,8 +33,6 @@ from w2w.core.provenance import find_bundle_hash, w2w_version
 from w2w.core.store import MosaicStore
 from w2w.export.config import ExportConfig
 
-#: Nodata of the separate confidence COG; a predicted pixel never has confidence 0.
-CONFIDENCE_NODATA = 0
 #: In ``confidence="band"`` the file has one nodata (255) for both bands: confidence <= 254.
 CONFIDENCE_BAND_MAX = 254
 
@@ -211,7 +209,9 @@ def _describe_class_dataset(
 
 
 def _describe_confidence_band(dst: Any, band: int) -> None:
-    dst.set_band_description(band, "confidence: top-class probability x 255")
+    dst.set_band_description(
+        band, "confidence: top-class probability x 255; 1 = class set by the minimum mapping unit"
+    )
     dst.scales = tuple(1 / 255 if b == band else s for b, s in enumerate(dst.scales, start=1))
     dst.offsets = tuple(0.0 for _ in dst.offsets)
 

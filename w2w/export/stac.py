@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from w2w.core.classes import CLASS_NODATA
+from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA
 from w2w.core.grid import Grid
 from w2w.core.provenance import find_bundle_hash, w2w_version
 from w2w.core.store import MosaicStore
-from w2w.export.cog import CONFIDENCE_NODATA
 from w2w.export.config import ExportConfig, iso_utc
 
 if TYPE_CHECKING:
@@ -111,7 +110,8 @@ def _assets(
         "data_type": "uint8",
         "raster:scale": 1 / 255,
         "raster:offset": 0.0,
-        "description": "probability of the mapped class, x 255",
+        "description": "probability of the mapped class, x 255; 1 = class set by the minimum "
+        "mapping unit (probability unknown)",
     }
     classes_asset: dict[str, Any] = {
         "href": _relative(targets.cog),

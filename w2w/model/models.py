@@ -20,6 +20,7 @@ training on rivers), and those swamp a per-pixel branch that was right.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,11 +32,15 @@ from w2w.core.errors import ConfigError, InputError
 log = logging.getLogger("w2w")
 
 
+#: w2w's own architecture beside smp's: a per-pixel classifier with no spatial context.
+PIXEL_ARCH = "PixelMLP"
+
+
 def architectures() -> list[str]:
-    """Architecture names segmentation-models-pytorch provides."""
+    """Architecture names: segmentation-models-pytorch's, and w2w's per-pixel MLP."""
     import segmentation_models_pytorch as smp
 
-    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+    return sorted([*smp.MODEL_ARCHITECTURES_MAPPING, PIXEL_ARCH])
 
 
 def encoders() -> list[str]:
@@ -48,7 +53,7 @@ def encoders() -> list[str]:
 def _canonical_arch(name: str) -> str:
     import segmentation_models_pytorch as smp
 
-    mapping = {k.lower(): k for k in smp.MODEL_ARCHITECTURES_MAPPING}
+    mapping = {k.lower(): k for k in [*smp.MODEL_ARCHITECTURES_MAPPING, PIXEL_ARCH]}
     key = name.lower()
     if key not in mapping:
         raise ConfigError(
@@ -89,6 +94,8 @@ def build_model(spec: ModelSpec) -> Any:
 
     arch = _canonical_arch(spec.arch)
     enc = spec.encoder
+    if arch == PIXEL_ARCH:
+        return PixelMLP(spec.in_channels, spec.classes, **spec.options)
     if not enc.startswith("tu-") and enc not in encoders():
         raise ConfigError(
             f"unknown encoder '{enc}'; choose one of: {', '.join(encoders())}, "
@@ -162,6 +169,31 @@ class SpectralContextModel(nn.Module):
             context = self.context_bound * torch.tanh(context / self.context_bound)
         logits = context + spectral
         return (logits, spectral) if return_aux else logits
+
+
+class PixelMLP(nn.Module):
+    """A per-pixel classifier on the bands, with no spatial context: ``layers`` hidden 1x1
+    convolutions of ``hidden`` channels (ReLU), or with ``layers=0`` a per-pixel linear model
+    (multinomial logistic regression). What a RandomForest sees, as a network; with
+    ``layers=0`` its forward pass costs almost nothing, so the throughput benchmark uses it to
+    measure prediction's cost outside the model."""
+
+    def __init__(self, in_channels: int, classes: int, hidden: int = 64, layers: int = 2) -> None:
+        super().__init__()
+        if layers < 0 or (layers and hidden < 1):
+            raise ConfigError(
+                f"PixelMLP needs layers >= 0 and hidden >= 1, got {layers} and {hidden}"
+            )
+        widths = [in_channels, *([hidden] * layers)]
+        parts: list[nn.Module] = []
+        for a, b in itertools.pairwise(widths):
+            parts += [nn.Conv2d(a, b, 1), nn.ReLU(inplace=True)]
+        parts.append(nn.Conv2d(widths[-1], classes, 1))
+        self.net = nn.Sequential(*parts)
+
+    def forward(self, x: Any) -> Any:
+        """(N, bands, h, w) -> (N, classes, h, w) logits."""
+        return self.net(x)
 
 
 def has_aux_logits(model: Any) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from w2w.core.classes import CLASS_NODATA
+from w2w.core.classes import CLASS_NODATA, CONFIDENCE_MIN_PREDICTED
 from w2w.core.windows import Window
 from w2w.model.models import channels_last, channels_last_input
 from w2w.model.normalization import Normalizer
@@ -163,7 +163,8 @@ class BlockEngine:
         conf = torch.zeros((plan.block, plan.block), dtype=torch.uint8)
         h, w = block.height, block.width
         cls[:h, :w] = torch.where(ok, self.class_ids[top], nodata).cpu()
-        quantised = torch.round(top_p * 255).clamp(0, 255).to(torch.uint8)
+        # 0 is nodata and 1 marks pixels the sieve reclassifies: a prediction is at least 2.
+        quantised = torch.round(top_p * 255).clamp(CONFIDENCE_MIN_PREDICTED, 255).to(torch.uint8)
         conf[:h, :w] = torch.where(ok, quantised, torch.zeros_like(quantised)).cpu()
         return cls.numpy(), conf.numpy()
 

@@ -52,9 +52,9 @@ by any halo: an edge patch's chain may cross any number of blocks, and is follow
 driver; an inner patch's chain is followed inside its block until it reaches a large patch
 or an edge patch.
 
-Confidence: where the sieve changes a pixel's class its confidence becomes 0 ("unknown"),
-since the stored value is the probability of the class the model chose, no longer the
-pixel's class. Elsewhere confidence is copied.
+Confidence: where the sieve changes a pixel's class its confidence becomes 1
+(``CONFIDENCE_SIEVED``: class set by the minimum mapping unit, probability unknown), never 0,
+which is nodata; elsewhere confidence is copied.
 """
 
 from typing import TYPE_CHECKING

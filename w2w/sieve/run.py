@@ -1,9 +1,8 @@
 """The sieve stage: a mosaic in, a sieved mosaic out, exactly GDAL's sieve of the whole map.
 
 See :mod:`w2w.sieve` for the rule and the passes. Confidence: where the sieve changes a
-pixel's class its confidence becomes 0 ("unknown"), since the stored value is the
-probability of the class the model chose, no longer the pixel's class. Elsewhere confidence
-is copied.
+pixel's class its confidence becomes 1 (``CONFIDENCE_SIEVED``: class set by the minimum
+mapping unit, probability unknown), never 0, which is nodata; elsewhere it is copied.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from w2w.core import storage
-from w2w.core.classes import CLASS_NODATA
+from w2w.core.classes import CLASS_NODATA, CONFIDENCE_SIEVED
 from w2w.core.errors import OutputError
 from w2w.core.grid import Grid, Window
 from w2w.core.outputs import replace_store
@@ -51,7 +50,8 @@ class MosaicReader:
 class MosaicWriter:
     """Writes sieved blocks into the new mosaic.
 
-    Per block: ``class``; ``confidence``, 0 where the class changed and copied from the
+    Per block: ``class``; ``confidence``, ``CONFIDENCE_SIEVED`` where the class changed and
+    copied from the
     input elsewhere; then the block's entry in the manifest of finished blocks.
     """
 
@@ -68,7 +68,7 @@ class MosaicWriter:
         target.write("class", window, sieved)
         if target.has_confidence:
             confidence = source.read_confidence(window)
-            confidence[changed] = 0
+            confidence[changed] = CONFIDENCE_SIEVED
             target.write("confidence", window, confidence)
         # The sieve never changes nodata: the input's classified pixels are the expectation.
         expected = int((source.read_class(window) != CLASS_NODATA).sum())
