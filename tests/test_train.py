@@ -307,3 +307,31 @@ def test_pixel_mlp_sees_each_pixel_alone() -> None:
         torch.testing.assert_close(linear(x), expected)
     with pytest.raises(ConfigError, match="PixelMLP needs"):
         build_model(ModelSpec("PixelMLP", "none", 4, 3, {"layers": 1, "hidden": 0}))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_in_bf16_on_a_gpu(tmp_path: Path, synthetic_scene: str, ray_session: None) -> None:
+    """Three epochs of DDP training with one GPU worker in bf16: the loss falls and the bundle
+    predicts on the CPU."""
+    cfg = TrainConfig.from_dict(
+        {
+            "scene": synthetic_scene,
+            "run_name": "gpu-bf16",
+            "storage_path": str(tmp_path),
+            "model": TINY_MODEL,
+            "chips": {"size": 64, "stride": 64},
+            "epochs": 3,
+            "batch_size": 8,
+            "precision": "bf16",
+            "workers": {"num_workers": 1, "use_gpu": True},
+            "patience": None,
+        }
+    )
+    report = train(cfg, progress=False)
+    losses = [h["train_loss"] for h in report.history]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    bundle = load_bundle(report.bundle)
+    with torch.no_grad():
+        out = bundle.model("cpu")(torch.zeros(1, len(bundle.bands), 64, 64))
+    assert out.shape == (1, len(bundle.classes), 64, 64)
