@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -296,10 +297,12 @@ def _no_crs_shapefile(path: Path) -> str:
     import shapely
 
     geom = shapely.box(300000, 3400000, 310000, 3410000)
-    pyogrio.raw.write(
-        str(path), shapely.to_wkb(np.asarray([geom], dtype=object)), [], [],
-        driver="ESRI Shapefile", geometry_type="Polygon", crs=None,
-    )  # fmt: skip
+    with warnings.catch_warnings():  # no CRS is the point of this file
+        warnings.simplefilter("ignore", UserWarning)
+        pyogrio.raw.write(
+            str(path), shapely.to_wkb(np.asarray([geom], dtype=object)), [], [],
+            driver="ESRI Shapefile", geometry_type="Polygon", crs=None,
+        )  # fmt: skip
     return str(path)
 
 

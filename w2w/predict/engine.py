@@ -20,6 +20,7 @@ or pydantic), so ``python -m benchmarks gpu`` runs it on a bare machine with PyT
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,21 +112,17 @@ class BlockEngine:
         memory on a GPU) and list the chips worth a forward pass: those with a valid pixel."""
         win = self.plan.window(block)
         every = self.plan.chips(block)
-        table = _integral(valid)
-        chips = [c for c in every if _holds_valid(table, c.relative_to(win))]
+        chips = [c for c in every if _holds_valid(valid, c.relative_to(win))]
         if self.copies is None:
             return Staged(
-                torch.from_numpy(np.ascontiguousarray(image)).to(self.device),
-                torch.from_numpy(np.ascontiguousarray(valid)).to(self.device),
+                _tensor(image).to(self.device),
+                _tensor(valid).to(self.device),
                 chips,
                 len(every) - len(chips),
             )
         with torch.cuda.stream(self.copies):
             on_device = [
-                torch.from_numpy(np.ascontiguousarray(a))
-                .pin_memory()
-                .to(self.device, non_blocking=True)
-                for a in (image, valid)
+                _tensor(a).pin_memory().to(self.device, non_blocking=True) for a in (image, valid)
             ]
             ready = torch.cuda.Event()
             ready.record(self.copies)
@@ -173,12 +170,14 @@ class BlockEngine:
     def normalise(self, image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(band, h, w) raw pixels -> float32 ``(clip(x, lo, hi) - offset) / scale``, invalid
         pixels 0: the bundle's :class:`Normalizer`, on the device."""
-        x = image.to(torch.float32)
+        x = image.to(torch.float32, copy=True)  # a copy: the steps below work in place
         if self.clip is not None:
-            x = torch.clamp(x, min=self.clip[0], max=self.clip[1])
-        x = (x - self.offset) / self.scale
-        x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            x.clamp_(min=self.clip[0], max=self.clip[1])
+        x.sub_(self.offset).div_(self.scale)
+        x.masked_fill_(~valid, 0.0)
+        if image.is_floating_point():  # whole-number pixels cannot be NaN or infinite
+            x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        return x
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (N, K, c, c) float32 of a normalised batch, averaged over
@@ -202,21 +201,19 @@ class BlockEngine:
         return total / len(flips)
 
 
-def _integral(valid: np.ndarray) -> np.ndarray:
-    """Summed-area table of a mask, one row and column of zeros in front."""
-    table = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(valid, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
-    return table
-
-
-def _holds_valid(table: np.ndarray, chip: Window) -> bool:
+def _holds_valid(valid: np.ndarray, chip: Window) -> bool:
     """Whether a chip (in the read window's pixels, clipped to it) holds a valid pixel."""
     r0, c0 = max(chip.row, 0), max(chip.col, 0)
-    r1 = min(chip.row_stop, table.shape[0] - 1)
-    c1 = min(chip.col_stop, table.shape[1] - 1)
-    if r1 <= r0 or c1 <= c0:
-        return False
-    return bool(table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0] > 0)
+    return bool(valid[r0 : max(chip.row_stop, 0), c0 : max(chip.col_stop, 0)].any())
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory. Ray hands batches out read-only (zero-copy from
+    its object store); the engine never writes into them (normalisation works on a copy),
+    so torch's warning about non-writable arrays does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def device_of(use_gpu: bool) -> torch.device:
