@@ -335,3 +335,47 @@ def test_training_in_bf16_on_a_gpu(tmp_path: Path, synthetic_scene: str, ray_ses
     with torch.no_grad():
         out = bundle.model("cpu")(torch.zeros(1, len(bundle.bands), 64, 64))
     assert out.shape == (1, len(bundle.classes), 64, 64)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_bundle_export_gives_the_bundles_logits(tiny_run, tmp_path: Path, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """The exported model, loaded with plain torch, gives the bundle model's logits; its
+    metadata file carries the bundle's bands, normalisation and classes."""
+    from typer.testing import CliRunner
+
+    from w2w.cli import app
+
+    bundle = load_bundle(tiny_run[1].bundle)
+    target = tmp_path / f"model.{fmt}"
+    result = CliRunner().invoke(
+        app, ["bundle-export", tiny_run[1].bundle, "-o", str(target), "--format", fmt]
+    )
+    assert result.exit_code == 0, result.output
+    x = torch.randn(3, len(bundle.bands), bundle.chip_size, bundle.chip_size)
+    with torch.no_grad():
+        expected = bundle.model("cpu")(x)
+        if fmt == "torchscript":
+            got = torch.jit.load(str(target))(x)
+        else:
+            got = torch.export.load(str(target)).module()(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    meta = json.loads(Path(f"{target}.json").read_text())
+    assert meta["bands"] == list(bundle.bands)
+    assert meta["content_hash"] == bundle.content_hash
+    assert [c["id"] for c in meta["classes"]] == [c.id for c in bundle.classes]
+    again = CliRunner().invoke(
+        app, ["bundle-export", tiny_run[1].bundle, "-o", str(target), "--format", fmt]
+    )
+    assert again.exit_code != 0 and "pass --overwrite" in again.output
+
+
+def test_onnx_export_without_its_packages_says_what_to_install(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    from w2w.model.serving import export_bundle
+
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxscript"):
+        pytest.skip("onnx and onnxscript are installed")
+    with pytest.raises(ConfigError, match="pip install onnx onnxscript"):
+        export_bundle(tiny_run[1].bundle, str(tmp_path / "m.onnx"), "onnx")
+    assert not list(tmp_path.iterdir())

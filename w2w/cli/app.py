@@ -172,6 +172,30 @@ def bundle_info(
         out.print(f"created: {b.created}")
 
 
+@app.command("bundle-export")
+@handle_errors
+def bundle_export(
+    bundle: Annotated[str, typer.Argument(help="A model bundle (.safetensors).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The model file to write.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="pt2 (torch.export), torchscript (deprecated by PyTorch) or onnx."
+        ),
+    ] = "pt2",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing file.")
+    ] = False,
+) -> None:
+    """Write a bundle's model for serving without w2w (TorchScript, torch.export or ONNX),
+    with its bands, normalisation and classes in a JSON file beside it."""
+    from w2w.model.serving import export_bundle
+
+    served = export_bundle(bundle, output, fmt, overwrite=overwrite)
+    out.print(f"model ({served.format}): {served.model}")
+    out.print(f"metadata: {served.metadata}")
+
+
 @app.command()
 @handle_errors
 def info(
