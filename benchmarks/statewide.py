@@ -75,22 +75,28 @@ def make_state(folder: Path, size: int, seed: int, tile: int | None = None) -> A
     )
 
 
-def box_aoi(state: Any, path: Path) -> dict[str, str]:
-    """No boundary: the whole box the state's tiles image, as the area to map."""
+def write_boundary(path: Path, polygon: Any, crs_wkt: str) -> dict[str, str]:
+    """A one-polygon GeoPackage: a boundary for ``--aoi``."""
     import pyogrio.raw
     import shapely
 
-    box = shapely.box(*state.grid.bounds)
     pyogrio.raw.write(
         str(path),
-        shapely.to_wkb(np.asarray([box], dtype=object)),
+        shapely.to_wkb(np.asarray([polygon], dtype=object)),
         [],
         [],
         driver="GPKG",
         geometry_type="Polygon",
-        crs=state.grid.crs.to_wkt(),
+        crs=crs_wkt,
     )
     return {"aoi": str(path)}
+
+
+def box_aoi(state: Any, path: Path) -> dict[str, str]:
+    """No boundary: the whole box the state's tiles image, as the area to map."""
+    import shapely
+
+    return write_boundary(path, shapely.box(*state.grid.bounds), state.grid.crs.to_wkt())
 
 
 def w2w_ingest(state: Any, out: Path, s: Settings, **kw: Any) -> Any:
@@ -175,23 +181,14 @@ def gdal_mosaic(state: Any, grid: Any, out: Path) -> None:
         dst.write(bands)
 
 
-def circle_aoi(state: Any, path: Path, share: float) -> None:
+def circle_aoi(state: Any, path: Path, share: float) -> dict[str, str]:
     """A boundary: a disc in the middle of the state covering ``share`` of its box."""
-    import pyogrio.raw
     import shapely
 
     left, bottom, right, top = state.grid.bounds
     r = math.sqrt(share * (right - left) * (top - bottom) / math.pi)
     disc = shapely.Point((left + right) / 2, (bottom + top) / 2).buffer(r, quad_segs=32)
-    pyogrio.raw.write(
-        str(path),
-        shapely.to_wkb(np.asarray([disc], dtype=object)),
-        [],
-        [],
-        driver="GPKG",
-        geometry_type="Polygon",
-        crs=state.grid.crs.to_wkt(),
-    )
+    return write_boundary(path, disc, state.grid.crs.to_wkt())
 
 
 def pipeline(state: Any, work: Path, s: Settings, area: dict[str, Any]) -> dict[str, float]:
@@ -280,8 +277,8 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
     warm = make_state(out / "warm-state", 512, s.seed + 2)
     pipeline(warm, out / "warm", s, box_aoi(warm, out / "warm-box.gpkg"))  # every stage once
     state = make_state(out / "pipe-state", s.pipeline_size, s.seed + 1)
-    circle_aoi(state, out / "half.gpkg", 0.5)
-    inside = pipeline(state, out / "with-boundary", s, {"aoi": str(out / "half.gpkg")})
+    half = circle_aoi(state, out / "half.gpkg", 0.5)
+    inside = pipeline(state, out / "with-boundary", s, half)
     whole = pipeline(state, out / "no-boundary", s, box_aoi(state, out / "pipe-box.gpkg"))
     res["boundary"] = {
         "with_s": inside,

@@ -326,6 +326,17 @@ def w2w_predict(
     return predict(cfg, progress=False)
 
 
+def steady_state(report: Any) -> tuple[float, float] | None:
+    """Prediction after its start-up: (share of the work done between the first and the last
+    block written, seconds between them), the blocks being all the same size; ``None`` when
+    fewer than two blocks were written."""
+    first, last = report.first_block_seconds, report.last_block_seconds
+    blocks = report.blocks_written
+    if first is None or last is None or blocks < 2 or last <= first:
+        return None
+    return (blocks - 1) / blocks, last - first
+
+
 def _agreement(a: str, b: str) -> float:
     """Share of the classified pixels of mosaic ``a`` that mosaic ``b`` gives the same class."""
     from w2w.core.classes import CLASS_NODATA
@@ -602,10 +613,8 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
         # Where the rest goes: the start-up until the first block is done, and the steady
         # state between the first and the last block (the blocks here are all the same size).
         first, last = pr.result.first_block_seconds, pr.result.last_block_seconds
-        blocks = pr.result.blocks_written
-        steady = None
-        if first is not None and last is not None and blocks > 1 and last > first:
-            steady = (unique * (blocks - 1) / blocks / limit_cps) / (last - first)
+        after = steady_state(pr.result)
+        steady = None if after is None else (unique * after[0] / limit_cps) / after[1]
         naive_dir, map_path = out / f"naive-{name}", out / f"map-{name}.tif"
         naive = timed(
             lambda b=bundle, d=naive_dir: naive_baseline(image, b, d, threads, s.batch, s.chip)
@@ -717,11 +726,9 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
     free = make_bundle(store, FREE_MODEL, s.chip, out / "free.safetensors", s.seed)
     fr = timed(lambda: w2w_predict(store, free, out / "mosaic-free.zarr", s, s.chip))
     reads = timed(lambda: raw_block_reads(store, s))
-    first, last = fr.result.first_block_seconds, fr.result.last_block_seconds
-    blocks = fr.result.blocks_written
-    steady_mpx = None
-    if first is not None and last is not None and blocks > 1 and last > first:
-        steady_mpx = px * (blocks - 1) / blocks / (last - first) / 1e6
+    first = fr.result.first_block_seconds
+    after = steady_state(fr.result)
+    steady_mpx = None if after is None else px * after[0] / after[1] / 1e6
     reads_mpx = reads.result / reads.seconds / 1e6
     rows.append(
         row(f"predict, free model, stride {s.chip}", px, fr, s,

@@ -59,6 +59,10 @@ class EngineSettings:
     precision: str = "fp32"
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+
 
 @dataclass
 class Staged:
@@ -87,8 +91,6 @@ class BlockEngine:
         self.plan = plan
         self.device = torch.device(device)
         self.settings = settings
-        if settings.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {settings.precision!r}")
         model = channels_last(model.to(self.device).eval())
         if settings.compile:
             model = torch.compile(model)  # type: ignore[assignment]
