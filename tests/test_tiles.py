@@ -141,6 +141,14 @@ def test_nearest_ingest_of_tiles_in_two_zones_equals_gdal_warp_of_the_whole_grid
     # Blocks the boundary does not touch were never written.
     written = store.written_blocks()
     assert not written.all() and store.meta["blocks_skipped"] == int((~written).sum())
+    # Each tile's acquisition time (GDAL's IMAGERY metadata, read here by GDAL) is the
+    # scene's date range, which predict carries to the map's STAC Item.
+    seen = set()
+    for path in out.tiles:  # type: ignore[attr-defined]
+        with rasterio.open(path) as ds:
+            seen.add(ds.tags(ns="IMAGERY")["ACQUISITIONDATETIME"])
+    assert len(seen) == 2
+    assert store.meta["source"]["datetime"] == {"start": min(seen), "end": max(seen)}
 
 
 def test_bilinear_agrees_with_gdal_within_one_count(

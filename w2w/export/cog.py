@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, Resampling
+from shapely.geometry.base import BaseGeometry
 
 from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA, ClassInfo
@@ -32,6 +33,7 @@ from w2w.core.progress import progress_bar
 from w2w.core.provenance import find_bundle_hash, w2w_version
 from w2w.core.store import MosaicStore
 from w2w.export.config import ExportConfig
+from w2w.export.footprint import FootprintBuilder
 
 #: In ``confidence="band"`` the file has one nodata (255) for both bands: confidence <= 254.
 CONFIDENCE_BAND_MAX = 254
@@ -72,6 +74,7 @@ class StagedFiles:
     classes: Path
     confidence: Path | None
     counts: np.ndarray  # (256,) pixels per stored value, 255 = nodata
+    footprint: BaseGeometry | None  # outline of the valid pixels, pixel units
 
 
 @contextlib.contextmanager
@@ -115,13 +118,15 @@ def _stage_profile(grid: Grid, count: int, nodata: int, blocksize: int) -> dict[
 def write_stages(
     mosaic: MosaicStore, work: Path, cfg: ExportConfig, factors: list[int], *, progress: bool
 ) -> StagedFiles:
-    """Stream the mosaic into tiled scratch GeoTIFFs, count classes, build the overviews."""
+    """Stream the mosaic into tiled scratch GeoTIFFs, count classes, outline the valid
+    pixels, build the overviews."""
     grid = mosaic.grid
     classes = mosaic.classes
     band_mode = cfg.confidence == "band"
     class_path = work / "stage_classes.tif"
     conf_path = work / "stage_confidence.tif" if cfg.confidence == "file" else None
     counts = np.zeros(256, dtype=np.int64)
+    footprint = FootprintBuilder()
     rows, cols = mosaic.chunk_shape("class")
     windows = grid.blocks(rows, cols).windows()
 
@@ -154,6 +159,7 @@ def write_stages(
                 continue
             cls = mosaic.read_class(window)
             counts += np.bincount(cls.ravel(), minlength=256)
+            footprint.add(window, cls != CLASS_NODATA)
             rw = window.to_rasterio()
             dst.write(cls, 1, window=rw)
             if band_mode:
@@ -172,7 +178,7 @@ def write_stages(
         dst.update_tags(ns="rio_overview", resampling=cfg.overview_resampling)
         if conf_dst is not None:
             conf_dst.update_tags(ns="rio_overview", resampling="average")
-    return StagedFiles(class_path, conf_path, counts)
+    return StagedFiles(class_path, conf_path, counts, footprint.outline(grid.height, grid.width))
 
 
 def _describe_class_dataset(

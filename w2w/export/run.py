@@ -12,7 +12,11 @@ What ``w2w export`` writes, beside each other (``map.tif`` named by ``output``):
   the default), overviews by **average**, nodata 0 (a predicted pixel cannot have
   confidence 0: the top class of K has probability >= 1/K);
 * ``map.json`` -- a STAC Item (STAC 1.1, projection, classification, raster, file and
-  processing extensions) describing the assets, with class counts;
+  processing extensions) describing the assets, with class counts, the imagery's dates, the
+  footprint of the valid pixels and relative links (:mod:`w2w.export.stac`), validated
+  offline before it is published;
+* ``map_model.json`` -- the model that predicted the map as a STAC Item with the Machine
+  Learning Model extension (:mod:`w2w.export.model_item`), when its bundle is readable;
 * ``map_quicklook.png`` -- a picture of the map with a legend of class colours and names;
 * ``map.qml`` -- a QGIS layer style (paletted renderer with class names), which QGIS applies
   on its own when it opens ``map.tif`` from a folder.
@@ -58,7 +62,10 @@ from w2w.export.cog import (
     write_stages,
 )
 from w2w.export.config import ExportConfig
+from w2w.export.footprint import footprint_wgs84
+from w2w.export.model_item import model_item
 from w2w.export.stac import stac_item
+from w2w.export.stac_schemas import validate_item
 from w2w.export.styles import qgis_style, render_quicklook
 
 log = logging.getLogger("w2w")
@@ -73,10 +80,12 @@ class ExportTargets:
     stac: str
     quicklook: str
     style: str
+    model: str
 
     def all(self) -> list[str]:
-        """Every file the export writes."""
-        return [u for u in (self.cog, self.confidence, self.quicklook, self.style, self.stac) if u]
+        """Every file the export writes (the model Item only where the bundle is readable)."""
+        files = (self.cog, self.confidence, self.quicklook, self.style, self.model, self.stac)
+        return [u for u in files if u]
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ def export_targets(cfg: ExportConfig) -> ExportTargets:
         stac=f"{stem}.json",
         quicklook=f"{stem}_quicklook.png",
         style=f"{stem}.qml",
+        model=f"{stem}_model.json",
     )
 
 
@@ -140,6 +150,8 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             to_cog(stage.confidence, conf_path, cfg, predictor=True)
             check_cog(conf_path, grid, len(factors), targets.confidence or "")
         png, ql_shape = render_quicklook(cog_path, classes, cfg.quicklook_size)
+        geometry, bbox = footprint_wgs84(stage.footprint, grid)
+        model = model_item(mosaic, targets.model, geometry, bbox)
         item = stac_item(
             cfg,
             mosaic,
@@ -147,10 +159,16 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             stage.counts,
             quicklook_shape=ql_shape,
             files={"cog": cog_path, "confidence": conf_path},
+            footprint=stage.footprint,
+            model_item=targets.model if model else None,
         )
+        validate_item(item, targets.stac)
         (work / "quicklook.png").write_bytes(png)
         (work / "style.qml").write_text(qgis_style(classes))
         (work / "item.json").write_text(json.dumps(item, indent=2) + "\n")
+        if model is not None:
+            validate_item(model, targets.model)
+            (work / "model.json").write_text(json.dumps(model, indent=2) + "\n")
         # Published as one set, the Item last (see publish_files).
         files = [(targets.cog, cog_path)]
         if conf_path is not None and targets.confidence:
@@ -158,8 +176,10 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         files += [
             (targets.quicklook, work / "quicklook.png"),
             (targets.style, work / "style.qml"),
-            (targets.stac, work / "item.json"),
         ]
+        if model is not None:
+            files.append((targets.model, work / "model.json"))
+        files.append((targets.stac, work / "item.json"))
         publish_files(files)
         size = cog_path.stat().st_size
     stale = f"{targets.stac[: -len('.json')]}_confidence.tif"

@@ -1,5 +1,24 @@
-"""The STAC Item of an export: the COG(s), quicklook and style as assets, with the
-projection, classification, raster, file and processing extensions."""
+"""The STAC Item of an export, built with pystac: the COG(s), quicklook and styles as
+assets, with the projection, classification, raster, file and processing extensions.
+
+What makes the Item usable as it is by a catalogue:
+
+* **when**: ``datetime`` (or ``start_datetime``/``end_datetime``) is when the imagery was
+  seen -- from ``--datetime``, else from the dates ingest recorded (STAC items' dates, or
+  the tiles' GDAL ``ACQUISITIONDATETIME``) and predict carried into the mosaic. With neither,
+  the export time is used and the Item says so (``w2w:datetime_source``) after a warning:
+  never a silent guess. ``created`` is the export time.
+* **where**: the footprint of the valid pixels (:mod:`w2w.export.footprint`), counter-
+  clockwise, split at the antimeridian; ``proj:wkt2`` is WKT2 (2019), ``proj:code`` the
+  EPSG code where there is one.
+* **links**: ``self``, and ``derived_from`` the mosaic store and the model's own Item
+  (:mod:`w2w.export.model_item`); asset hrefs are relative to the Item (``./map.tif``), and
+  so are the links and the paths in ``w2w:provenance`` wherever the Item and the target are
+  in the same place (the same local file system, or the same bucket).
+
+Every Item is validated against the core and extension schemas (shipped with w2w, so no
+network is needed: :mod:`w2w.export.stac_schemas`) before anything is published.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +27,29 @@ import functools
 import hashlib
 import logging
 import os
+import posixpath
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from shapely.geometry.base import BaseGeometry
 
+from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA
 from w2w.core.grid import Grid
 from w2w.core.provenance import find_bundle_hash, w2w_version
 from w2w.core.store import MosaicStore
 from w2w.export.config import ExportConfig, iso_utc
+from w2w.export.footprint import footprint_wgs84
+from w2w.export.stac_schemas import EXTENSIONS
 
 if TYPE_CHECKING:
     from w2w.export.run import ExportTargets
 
 log = logging.getLogger("w2w")
 
-STAC_VERSION = "1.1.0"
-STAC_EXTENSIONS = {
-    "projection": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
-    "classification": "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
-    "raster": "https://stac-extensions.github.io/raster/v2.0.0/schema.json",
-    "file": "https://stac-extensions.github.io/file/v2.1.0/schema.json",
-    "processing": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
-}
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+ITEM_EXTENSIONS = ("projection", "classification", "raster", "file", "processing")
 
 
 def stac_item(
@@ -43,33 +60,172 @@ def stac_item(
     *,
     quicklook_shape: tuple[int, int],
     files: dict[str, Path | None],
+    footprint: BaseGeometry | None,
+    extra_assets: dict[str, dict[str, Any]] | None = None,
+    model_item: str | None = None,
 ) -> dict[str, Any]:
-    """The STAC Item of an export (assets referenced relative to the Item's folder)."""
+    """The STAC Item of an export, as a dict ready to write (see the module notes)."""
+    import pystac
+
     grid = mosaic.grid
-    geometry, bbox = footprint_wgs84(grid)
-    class_objects = _class_objects(mosaic, counts)
-    return {
-        "type": "Feature",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": sorted(STAC_EXTENSIONS.values()),
-        "id": _stem(targets.cog),
-        "geometry": geometry,
-        "bbox": bbox,
-        "properties": _properties(cfg, mosaic, targets),
-        "links": [],
-        "assets": _assets(cfg, grid, targets, class_objects, quicklook_shape, files),
+    geometry, bbox = footprint_wgs84(footprint, grid)
+    when, dates = item_dates(cfg, mosaic.provenance)
+    item = pystac.Item(
+        id=_stem(targets.cog),
+        geometry=geometry,
+        bbox=bbox,
+        datetime=when,
+        properties=_properties(cfg, mosaic, targets, dates),
+        stac_extensions=[EXTENSIONS[e] for e in ITEM_EXTENSIONS],
+    )
+    for key, asset in _assets(cfg, grid, targets, _class_objects(mosaic, counts), files).items():
+        item.add_asset(key, _asset(asset))
+    item.add_asset("quicklook", _asset(_quicklook_asset(targets, quicklook_shape)))
+    item.add_asset(
+        "style",
+        _asset(
+            {
+                "href": _relative(targets.style),
+                "type": "application/xml",
+                "title": "QGIS layer style: class colours and names",
+                "roles": ["metadata", "style"],
+            }
+        ),
+    )
+    for key, asset in (extra_assets or {}).items():
+        item.add_asset(key, _asset(asset))
+    item.set_self_href(absolute_url(targets.stac))
+    item.add_link(
+        pystac.Link(
+            "derived_from",
+            relative_href(absolute_url(cfg.input), targets.stac),
+            title="Mosaic store the map was exported from (Zarr)",
+            media_type="application/vnd+zarr",
+        )
+    )
+    if model_item is not None:
+        item.add_link(
+            pystac.Link(
+                "derived_from",
+                relative_href(absolute_url(model_item), targets.stac),
+                title="The model that predicted the map (STAC MLM Item)",
+                media_type="application/geo+json",
+            )
+        )
+    return item.to_dict(include_self_link=True, transform_hrefs=False)
+
+
+def _asset(fields: dict[str, Any]) -> Any:
+    """A pystac Asset from an asset dict (href, type, title, roles, and extension fields)."""
+    import pystac
+
+    extra = {k: v for k, v in fields.items() if k not in ("href", "type", "title", "roles")}
+    return pystac.Asset(
+        href=fields["href"],
+        title=fields.get("title"),
+        media_type=fields.get("type"),
+        roles=fields.get("roles"),
+        extra_fields=extra,
+    )
+
+
+# -- dates ------------------------------------------------------------------------------------
+
+
+def imagery_dates(provenance: dict[str, Any]) -> dict[str, str] | None:
+    """The imagery's ``{"start", "end"}`` recorded in a mosaic's provenance (a sieved
+    mosaic records its input's provenance inside its own), or None."""
+    stack: list[Any] = [provenance]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            span = node.get("imagery_datetime")
+            if isinstance(span, dict) and span.get("start") and span.get("end"):
+                return {"start": str(span["start"]), "end": str(span["end"])}
+            stack.extend(node.values())
+    return None
+
+
+def item_dates(
+    cfg: ExportConfig, provenance: dict[str, Any]
+) -> tuple[dt.datetime | None, dict[str, Any]]:
+    """The Item's ``datetime`` and the date properties that go with it."""
+    if cfg.datetime:
+        return _parse(cfg.datetime), {"w2w:datetime_source": "--datetime"}
+    span = imagery_dates(provenance)
+    if span is not None:
+        start, end = _parse(span["start"]), _parse(span["end"])
+        source = {"w2w:datetime_source": "imagery"}
+        if start == end:
+            return start, source
+        return None, {"start_datetime": iso_utc(start), "end_datetime": iso_utc(end), **source}
+    log.warning(
+        "the mosaic does not record when its imagery was seen (not ingested from dated tiles "
+        "or STAC items); the STAC Item's datetime is the export time -- pass --datetime, "
+        "e.g. --datetime 2024-06-30, to give the imagery's date"
+    )
+    return dt.datetime.now(dt.UTC).replace(microsecond=0), {
+        "w2w:datetime_source": "export time (the imagery's date is unknown)"
     }
+
+
+def _parse(text: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+# -- properties and assets --------------------------------------------------------------------
+
+
+def _properties(
+    cfg: ExportConfig, mosaic: MosaicStore, targets: ExportTargets, dates: dict[str, Any]
+) -> dict[str, Any]:
+    """The Item's properties: dates, projection, processing and w2w's provenance."""
+    grid = mosaic.grid
+    epsg = grid.crs.to_epsg(confidence_threshold=100)
+    provenance = mosaic.provenance
+    properties: dict[str, Any] = {
+        "title": f"Land-cover map {_stem(targets.cog)}",
+        "description": "Wall-to-wall land-cover classes predicted by w2w, one value per pixel.",
+        "created": iso_utc(dt.datetime.now(dt.UTC)),
+        **dates,
+        "proj:code": f"EPSG:{epsg}" if epsg else None,
+        "proj:wkt2": wkt2(grid),
+        "proj:shape": [grid.height, grid.width],
+        "proj:transform": [float(v) for v in list(grid.transform)[:6]],
+        "proj:bbox": [float(v) for v in grid.bounds],
+        "processing:software": {"w2w": w2w_version()},
+        "processing:lineage": "mosaic store exported to a COG by `w2w export`; overviews of "
+        f"classes by {cfg.overview_resampling}, of confidence by average",
+        "w2w:mosaic": relative_href(absolute_url(cfg.input), targets.stac),
+        "w2w:provenance": relative_paths(provenance, targets.stac),
+        "w2w:mosaic_identity": mosaic.identity,
+    }
+    if grid.crs.is_projected:
+        properties["gsd"] = grid.res[0]
+    bundle_hash = find_bundle_hash(provenance)
+    if bundle_hash:
+        properties["w2w:bundle_hash"] = bundle_hash
+    return properties
+
+
+def wkt2(grid: Grid) -> str:
+    """The grid's CRS as WKT2 (2019), the form ``proj:wkt2`` asks for."""
+    from pyproj import CRS
+
+    return str(CRS.from_wkt(grid.crs_wkt).to_wkt("WKT2_2019"))
 
 
 def _class_objects(mosaic: MosaicStore, counts: np.ndarray) -> list[dict[str, Any]]:
     """The classification extension's classes, with pixel counts and shares."""
     classes = mosaic.classes
-    total = int(counts.sum())
+    total = max(1, int(counts.sum()))
     objects: list[dict[str, Any]] = [
         {
             "value": c.id,
             "name": slug(c.name),
             "title": c.name,
+            "description": c.name,
             "color_hint": c.hex_color(),
             "count": int(counts[c.id]),
             "percentage": round(100 * int(counts[c.id]) / total, 4),
@@ -81,6 +237,7 @@ def _class_objects(mosaic: MosaicStore, counts: np.ndarray) -> list[dict[str, An
             "value": CLASS_NODATA,
             "name": "nodata",
             "title": "No data",
+            "description": "not mapped (outside the state or no valid input)",
             "nodata": True,
             "count": int(counts[CLASS_NODATA]),
             "percentage": round(100 * int(counts[CLASS_NODATA]) / total, 4),
@@ -97,10 +254,9 @@ def _assets(
     grid: Grid,
     targets: ExportTargets,
     class_objects: list[dict[str, Any]],
-    quicklook_shape: tuple[int, int],
     files: dict[str, Path | None],
 ) -> dict[str, Any]:
-    """The COG(s), quicklook and style, with their bands (raster extension) and files."""
+    """The COG(s) with their bands (raster extension) and files."""
     class_band: dict[str, Any] = {"name": "class", "nodata": CLASS_NODATA, "data_type": "uint8"}
     if grid.crs.is_projected:
         class_band["raster:spatial_resolution"] = grid.res[0]
@@ -136,75 +292,18 @@ def _assets(
             "bands": [confidence_band],
             **_file_fields(files["confidence"]),
         }
-    assets["quicklook"] = {
+    return assets
+
+
+def _quicklook_asset(targets: ExportTargets, shape: tuple[int, int]) -> dict[str, Any]:
+    return {
         "href": _relative(targets.quicklook),
         "type": "image/png",
         "title": "Quicklook with legend",
         "roles": ["overview", "visual"],
         "proj:code": None,
-        "proj:shape": list(quicklook_shape),
+        "proj:shape": list(shape),
     }
-    assets["style"] = {
-        "href": _relative(targets.style),
-        "type": "application/xml",
-        "title": "QGIS layer style: class colours and names",
-        "roles": ["metadata", "style"],
-    }
-    return assets
-
-
-def _properties(cfg: ExportConfig, mosaic: MosaicStore, targets: ExportTargets) -> dict[str, Any]:
-    """The Item's properties: dates, projection, processing and w2w's provenance."""
-    grid = mosaic.grid
-    epsg = grid.crs.to_epsg(confidence_threshold=100)
-    provenance = mosaic.provenance
-    created = iso_utc(dt.datetime.now(dt.UTC))
-    properties: dict[str, Any] = {
-        "title": f"Land-cover map {_stem(targets.cog)}",
-        "description": "Wall-to-wall land-cover classes predicted by w2w, one value per pixel.",
-        "datetime": cfg.datetime or created,
-        "created": created,
-        "proj:code": f"EPSG:{epsg}" if epsg else None,
-        "proj:wkt2": grid.crs_wkt,
-        "proj:shape": [grid.height, grid.width],
-        "proj:transform": [float(v) for v in list(grid.transform)[:6]],
-        "proj:bbox": [float(v) for v in grid.bounds],
-        "processing:software": {"w2w": w2w_version()},
-        "processing:lineage": "mosaic store exported to a COG by `w2w export`; overviews of "
-        f"classes by {cfg.overview_resampling}, of confidence by average",
-        "w2w:mosaic": cfg.input,
-        "w2w:provenance": provenance,
-        "w2w:mosaic_identity": mosaic.identity,
-    }
-    if grid.crs.is_projected:
-        properties["gsd"] = grid.res[0]
-    bundle_hash = find_bundle_hash(provenance)
-    if bundle_hash:
-        properties["w2w:bundle_hash"] = bundle_hash
-    return properties
-
-
-def footprint_wgs84(grid: Grid, points_per_edge: int = 11) -> tuple[dict[str, Any], list[float]]:
-    """The grid's outline in WGS84 (densified edges: straight in the map CRS, curved in
-    longitude/latitude) as a GeoJSON Polygon, and its bounding box.
-    """
-    from rasterio.warp import transform as warp_transform
-
-    h, w = grid.height, grid.width
-    t = np.linspace(0.0, 1.0, points_per_edge)[:-1]
-    cols = np.concatenate([t * w, np.full_like(t, w), (1 - t) * w, np.zeros_like(t)])
-    rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
-    a = grid.transform
-    xs = a.a * cols + a.b * rows + a.c
-    ys = a.d * cols + a.e * rows + a.f
-    if grid.crs.is_geographic and grid.crs.to_epsg() == 4326:
-        lon, lat = list(xs), list(ys)
-    else:
-        lon, lat = warp_transform(grid.crs, "EPSG:4326", list(xs), list(ys))
-    ring = [[round(float(x), 7), round(float(y), 7)] for x, y in zip(lon, lat, strict=True)]
-    ring.append(ring[0])
-    xs_, ys_ = [p[0] for p in ring], [p[1] for p in ring]
-    return {"type": "Polygon", "coordinates": [ring]}, [min(xs_), min(ys_), max(xs_), max(ys_)]
 
 
 def _file_fields(path: Path | None) -> dict[str, Any]:
@@ -216,6 +315,9 @@ def _file_fields(path: Path | None) -> dict[str, Any]:
         for chunk in iter(functools.partial(f.read, 1 << 20), b""):
             digest.update(chunk)
     return {"file:size": os.path.getsize(path), "file:checksum": "1220" + digest.hexdigest()}
+
+
+# -- names and hrefs --------------------------------------------------------------------------
 
 
 def slug(name: str) -> str:
@@ -232,3 +334,39 @@ def _stem(url: str) -> str:
 def _relative(url: str) -> str:
     """An asset href relative to the Item, which sits in the same folder."""
     return "./" + url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def absolute_url(url: str) -> str:
+    """A local path made absolute; a URL as it is."""
+    return url if storage.is_remote(url) else os.path.abspath(url)
+
+
+def relative_href(target: str, item: str) -> str:
+    """``target`` as seen from the Item at ``item``: relative where both are on the local
+    file system or in the same bucket, else absolute."""
+    target, item = absolute_url(target), absolute_url(item)
+    if storage.is_remote(target) != storage.is_remote(item):
+        return target
+    if storage.is_remote(target):
+        t_scheme, t_path = target.split("://", 1)
+        i_scheme, i_path = item.split("://", 1)
+        if t_scheme != i_scheme or t_path.split("/", 1)[0] != i_path.split("/", 1)[0]:
+            return target
+        rel = posixpath.relpath(t_path, posixpath.dirname(i_path))
+    else:
+        rel = os.path.relpath(target, os.path.dirname(item)).replace(os.sep, "/")
+    return rel if rel.startswith("../") else f"./{rel}"
+
+
+def relative_paths(value: Any, item: str) -> Any:
+    """A copy of provenance with every absolute local path (or URL) made relative to the
+    Item where :func:`relative_href` can."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, item) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, item) for v in value]
+    if isinstance(value, str) and (
+        (value.startswith("/") and not storage.is_remote(item)) or storage.is_remote(value)
+    ):
+        return relative_href(value, item)
+    return value

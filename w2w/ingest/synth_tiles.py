@@ -24,6 +24,8 @@ from w2w.core.grid import Grid, Window
 
 #: The CRSs of the tiles: west and east of the state's middle.
 ZONES = (32612, 32613)
+#: The synthetic acquisition time of each zone's tiles: two passes two days apart.
+ACQUIRED = {ZONES[0]: "2024-06-28T17:41:00Z", ZONES[1]: "2024-06-30T17:29:00Z"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,8 @@ def _warp_tile(image: Path, grid: Grid, window: Window, epsg: int, path: Path) -
         tmp = path.with_name(f".{path.name}.part")
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
+            # When the pixels were seen (GDAL's imagery metadata), as a sensor's file has it.
+            dst.update_tags(ns="IMAGERY", ACQUISITIONDATETIME=ACQUIRED[epsg])
             for b, name in enumerate(src.descriptions, start=1):
                 if name:
                     dst.set_band_description(b, name)

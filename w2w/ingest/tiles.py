@@ -10,7 +10,9 @@ mosaic of the whole state is ever built.
 
 from __future__ import annotations
 
+import datetime as dt
 import glob as globlib
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ from w2w.core import storage
 from w2w.core.errors import InputError
 from w2w.core.grid import Grid, Window
 from w2w.ingest.sources import IMAGE_DTYPES, open_raster
+
+log = logging.getLogger("w2w")
 
 #: Extra target pixels around a tile's transformed footprint: the transformed bounds are
 #: approximate, and a resampling kernel reaches beyond a pixel's centre.
@@ -41,6 +45,7 @@ class Asset:
     dtype: str
     nodata: float | None
     description: str | None = None
+    acquired: str | None = None
 
     @property
     def res(self) -> float:
@@ -107,6 +112,7 @@ def inspect_asset(path: str, band: int | None = None) -> list[Asset]:
                 f"{', '.join(IMAGE_DTYPES)}"
             )
         indexes = [band] if band is not None else list(range(1, ds.count + 1))
+        acquired = acquisition_time(ds.tags(ns="IMAGERY").get("ACQUISITIONDATETIME"), path)
         return [
             Asset(
                 storage.normalize(path) if not storage.is_remote(path) else path,
@@ -118,9 +124,24 @@ def inspect_asset(path: str, band: int | None = None) -> list[Asset]:
                 ds.dtypes[i - 1],
                 ds.nodatavals[i - 1],
                 ds.descriptions[i - 1],
+                acquired,
             )
             for i in indexes
         ]
+
+
+def acquisition_time(text: str | None, path: str) -> str | None:
+    """GDAL's ``ACQUISITIONDATETIME`` imagery metadata as ISO 8601 UTC (``...Z``), or None
+    (absent or unreadable: the tile's date is then unknown, with a warning)."""
+    if not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        log.warning("tile %s: ACQUISITIONDATETIME %r is not a date; ignored", path, text)
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def file_tiles(paths: list[str], mask_band: int | None = None) -> list[Tile]:
@@ -133,7 +154,8 @@ def file_tiles(paths: list[str], mask_band: int | None = None) -> list[Tile]:
             if not 1 <= mask_band <= len(assets):
                 raise InputError(f"tile {path} has {len(assets)} bands, no mask band {mask_band}")
             mask = assets.pop(mask_band - 1)
-        tiles.append(Tile(Path(path).name, tuple(assets), mask))
+        when = assets[0].acquired if assets else None
+        tiles.append(Tile(Path(path).name, tuple(assets), mask, when, when))
     return tiles
 
 

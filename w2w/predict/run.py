@@ -330,6 +330,7 @@ def _open_or_create_mosaic(
         "tta": cfg.tta,
         "predict_config": cfg.to_dict(),
         "made_from": made_from,
+        "imagery_datetime": scene.info.source.get("datetime"),
     }
     url = cfg.output
     if storage.exists(url):
