@@ -15,7 +15,11 @@ What ``w2w export`` writes, beside each other (``map.tif`` named by ``output``):
   processing extensions) describing the assets, with class counts;
 * ``map_quicklook.png`` -- a picture of the map with a legend of class colours and names;
 * ``map.qml`` -- a QGIS layer style (paletted renderer with class names), which QGIS applies
-  on its own when it opens ``map.tif`` from a folder.
+  on its own when it opens ``map.tif`` from a folder;
+* ``map.tif.aux.xml`` -- a GDAL PAM sidecar with the class band's category names and raster
+  attribute table (value, name, colour, pixel count), which GDAL (``gdalinfo``, QGIS,
+  ArcGIS) reads whenever it opens ``map.tif`` (see :mod:`.pam`);
+* ``map.sld`` -- an OGC SLD 1.0.0 style (class colours and names) for map servers.
 
 How memory stays bounded whatever the size of the state: the mosaic is read one write unit
 (chunk or shard) at a time and written window by window into a tiled GeoTIFF in a local
@@ -58,8 +62,9 @@ from w2w.export.cog import (
     write_stages,
 )
 from w2w.export.config import ExportConfig
+from w2w.export.pam import pam_sidecar
 from w2w.export.stac import stac_item
-from w2w.export.styles import qgis_style, render_quicklook
+from w2w.export.styles import qgis_style, render_quicklook, sld_style
 
 log = logging.getLogger("w2w")
 
@@ -73,10 +78,13 @@ class ExportTargets:
     stac: str
     quicklook: str
     style: str
+    sidecar: str  # GDAL PAM: category names and RAT of the COG's class band
+    sld: str
 
     def all(self) -> list[str]:
         """Every file the export writes."""
-        return [u for u in (self.cog, self.confidence, self.quicklook, self.style, self.stac) if u]
+        files = (self.cog, self.sidecar, self.confidence, self.quicklook, self.style, self.sld)
+        return [u for u in (*files, self.stac) if u]
 
 
 @dataclass(frozen=True)
@@ -105,11 +113,14 @@ def export_targets(cfg: ExportConfig) -> ExportTargets:
         stac=f"{stem}.json",
         quicklook=f"{stem}_quicklook.png",
         style=f"{stem}.qml",
+        sidecar=f"{cog}.aux.xml",
+        sld=f"{stem}.sld",
     )
 
 
 def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
-    """Export a mosaic as COG(s), STAC Item, quicklook and QGIS style; see the module notes."""
+    """Export a mosaic as COG(s), class sidecar, STAC Item, quicklook and styles; see the
+    module notes."""
     mosaic = MosaicStore.open(cfg.input)
     classes = _check_mosaic(mosaic, cfg)
     targets = export_targets(cfg)
@@ -150,14 +161,18 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         )
         (work / "quicklook.png").write_bytes(png)
         (work / "style.qml").write_text(qgis_style(classes))
+        (work / "classes.aux.xml").write_text(pam_sidecar(classes, stage.counts), encoding="utf-8")
+        sld = sld_style(classes, layer=targets.sld.rsplit("/", 1)[-1].removesuffix(".sld"))
+        (work / "style.sld").write_text(sld, encoding="utf-8")
         (work / "item.json").write_text(json.dumps(item, indent=2) + "\n")
         # Published as one set, the Item last (see publish_files).
-        files = [(targets.cog, cog_path)]
+        files = [(targets.cog, cog_path), (targets.sidecar, work / "classes.aux.xml")]
         if conf_path is not None and targets.confidence:
             files.append((targets.confidence, conf_path))
         files += [
             (targets.quicklook, work / "quicklook.png"),
             (targets.style, work / "style.qml"),
+            (targets.sld, work / "style.sld"),
             (targets.stac, work / "item.json"),
         ]
         publish_files(files)
