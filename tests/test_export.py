@@ -124,7 +124,9 @@ def test_cog_is_valid_and_equals_the_mosaic(tmp_path: Path, small) -> None:
     assert sorted(os.listdir(tmp_path / "out")) == [
         "map.json",
         "map.qml",
+        "map.sld",
         "map.tif",
+        "map.tif.aux.xml",
         "map_confidence.tif",
         "map_quicklook.png",
     ]

@@ -19,7 +19,11 @@ What ``w2w export`` writes, beside each other (``map.tif`` named by ``output``):
   Learning Model extension (:mod:`w2w.export.model_item`), when its bundle is readable;
 * ``map_quicklook.png`` -- a picture of the map with a legend of class colours and names;
 * ``map.qml`` -- a QGIS layer style (paletted renderer with class names), which QGIS applies
-  on its own when it opens ``map.tif`` from a folder.
+  on its own when it opens ``map.tif`` from a folder;
+* ``map.tif.aux.xml`` -- a GDAL PAM sidecar with the class band's category names and raster
+  attribute table (value, name, colour, pixel count), which GDAL (``gdalinfo``, QGIS,
+  ArcGIS) reads whenever it opens ``map.tif`` (see :mod:`.pam`);
+* ``map.sld`` -- an OGC SLD 1.0.0 style (class colours and names) for map servers.
 
 How memory stays bounded whatever the size of the state: the mosaic is read one write unit
 (chunk or shard) at a time and written window by window into a tiled GeoTIFF in a local
@@ -64,9 +68,10 @@ from w2w.export.cog import (
 from w2w.export.config import ExportConfig
 from w2w.export.footprint import footprint_wgs84
 from w2w.export.model_item import model_item
+from w2w.export.pam import pam_sidecar
 from w2w.export.stac import stac_item
 from w2w.export.stac_schemas import validate_item
-from w2w.export.styles import qgis_style, render_quicklook
+from w2w.export.styles import qgis_style, render_quicklook, sld_style
 
 log = logging.getLogger("w2w")
 
@@ -80,12 +85,14 @@ class ExportTargets:
     stac: str
     quicklook: str
     style: str
+    sidecar: str  # GDAL PAM: category names and RAT of the COG's class band
+    sld: str
     model: str
 
     def all(self) -> list[str]:
         """Every file the export writes (the model Item only where the bundle is readable)."""
-        files = (self.cog, self.confidence, self.quicklook, self.style, self.model, self.stac)
-        return [u for u in files if u]
+        files = (self.cog, self.sidecar, self.confidence, self.quicklook, self.style, self.sld)
+        return [u for u in (*files, self.model, self.stac) if u]
 
 
 @dataclass(frozen=True)
@@ -114,12 +121,15 @@ def export_targets(cfg: ExportConfig) -> ExportTargets:
         stac=f"{stem}.json",
         quicklook=f"{stem}_quicklook.png",
         style=f"{stem}.qml",
+        sidecar=f"{cog}.aux.xml",
+        sld=f"{stem}.sld",
         model=f"{stem}_model.json",
     )
 
 
 def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
-    """Export a mosaic as COG(s), STAC Item, quicklook and QGIS style; see the module notes."""
+    """Export a mosaic as COG(s), class sidecar, STAC Item, quicklook and styles; see the
+    module notes."""
     mosaic = MosaicStore.open(cfg.input)
     classes = _check_mosaic(mosaic, cfg)
     targets = export_targets(cfg)
@@ -165,17 +175,21 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         validate_item(item, targets.stac)
         (work / "quicklook.png").write_bytes(png)
         (work / "style.qml").write_text(qgis_style(classes))
+        (work / "classes.aux.xml").write_text(pam_sidecar(classes, stage.counts), encoding="utf-8")
+        sld = sld_style(classes, layer=targets.sld.rsplit("/", 1)[-1].removesuffix(".sld"))
+        (work / "style.sld").write_text(sld, encoding="utf-8")
         (work / "item.json").write_text(json.dumps(item, indent=2) + "\n")
         if model is not None:
             validate_item(model, targets.model)
             (work / "model.json").write_text(json.dumps(model, indent=2) + "\n")
         # Published as one set, the Item last (see publish_files).
-        files = [(targets.cog, cog_path)]
+        files = [(targets.cog, cog_path), (targets.sidecar, work / "classes.aux.xml")]
         if conf_path is not None and targets.confidence:
             files.append((targets.confidence, conf_path))
         files += [
             (targets.quicklook, work / "quicklook.png"),
             (targets.style, work / "style.qml"),
+            (targets.sld, work / "style.sld"),
         ]
         if model is not None:
             files.append((targets.model, work / "model.json"))

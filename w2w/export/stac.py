@@ -41,7 +41,9 @@ from w2w.core.provenance import find_bundle_hash, w2w_version
 from w2w.core.store import MosaicStore
 from w2w.export.config import ExportConfig, iso_utc
 from w2w.export.footprint import footprint_wgs84
+from w2w.export.pam import sidecar_asset
 from w2w.export.stac_schemas import EXTENSIONS
+from w2w.export.styles import sld_asset
 
 if TYPE_CHECKING:
     from w2w.export.run import ExportTargets
@@ -92,6 +94,8 @@ def stac_item(
             }
         ),
     )
+    item.add_asset("sidecar", _asset(sidecar_asset(_relative(targets.sidecar))))
+    item.add_asset("sld", _asset(sld_asset(_relative(targets.sld))))
     for key, asset in (extra_assets or {}).items():
         item.add_asset(key, _asset(asset))
     item.set_self_href(absolute_url(targets.stac))

@@ -1,9 +1,12 @@
-"""How a map looks outside w2w: a quicklook PNG with a legend, and a QGIS layer style."""
+"""How a map looks outside w2w: a quicklook PNG with a legend, a QGIS layer style (``.qml``)
+and an OGC Styled Layer Descriptor (``.sld``, SLD 1.0.0) for map servers (GeoServer,
+MapServer) and QGIS, with :func:`sld_asset`, its entry for the STAC Item's assets."""
 
 from __future__ import annotations
 
 import io
 import math
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -12,7 +15,9 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from w2w.core.classes import ClassInfo
+from w2w.core.classes import CLASS_NODATA, ClassInfo
+
+SLD_NAMESPACE = "http://www.opengis.net/sld"
 
 
 def render_quicklook(
@@ -100,3 +105,59 @@ def qgis_style(classes: tuple[ClassInfo, ...]) -> str:
         "  </pipe>\n"
         "</qgis>\n"
     )
+
+
+def sld_style(classes: tuple[ClassInfo, ...], *, layer: str) -> str:
+    """An OGC SLD 1.0.0 style for the class COG: a RasterSymbolizer whose ColorMap of type
+    ``values`` has one entry per class (value, colour, name), ascending, and a transparent
+    entry for nodata."""
+
+    def el(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+        node = ET.SubElement(parent, tag, attrs)
+        node.text = text
+        return node
+
+    # Unprefixed names in the SLD namespace, declared on the root (ElementTree would
+    # otherwise invent prefixes, or refuse unqualified attributes beside a default one).
+    root = ET.Element(
+        "StyledLayerDescriptor",
+        {
+            "version": "1.0.0",
+            "xmlns": SLD_NAMESPACE,
+            "xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
+            "xsi:schemaLocation": (
+                f"{SLD_NAMESPACE} http://schemas.opengis.net/sld/1.0.0/StyledLayerDescriptor.xsd"
+            ),
+        },
+    )
+    named = el(root, "NamedLayer")
+    el(named, "Name", layer)
+    style = el(named, "UserStyle")
+    el(style, "Name", f"{layer}-classes")
+    el(style, "Title", "Land-cover classes")
+    symbolizer = el(el(el(style, "FeatureTypeStyle"), "Rule"), "RasterSymbolizer")
+    el(symbolizer, "Opacity", "1.0")
+    colormap = el(symbolizer, "ColorMap", type="values")
+    for c in sorted(classes, key=lambda c: c.id):
+        el(colormap, "ColorMapEntry", color=c.hex_color("#"), quantity=str(c.id), label=c.name)
+    el(
+        colormap,
+        "ColorMapEntry",
+        color="#000000",
+        quantity=str(CLASS_NODATA),
+        label="No data",
+        opacity="0",
+    )
+    ET.indent(root)
+    body = ET.tostring(root, encoding="unicode")
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n{body}\n'
+
+
+def sld_asset(href: str) -> dict[str, Any]:
+    """The SLD as a STAC asset (``href`` relative to the Item)."""
+    return {
+        "href": href,
+        "type": "application/vnd.ogc.sld+xml",
+        "roles": ["metadata", "style"],
+        "title": "OGC SLD 1.0.0 style: class colours and names",
+    }
