@@ -119,7 +119,7 @@ def test_coverage_of_a_mosaic_that_records_no_counts_is_not_reported_whole(
     m = MosaicStore.create(str(tmp_path / "m.zarr"), grid, block=32, classes=class_table([1]))
     for w in m.blocks():
         m.mark_block_done(w)
-    del zarr.open_group(str(tmp_path / "m.zarr"), mode="r+")["block_valid_pixels"]
+    del zarr.open_group(str(tmp_path / "m.zarr"), mode="r+")["_w2w/block_valid_pixels"]
     report = verify_coverage(m.url, engine="local")
     assert not report.ok and report.checked_pixels == 0
     assert "cannot be checked" in report.describe()

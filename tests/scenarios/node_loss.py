@@ -160,7 +160,7 @@ def run_stage(
 
         out = workdir / f"{name}-m.zarr"
         if kill:
-            done = lambda: chunks_written(out, "blocks_done/c/*/*") >= 4  # noqa: E731
+            done = lambda: chunks_written(out, "_w2w/blocks_done/c/*/*") >= 4  # noqa: E731
             killer(cluster, nodes, done, "MapBatches(Predictor)", box)
         bundle = str(workdir / "clean.safetensors")
         report = predict(

@@ -3,9 +3,15 @@
 Geo metadata is stored three ways so that every tool finds it: w2w's own attributes under
 ``w2w`` (grid, kind, and what each kind records); a CF ``spatial_ref`` variable with
 ``crs_wkt`` and ``GeoTransform`` that ``xarray.open_zarr`` + rioxarray read back exactly;
-and the Zarr ``proj:``/``spatial:`` conventions on the root group. ``x``/``y`` coordinate
-arrays (pixel centres) carry the CRS's own axis names and units: metres for a projected
-grid, degrees east and north for a geographic one.
+and the Zarr ``proj:``/``spatial:`` conventions on the root group, declared in
+``zarr_conventions`` (:mod:`.cf`). ``x``/``y`` coordinate arrays (pixel centres) carry the
+CRS's own axis names and units: metres for a projected grid, degrees east and north for a
+geographic one.
+
+The root group holds only data variables and their coordinates, so that ``xarray.open_zarr``
+shows the data and nothing else; w2w's bookkeeping arrays (block manifest, digests, counts,
+one cell per block) live in the ``_w2w`` sub-group (format 2; a format-1 store kept them at
+the root, where w2w still reads them).
 
 Rule: **every chunk has exactly one writer**. Writes go through :meth:`GeoStore.write`,
 which refuses a window that does not cover whole write units (edge units may be partial).
@@ -25,9 +31,13 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 from w2w.core import storage
 from w2w.core.errors import InputError, OutputError
 from w2w.core.grid import Grid, Window, aligned
+from w2w.core.store.cf import convention_attrs
 
-FORMAT_VERSION = 1
+#: 2: bookkeeping arrays in the ``_w2w`` sub-group, CF attributes, a scene ``band`` coordinate.
+FORMAT_VERSION = 2
 SPATIAL_REF = "spatial_ref"
+#: The sub-group of the bookkeeping arrays (format 2 on).
+BOOKS = "_w2w"
 
 StoreKind = Literal["scene", "mosaic"]
 
@@ -52,20 +62,6 @@ def _spatial_ref_attrs(grid: Grid) -> dict[str, Any]:
         "spatial_ref": grid.crs_wkt,
         "GeoTransform": " ".join(repr(float(v)) for v in grid.transform.to_gdal()),
     }
-
-
-def _convention_attrs(grid: Grid) -> dict[str, Any]:
-    """Zarr ``proj:`` / ``spatial:`` convention attributes, for tools that read those."""
-    epsg = grid.crs.to_epsg(confidence_threshold=100)
-    attrs: dict[str, Any] = {
-        "proj:wkt2": grid.crs_wkt,
-        "spatial:dimensions": ["y", "x"],
-        "spatial:transform": list(grid.transform)[:6],
-        "spatial:shape": [grid.height, grid.width],
-    }
-    if epsg:
-        attrs["proj:code"] = f"EPSG:{epsg}"
-    return attrs
 
 
 def coordinate_attrs(grid: Grid) -> dict[str, dict[str, str]]:
@@ -162,7 +158,7 @@ class GeoStore:
                 "grid": grid.to_attrs(),
                 **meta,
             },
-            **_convention_attrs(grid),
+            **convention_attrs(grid),
         }
         group.attrs.update(attrs)
         ref = group.create_array(SPATIAL_REF, shape=(), dtype="int32", fill_value=0)
@@ -208,11 +204,20 @@ class GeoStore:
         )
         arr.attrs.update({"grid_mapping": SPATIAL_REF, "coordinates": SPATIAL_REF, **(attrs or {})})
 
+    def _create_band_coordinate(self, names: list[str]) -> None:
+        """A 1-D ``band`` coordinate of band names (Zarr's variable-length UTF-8 strings),
+        so that xarray labels the band axis of (band, y, x) arrays by name."""
+        arr = self._group.create_array(
+            "band", shape=(len(names),), dtype=str, fill_value="", dimension_names=["band"]
+        )
+        arr.attrs.update({"long_name": "band name"})
+        arr[:] = np.asarray(names, dtype=str)
+
     def _create_cells(self, name: str, shape: tuple[int, int], dtype: str, fill: int) -> None:
         """A small (rows, cols) bookkeeping array with one chunk per cell, so that every
         block's writer owns its own cell."""
         arr = self._group.create_array(
-            name,
+            self._book_path(name),
             shape=shape,
             chunks=(1, 1),
             dtype=dtype,
@@ -220,6 +225,36 @@ class GeoStore:
             dimension_names=["block_row", "block_col"],
         )
         arr.attrs.update({"block": self.meta.get("block")})
+
+    def _put_book(self, name: str, values: np.ndarray, dims: list[str]) -> None:
+        """A small bookkeeping array in one chunk, written whole by the driver."""
+        arr = self._group.create_array(
+            self._book_path(name),
+            shape=values.shape,
+            chunks=values.shape,
+            dtype=values.dtype,
+            fill_value=0,
+            dimension_names=dims,
+        )
+        arr[...] = values
+
+    @property
+    def format_version(self) -> int:
+        """The layout version the store was written with (0 for one that records none)."""
+        return int(self.meta.get("format_version", 0))
+
+    def _book_path(self, name: str) -> str:
+        """Where the bookkeeping array ``name`` lives: in the ``_w2w`` sub-group, or at the
+        root of a format-1 store."""
+        return f"{BOOKS}/{name}" if self.format_version >= 2 else name
+
+    def _book(self, name: str) -> zarr.Array:
+        """A bookkeeping array (manifest, digests, counts), wherever the layout keeps it."""
+        return self._array(self._book_path(name))
+
+    def has_book(self, name: str) -> bool:
+        """Whether the store holds the bookkeeping array ``name`` (an older one may not)."""
+        return self._book_path(name) in self._group
 
     def finalize(self) -> None:
         """Write consolidated metadata so that readers (xarray) open the store in one request."""

@@ -3,12 +3,14 @@
 Written by prediction and by the sieve, one block at a time; each block is one write unit
 (chunk, or shard) of every array, so every chunk has exactly one writer.
 
-* ``class`` (y, x, uint8): class ids of the class table, 255 = nodata;
-* ``confidence`` (y, x, uint8): the top-class probability x 255 (0 = nodata);
-* ``blocks_done`` (block row, block col): the manifest, one cell in its own chunk per block,
-  written by the block's writer after its data -- a re-run skips recorded blocks; 2 marks a
-  block finished without data (outside the state: nothing written, its chunks absent);
-* ``block_valid_pixels``: per block, how many valid input pixels its writer classified,
+* ``class`` (y, x, uint8): class ids of the class table, 255 = nodata; a CF flag variable
+  (``flag_values``, ``flag_meanings``, ``_FillValue``);
+* ``confidence`` (y, x, uint8): the top-class probability x 255 (0 = nodata, 1 = class set by
+  the minimum mapping unit), CF-packed so that xarray decodes it to [0, 1] (:mod:`.cf`);
+* ``_w2w/blocks_done`` (block row, block col): the manifest, one cell in its own chunk per
+  block, written by the block's writer after its data -- a re-run skips recorded blocks; 2
+  marks a block finished without data (outside the state: nothing written, chunks absent);
+* ``_w2w/block_valid_pixels``: per block, how many valid input pixels its writer classified,
   which the coverage check compares the stored classes against (-1: not written).
 
 The blocks are :meth:`MosaicStore.tiling`, a :class:`~w2w.core.grid.BlockTiling`.
@@ -21,10 +23,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from w2w.core import storage
-from w2w.core.classes import CLASS_NODATA, ClassInfo
+from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA, ClassInfo
 from w2w.core.errors import InputError
 from w2w.core.grid import BlockTiling, Grid, Window
 from w2w.core.store.base import GeoStore, StoreKind
+from w2w.core.store.cf import class_attrs, confidence_attrs
 from w2w.core.store.integrity import ChunkProblem, identity
 
 DONE = "blocks_done"
@@ -34,7 +37,7 @@ WRITTEN, EMPTY = 1, 2
 
 
 class MosaicStore(GeoStore):
-    """Mosaic store: ``class``, ``confidence`` and the ``blocks_done`` manifest."""
+    """Mosaic store: ``class``, ``confidence`` and the block manifest."""
 
     kind: ClassVar[StoreKind] = "mosaic"
 
@@ -84,16 +87,16 @@ class MosaicStore(GeoStore):
             fill_value=CLASS_NODATA,
             chunk=chunk,
             shard=shard_size,
-            attrs={"nodata": CLASS_NODATA},
+            attrs=class_attrs(classes),
         )
         if with_confidence:
             store._create_raster(
                 "confidence",
                 dtype="uint8",
-                fill_value=0,
+                fill_value=CONFIDENCE_NODATA,
                 chunk=chunk,
                 shard=shard_size,
-                attrs={"scale": 1 / 255},
+                attrs=confidence_attrs(),
             )
         shape = store.tiling.shape
         store._create_cells(DONE, shape, "uint8", 0)
@@ -189,16 +192,16 @@ class MosaicStore(GeoStore):
 
     def done_blocks(self) -> np.ndarray:
         """(block rows, block cols) bool array: which blocks the manifest records as finished."""
-        return np.asarray(self._array(DONE)[...]) != 0
+        return np.asarray(self._book(DONE)[...]) != 0
 
     def empty_blocks(self) -> np.ndarray:
         """(block rows, block cols) bool: blocks finished without a valid input pixel, whose
         chunks were never written (they read as nodata)."""
-        return np.asarray(self._array(DONE)[...]) == EMPTY
+        return np.asarray(self._book(DONE)[...]) == EMPTY
 
     def is_empty(self, window: Window) -> bool:
         """Whether the block at ``window`` finished without data (reads its cell only)."""
-        return bool(self._array(DONE)[self.tiling.index(window)] == EMPTY)
+        return bool(self._book(DONE)[self.tiling.index(window)] == EMPTY)
 
     def mark_block_done(
         self, window: Window, valid_pixels: int | None = None, *, empty: bool = False
@@ -207,20 +210,20 @@ class MosaicStore(GeoStore):
         its data has been written (or, ``empty``, when it has no valid pixel and nothing is
         written: the block lies outside the state)."""
         key = self.tiling.index(window)
-        if valid_pixels is not None and VALID_COUNTS in self.array_names():
-            self._array(VALID_COUNTS)[key] = int(valid_pixels)
-        self._array(DONE)[key] = EMPTY if empty else WRITTEN
+        if valid_pixels is not None and self.has_book(VALID_COUNTS):
+            self._book(VALID_COUNTS)[key] = int(valid_pixels)
+        self._book(DONE)[key] = EMPTY if empty else WRITTEN
 
     def clear_block(self, window: Window) -> None:
         """Forget a block in the manifest, so that the next run predicts it again."""
-        self._array(DONE)[self.tiling.index(window)] = 0
+        self._book(DONE)[self.tiling.index(window)] = 0
 
     def expected_valid_pixels(self) -> np.ndarray | None:
         """(block rows, block cols) valid input pixels per written block (-1 where unknown),
         or None for a mosaic made before w2w recorded them."""
-        if VALID_COUNTS not in self.array_names():
+        if not self.has_book(VALID_COUNTS):
             return None
-        return np.asarray(self._array(VALID_COUNTS)[...])
+        return np.asarray(self._book(VALID_COUNTS)[...])
 
     # -- data ------------------------------------------------------------------------------
 
@@ -230,7 +233,7 @@ class MosaicStore(GeoStore):
 
     def read_confidence(self, window: Window) -> np.ndarray:
         """(h, w) confidence x 255 of ``window``; 0 outside the grid."""
-        return self.read("confidence", window, 0)
+        return self.read("confidence", window, CONFIDENCE_NODATA)
 
     def mark_complete(self, **meta: Any) -> None:
         """Mark the mosaic complete (every block done) and consolidate its metadata."""

@@ -1,10 +1,12 @@
 """The scene store: imagery (band, y, x) in its source dtype and optional labels (y, x).
 
 Written by ingest (and the synthetic generator) block by block; read by training and
-prediction. ``image`` keeps all bands in one chunk so that a chip is one read; ``label`` is
-uint8 class ids. The ``w2w`` attributes record band names, nodata, per-band statistics, the
-class table and histogram, and ``complete: true`` once ingest finished; readers refuse an
-incomplete store.
+prediction. ``image`` keeps all bands in one chunk so that a chip is one read, and a ``band``
+coordinate array holds the band names (xarray labels the band axis by name); ``label`` is
+uint8 class ids. Bookkeeping recorded at ingest (block digests, blocks written, valid pixels
+per chunk) lives in the ``_w2w`` sub-group. The ``w2w`` attributes record band names,
+nodata, per-band statistics, the class table and histogram, and ``complete: true`` once
+ingest finished; readers refuse an incomplete store.
 
 A pixel is *valid* when every band is finite and none equals nodata.
 """
@@ -109,6 +111,7 @@ class SceneStore(GeoStore):
             bands=len(band_names),
             attrs={"band_names": list(band_names), "nodata": nodata},
         )
+        store._create_band_coordinate(list(band_names))
         if with_label:
             lab_fill = unlabelled if unlabelled is not None else 0
             store._create_raster("label", dtype="uint8", fill_value=lab_fill, chunk=chunk)
@@ -173,38 +176,26 @@ class SceneStore(GeoStore):
         complete and consolidate."""
         merged = {**self.meta, **meta}
         if digests is not None:
-            self._put(DIGESTS, digests, ["block_row", "block_col", "byte"])
+            self._put_book(DIGESTS, digests, ["block_row", "block_col", "byte"])
             merged["identity"] = identity(_identity_parts(self.grid, merged), digests)
         if written is not None:
-            self._put(WRITTEN, written.astype(np.uint8), ["block_row", "block_col"])
+            self._put_book(WRITTEN, written.astype(np.uint8), ["block_row", "block_col"])
             merged["blocks_skipped"] = int((~written).sum())
         if chunk_valid is not None:
-            self._put(CHUNK_VALID, chunk_valid.astype(np.int64), ["chunk_row", "chunk_col"])
+            self._put_book(CHUNK_VALID, chunk_valid.astype(np.int64), ["chunk_row", "chunk_col"])
         self.update_meta(**{k: v for k, v in merged.items() if k != "complete"}, complete=True)
         self.finalize()
 
-    def _put(self, name: str, values: np.ndarray, dims: list[str]) -> None:
-        """A small bookkeeping array, written whole by the driver."""
-        arr = self._group.create_array(
-            name,
-            shape=values.shape,
-            chunks=values.shape,
-            dtype=values.dtype,
-            fill_value=0,
-            dimension_names=dims,
-        )
-        arr[...] = values
-
     def written_blocks(self) -> np.ndarray:
         """(block rows, block cols) bool: blocks ingest wrote (all, for an older store)."""
-        if WRITTEN not in self.array_names():
+        if not self.has_book(WRITTEN):
             return np.ones(self.tiling.shape, dtype=bool)
-        return np.asarray(self._array(WRITTEN)[...]).astype(bool)
+        return np.asarray(self._book(WRITTEN)[...]).astype(bool)
 
     def valid_pixels_in(self, window: Window) -> int | None:
         """Valid pixels in the store chunks ``window`` overlaps (at least those of the
         window itself): 0 means the window holds none. None when not recorded."""
-        if CHUNK_VALID not in self.array_names():
+        if not self.has_book(CHUNK_VALID):
             return None
         counts = self._chunk_valid()
         chunk = int(self.meta["chunk"])
@@ -218,7 +209,7 @@ class SceneStore(GeoStore):
     def _chunk_valid(self) -> np.ndarray:
         cached = getattr(self, "_chunk_valid_cache", None)
         if cached is None:
-            cached = np.asarray(self._array(CHUNK_VALID)[...])
+            cached = np.asarray(self._book(CHUNK_VALID)[...])
             self._chunk_valid_cache = cached
         return cached
 
@@ -236,9 +227,9 @@ class SceneStore(GeoStore):
 
     def digests(self) -> np.ndarray | None:
         """(block rows, block cols, 16) digests recorded at ingest, or None."""
-        if DIGESTS not in self.array_names():
+        if not self.has_book(DIGESTS):
             return None
-        return np.asarray(self._array(DIGESTS)[...])
+        return np.asarray(self._book(DIGESTS)[...])
 
     def missing_chunks(self, arrays: tuple[str, ...] = ("image", "label")) -> list[ChunkProblem]:
         """Chunks of ``arrays`` that a complete store must hold but storage does not (an
