@@ -59,6 +59,17 @@ def reference(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whole-scene sliding window: normalise, pad, every chip of the global grid one at a
     time, Hann-weighted sum, argmax. Returns (classes, confidence x 255, top-2 margin)."""
+    probs = reference_probabilities(model, image, valid, norm)
+    ordered = np.sort(probs, axis=0)
+    classes = np.where(valid, np.asarray(CLASS_IDS, np.uint8)[probs.argmax(0)], NODATA)
+    conf = np.where(valid, np.rint(probs.max(0) * 255), 0).astype(np.uint8)
+    return classes.astype(np.uint8), conf, ordered[-1] - ordered[-2]
+
+
+def reference_probabilities(
+    model: torch.nn.Module, image: np.ndarray, valid: np.ndarray, norm: Normalizer
+) -> np.ndarray:
+    """(classes, h, w) blended probabilities of the whole-scene sliding window."""
     h, w = valid.shape
     x = image.astype(np.float32)
     for b in range(BANDS):
@@ -82,11 +93,7 @@ def reference(
                 p = torch.softmax(model(chip).float(), dim=1)[0].numpy()
                 acc[:, r : r + CHIP, c : c + CHIP] += p * weight
                 wsum[r : r + CHIP, c : c + CHIP] += weight
-    probs = acc[:, :h, :w] / wsum[:h, :w]
-    ordered = np.sort(probs, axis=0)
-    classes = np.where(valid, np.asarray(CLASS_IDS, np.uint8)[probs.argmax(0)], NODATA)
-    conf = np.where(valid, np.rint(probs.max(0) * 255), 0).astype(np.uint8)
-    return classes.astype(np.uint8), conf, ordered[-1] - ordered[-2]
+    return acc[:, :h, :w] / wsum[:h, :w]
 
 
 def engine_mosaic(
@@ -195,3 +202,38 @@ def test_gpu_engine_is_identical_run_to_run_and_agrees_with_cpu(model, scene, pr
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
     cpu = engine_mosaic(model.cpu(), image, valid, norm, 48, EngineSettings())[0]
     assert (runs[0][0][valid] == cpu[valid]).mean() > (0.99 if precision == "fp32" else 0.9)
+
+
+def test_probabilities_equal_the_reference_blend(model, scene) -> None:  # type: ignore[no-untyped-def]
+    """Per-class probabilities x 255 (``w2w predict --probabilities``): the reference's
+    blended probabilities, rounded, within 1; 0 on invalid pixels; classes and confidence
+    as :meth:`BlockEngine.predict` gives them."""
+    image, valid, norm = scene
+    ref = reference_probabilities(model, image, valid, norm)
+    h, w = valid.shape
+    block = 48
+    plan = BlockPlan(h, w, block, CHIP, STRIDE)
+    engine = BlockEngine(model, norm, CLASS_IDS, plan, "cpu", EngineSettings(batch_size=5))
+    probs = np.zeros((CLASSES, h, w), np.uint8)
+    for r in range(0, h, block):
+        for c in range(0, w, block):
+            b = Window(r, c, min(block, h - r), min(block, w - c))
+            win = plan.window(b)
+            img = np.zeros((BANDS, win.height, win.width), image.dtype)
+            ok = np.zeros((win.height, win.width), bool)
+            inside = win.intersect(Window(0, 0, h, w))
+            assert inside is not None
+            rel = inside.relative_to(win)
+            img[(slice(None), *rel.slices)] = image[(slice(None), *inside.slices)]
+            ok[rel.slices] = valid[inside.slices]
+            cls, conf, p = engine.predict_with_probabilities(b, engine.stage(b, img, ok))
+            plain = engine.predict(b, engine.stage(b, img, ok))
+            np.testing.assert_array_equal(cls, plain[0])
+            np.testing.assert_array_equal(conf, plain[1])
+            assert p.shape == (CLASSES, block, block)
+            probs[(slice(None), *b.slices)] = p[:, : b.height, : b.width]
+    expected = np.where(valid, np.rint(ref * 255), 0)
+    assert np.abs(probs.astype(int) - expected).max() <= 1
+    assert (probs[:, ~valid] == 0).all()
+    sums = probs[:, valid].astype(int).sum(axis=0)
+    assert np.abs(sums - 255).max() <= CLASSES  # rounding of each class

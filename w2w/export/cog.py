@@ -89,7 +89,7 @@ def scratch(cfg: ExportConfig) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _stage_profile(grid: Grid, count: int, nodata: int, blocksize: int) -> dict[str, Any]:
+def stage_profile(grid: Grid, count: int, nodata: int | None, blocksize: int) -> dict[str, Any]:
     """A tiled GeoTIFF profile for scratch files: fast compression, tiles as in the COG."""
     codec = "zstd" if codec_available("zstd") else "lzw"
     profile: dict[str, Any] = {
@@ -135,7 +135,7 @@ def write_stages(
             rasterio.open(
                 class_path,
                 "w",
-                **_stage_profile(grid, 2 if band_mode else 1, CLASS_NODATA, cfg.blocksize),
+                **stage_profile(grid, 2 if band_mode else 1, CLASS_NODATA, cfg.blocksize),
             )
         )
         conf_dst = None
@@ -144,7 +144,7 @@ def write_stages(
                 rasterio.open(
                     conf_path,
                     "w",
-                    **_stage_profile(grid, 1, CONFIDENCE_NODATA, cfg.blocksize),
+                    **stage_profile(grid, 1, CONFIDENCE_NODATA, cfg.blocksize),
                 )
             )
         _describe_class_dataset(dst, mosaic, classes, band_mode=band_mode)

@@ -31,6 +31,11 @@ class ExportConfig(StageConfig):
         description="confidence as <name>_confidence.tif beside the map (file), as a second "
         "band (band), or not at all (none)",
     )
+    probabilities: bool = Field(
+        default=False,
+        description="also export the per-class probabilities of a mosaic predicted with "
+        "--probabilities, as <name>_probabilities.tif (one band per class)",
+    )
     blocksize: int = Field(default=512, ge=64, le=4096, description="COG tile edge, pixels")
     compress: Compression = Field(
         default="deflate",

@@ -11,6 +11,9 @@ What ``w2w export`` writes, beside each other (``map.tif`` named by ``output``):
 * ``map_confidence.tif`` -- the top-class probability x 255 as a COG (``confidence="file"``,
   the default), overviews by **average**, nodata 0 (a predicted pixel cannot have
   confidence 0: the top class of K has probability >= 1/K);
+* ``map_probabilities.tif`` -- with ``probabilities``, the probability of each class x 255 as a
+  multi-band COG (:mod:`w2w.export.probabilities`; the mosaic must come from
+  ``w2w predict --probabilities``);
 * ``map.json`` -- a STAC Item (STAC 1.1, projection, classification, raster, file and
   processing extensions) describing the assets, with class counts, the imagery's dates, the
   footprint of the valid pixels and relative links (:mod:`w2w.export.stac`), validated
@@ -48,6 +51,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import rasterio
 
@@ -58,6 +62,7 @@ from w2w.core.grid import Grid
 from w2w.core.outputs import publish_files, recover_files
 from w2w.core.store import MosaicStore
 from w2w.export.cog import (
+    StagedFiles,
     check_cog,
     codec_available,
     overview_factors,
@@ -69,6 +74,7 @@ from w2w.export.config import ExportConfig
 from w2w.export.footprint import footprint_wgs84
 from w2w.export.model_item import model_item
 from w2w.export.pam import pam_sidecar
+from w2w.export.probabilities import write_probability_stage
 from w2w.export.stac import stac_item
 from w2w.export.stac_schemas import validate_item
 from w2w.export.styles import qgis_style, render_quicklook, sld_style
@@ -88,11 +94,12 @@ class ExportTargets:
     sidecar: str  # GDAL PAM: category names and RAT of the COG's class band
     sld: str
     model: str
+    probabilities: str | None = None
 
     def all(self) -> list[str]:
         """Every file the export writes (the model Item only where the bundle is readable)."""
-        files = (self.cog, self.sidecar, self.confidence, self.quicklook, self.style, self.sld)
-        return [u for u in (*files, self.model, self.stac) if u]
+        files = (self.cog, self.sidecar, self.confidence, self.probabilities, self.quicklook)
+        return [u for u in (*files, self.style, self.sld, self.model, self.stac) if u]
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ def export_targets(cfg: ExportConfig) -> ExportTargets:
         sidecar=f"{cog}.aux.xml",
         sld=f"{stem}.sld",
         model=f"{stem}_model.json",
+        probabilities=f"{stem}_probabilities.tif" if cfg.probabilities else None,
     )
 
 
@@ -133,32 +141,14 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     mosaic = MosaicStore.open(cfg.input)
     classes = _check_mosaic(mosaic, cfg)
     targets = export_targets(cfg)
-    if not storage.is_remote(targets.cog):
-        recover_files(targets.cog)  # an earlier export killed while publishing
-    existing = [u for u in targets.all() if storage.exists(u)]
-    if existing and not cfg.overwrite:
-        raise OutputError(
-            f"{existing[0]} exists already; pass --overwrite to replace the export "
-            "or choose another output name"
-        )
-    if not codec_available(cfg.compress):
-        raise ConfigError(
-            f"this GDAL ({rasterio.__gdal_version__}) cannot write {cfg.compress} "
-            "compression; use compress=deflate"
-        )
+    _check_outputs(cfg, targets)
     grid = mosaic.grid
     factors = overview_factors(grid.height, grid.width, cfg.blocksize)
     env = {"GDAL_CACHEMAX": cfg.cache_mb, "GDAL_NUM_THREADS": "ALL_CPUS"}
     with scratch(cfg) as work, rasterio.Env(**env):
-        stage = write_stages(mosaic, work, cfg, factors, progress=progress)
-        cog_path = work / "map.tif"
-        to_cog(stage.classes, cog_path, cfg, predictor=False)
-        check_cog(cog_path, grid, len(factors), targets.cog)
-        conf_path = None
-        if stage.confidence is not None:
-            conf_path = work / "confidence.tif"
-            to_cog(stage.confidence, conf_path, cfg, predictor=True)
-            check_cog(conf_path, grid, len(factors), targets.confidence or "")
+        stage, rasters = _make_rasters(mosaic, work, cfg, targets, factors, progress=progress)
+        cog_path = rasters["cog"]
+        assert cog_path is not None
         png, ql_shape = render_quicklook(cog_path, classes, cfg.quicklook_size)
         geometry, bbox = footprint_wgs84(stage.footprint, grid)
         model = model_item(mosaic, targets.model, geometry, bbox)
@@ -168,7 +158,7 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             targets,
             stage.counts,
             quicklook_shape=ql_shape,
-            files={"cog": cog_path, "confidence": conf_path},
+            files=rasters,
             footprint=stage.footprint,
             model_item=targets.model if model else None,
         )
@@ -184,8 +174,10 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             (work / "model.json").write_text(json.dumps(model, indent=2) + "\n")
         # Published as one set, the Item last (see publish_files).
         files = [(targets.cog, cog_path), (targets.sidecar, work / "classes.aux.xml")]
-        if conf_path is not None and targets.confidence:
-            files.append((targets.confidence, conf_path))
+        for key in ("confidence", "probabilities"):
+            url, path = getattr(targets, key), rasters[key]
+            if url and path is not None:
+                files.append((url, path))
         files += [
             (targets.quicklook, work / "quicklook.png"),
             (targets.style, work / "style.qml"),
@@ -214,6 +206,51 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     )
 
 
+def _check_outputs(cfg: ExportConfig, targets: ExportTargets) -> None:
+    """Finish an earlier export killed while publishing; refuse to overwrite without
+    ``overwrite``, and a compression this GDAL cannot write."""
+    if not storage.is_remote(targets.cog):
+        recover_files(targets.cog)  # an earlier export killed while publishing
+    existing = [u for u in targets.all() if storage.exists(u)]
+    if existing and not cfg.overwrite:
+        raise OutputError(
+            f"{existing[0]} exists already; pass --overwrite to replace the export "
+            "or choose another output name"
+        )
+    if not codec_available(cfg.compress):
+        raise ConfigError(
+            f"this GDAL ({rasterio.__gdal_version__}) cannot write {cfg.compress} "
+            "compression; use compress=deflate"
+        )
+
+
+def _make_rasters(
+    mosaic: MosaicStore,
+    work: Path,
+    cfg: ExportConfig,
+    targets: ExportTargets,
+    factors: list[int],
+    *,
+    progress: bool,
+) -> tuple[StagedFiles, dict[str, Path | None]]:
+    """The checked COGs in the scratch folder: classes, confidence and probabilities (the
+    last two where asked), by role."""
+    grid = mosaic.grid
+    stage = write_stages(mosaic, work, cfg, factors, progress=progress)
+    staged = {"cog": stage.classes, "confidence": stage.confidence}
+    if cfg.probabilities:
+        staged["probabilities"] = write_probability_stage(mosaic, work, cfg, factors)
+    out: dict[str, Path | None] = {"cog": None, "confidence": None, "probabilities": None}
+    for role, source in staged.items():
+        if source is None:
+            continue
+        path = work / f"{role}.tif"
+        to_cog(source, path, cfg, predictor=role != "cog")
+        check_cog(path, grid, len(factors), getattr(targets, role) or "")
+        out[role] = path
+    return stage, out
+
+
 def _check_mosaic(mosaic: MosaicStore, cfg: ExportConfig) -> tuple[ClassInfo, ...]:
     """Refuse a mosaic that cannot be exported as asked; returns its class table."""
     mosaic.require_complete(allow_incomplete=cfg.allow_incomplete, then="export it")
@@ -224,6 +261,11 @@ def _check_mosaic(mosaic: MosaicStore, cfg: ExportConfig) -> tuple[ClassInfo, ..
     bad = [c.id for c in classes if not 0 <= c.id < CLASS_NODATA]
     if bad:
         raise InputError(f"mosaic {mosaic.url} has class ids {bad} outside 0..254 (255 is nodata)")
+    if cfg.probabilities and not mosaic.has_probabilities:
+        raise InputError(
+            f"mosaic {mosaic.url} has no probabilities; predict it with --probabilities, or "
+            "export without --probabilities"
+        )
     if cfg.confidence != "none" and not mosaic.has_confidence:
         raise InputError(
             f"mosaic {mosaic.url} has no confidence array; export with --confidence none"

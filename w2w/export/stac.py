@@ -36,9 +36,9 @@ from shapely.geometry.base import BaseGeometry
 
 from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA
-from w2w.core.grid import Grid
 from w2w.core.provenance import find_bundle_hash, w2w_version
 from w2w.core.store import MosaicStore
+from w2w.core.store.cf import wkt2
 from w2w.export.config import ExportConfig, iso_utc
 from w2w.export.footprint import footprint_wgs84
 from w2w.export.pam import sidecar_asset
@@ -80,7 +80,8 @@ def stac_item(
         properties=_properties(cfg, mosaic, targets, dates),
         stac_extensions=[EXTENSIONS[e] for e in ITEM_EXTENSIONS],
     )
-    for key, asset in _assets(cfg, grid, targets, _class_objects(mosaic, counts), files).items():
+    objects = _class_objects(mosaic, counts)
+    for key, asset in _assets(cfg, mosaic, targets, objects, files).items():
         item.add_asset(key, _asset(asset))
     item.add_asset("quicklook", _asset(_quicklook_asset(targets, quicklook_shape)))
     item.add_asset(
@@ -194,7 +195,7 @@ def _properties(
         "created": iso_utc(dt.datetime.now(dt.UTC)),
         **dates,
         "proj:code": f"EPSG:{epsg}" if epsg else None,
-        "proj:wkt2": wkt2(grid),
+        "proj:wkt2": wkt2(grid.crs_wkt),
         "proj:shape": [grid.height, grid.width],
         "proj:transform": [float(v) for v in list(grid.transform)[:6]],
         "proj:bbox": [float(v) for v in grid.bounds],
@@ -211,13 +212,6 @@ def _properties(
     if bundle_hash:
         properties["w2w:bundle_hash"] = bundle_hash
     return properties
-
-
-def wkt2(grid: Grid) -> str:
-    """The grid's CRS as WKT2 (2019), the form ``proj:wkt2`` asks for."""
-    from pyproj import CRS
-
-    return str(CRS.from_wkt(grid.crs_wkt).to_wkt("WKT2_2019"))
 
 
 def _class_objects(mosaic: MosaicStore, counts: np.ndarray) -> list[dict[str, Any]]:
@@ -255,12 +249,13 @@ def _class_objects(mosaic: MosaicStore, counts: np.ndarray) -> list[dict[str, An
 
 def _assets(
     cfg: ExportConfig,
-    grid: Grid,
+    mosaic: MosaicStore,
     targets: ExportTargets,
     class_objects: list[dict[str, Any]],
     files: dict[str, Path | None],
 ) -> dict[str, Any]:
     """The COG(s) with their bands (raster extension) and files."""
+    grid, classes = mosaic.grid, mosaic.classes
     class_band: dict[str, Any] = {"name": "class", "nodata": CLASS_NODATA, "data_type": "uint8"}
     if grid.crs.is_projected:
         class_band["raster:spatial_resolution"] = grid.res[0]
@@ -295,6 +290,24 @@ def _assets(
             "roles": ["data", "confidence"],
             "bands": [confidence_band],
             **_file_fields(files["confidence"]),
+        }
+    if targets.probabilities:
+        assets["probabilities"] = {
+            "href": _relative(targets.probabilities),
+            "type": COG_MEDIA_TYPE,
+            "title": "Probability of each class",
+            "roles": ["data"],
+            "bands": [
+                {
+                    "name": slug(c.name),
+                    "description": f"probability of {c.name} (class {c.id}) x 255",
+                    "data_type": "uint8",
+                    "raster:scale": 1 / 255,
+                    "raster:offset": 0.0,
+                }
+                for c in classes
+            ],
+            **_file_fields(files.get("probabilities")),
         }
     return assets
 

@@ -27,6 +27,7 @@ class Predictor:
         from w2w.predict.engine import BlockEngine, EngineSettings, device_of, resolve_precision
 
         self.bp = BlockPlan(**plan)
+        self.probabilities = bool(settings.get("probabilities", False))
         bundle = load_bundle(bundle_url)
         device = device_of(bool(settings["use_gpu"]))
         if device.type == "cpu":
@@ -51,14 +52,20 @@ class Predictor:
             self.engine.stage(block, batch["image"][i], batch["valid"][i])
             for i, block in enumerate(blocks)
         ]
-        classes, confidences, counts = [], [], []
+        classes, confidences, probabilities, counts = [], [], [], []
         for i, block in enumerate(blocks):
-            cls, conf = self.engine.predict(block, staged[i])
+            if self.probabilities:
+                cls, conf, probs = self.engine.predict_with_probabilities(block, staged[i])
+                probabilities.append(probs)
+            else:
+                cls, conf = self.engine.predict(block, staged[i])
             classes.append(cls)
             confidences.append(conf)
             inner = block.relative_to(self.bp.window(block))
             counts.append(int(batch["valid"][i][inner.slices].sum()))
         out = {k: batch[k] for k in ("row", "col", "height", "width")}
+        if self.probabilities:
+            out["probabilities"] = np.stack(probabilities)
         return {
             **out,
             "class": np.stack(classes),

@@ -47,6 +47,11 @@ class PredictConfig(StageConfig):
         default=False, description="torch.compile the model in each actor (slower start-up)"
     )
     confidence: bool = Field(default=True, description="write the confidence array")
+    probabilities: bool = Field(
+        default=False,
+        description="also write each class's probability (uint8 x 255, one band per class) "
+        "for `w2w export --probabilities`; the mosaic grows by one byte a pixel per class",
+    )
     overwrite: bool = Field(default=False, description="start the mosaic over")
     max_blocks: int | None = Field(default=None, ge=1, description="stop after this many blocks")
 

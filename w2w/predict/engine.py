@@ -133,6 +133,21 @@ class BlockEngine:
     def predict(self, block: Window, staged: Staged) -> tuple[np.ndarray, np.ndarray]:
         """(block, block) uint8 class ids and confidence x 255, padded to the full block size
         (class nodata and confidence 0 past the scene's edge and on invalid pixels)."""
+        cls, conf, _ = self._predict(block, staged, probabilities=False)
+        return cls, conf
+
+    def predict_with_probabilities(
+        self, block: Window, staged: Staged
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`predict`, and the (classes, block, block) uint8 probability of each
+        class x 255 (rounded; 0 past the edge and on invalid pixels), bands in class order."""
+        cls, conf, probs = self._predict(block, staged, probabilities=True)
+        assert probs is not None
+        return cls, conf, probs
+
+    def _predict(
+        self, block: Window, staged: Staged, *, probabilities: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         plan, win = self.plan, self.plan.window(block)
         size, k = plan.window_size, len(self.class_ids)
         if staged.ready is not None:  # the copy stream's work on this block is done first
@@ -165,7 +180,12 @@ class BlockEngine:
         # 0 is nodata and 1 marks pixels the sieve reclassifies: a prediction is at least 2.
         quantised = torch.round(top_p * 255).clamp(CONFIDENCE_MIN_PREDICTED, 255).to(torch.uint8)
         conf[:h, :w] = torch.where(ok, quantised, torch.zeros_like(quantised)).cpu()
-        return cls.numpy(), conf.numpy()
+        if not probabilities:
+            return cls.numpy(), conf.numpy(), None
+        each = torch.zeros((k, plan.block, plan.block), dtype=torch.uint8)
+        scaled = torch.round(probs * 255).clamp(0, 255).to(torch.uint8)
+        each[:, :h, :w] = torch.where(ok, scaled, torch.zeros_like(scaled)).cpu()
+        return cls.numpy(), conf.numpy(), each.numpy()
 
     # -- steps -------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from w2w.core.runtime import ensure_ray, quiet_ray_data, raise_from_worker
 from w2w.core.store import MosaicStore, SceneStore
 from w2w.core.store.integrity import identity as identity_of
 from w2w.core.store.integrity import short
+from w2w.core.store.mosaic import PROBABILITIES
 from w2w.predict.actor import Predictor
 from w2w.predict.config import PredictConfig
 from w2w.predict.plan import BlockPlan, batch_windows
@@ -79,6 +80,8 @@ def write_blocks(
         mosaic.write("class", block, batch["class"][i][:h, :w])
         if with_confidence:
             mosaic.write("confidence", block, batch["confidence"][i][:h, :w])
+        if "probabilities" in batch:
+            mosaic.write(PROBABILITIES, block, batch["probabilities"][i][:, :h, :w])
         mosaic.mark_block_done(block, int(batch["valid_pixels"][i]))
     return {k: batch[k] for k in ("row", "col", "chips_forwarded", "chips_skipped")}
 
@@ -255,6 +258,7 @@ def _run_blocks(
                 "threads": cfg.threads or max(1, int(cfg.cpus_per_actor)),
                 "precision": cfg.precision,
                 "compile": cfg.compile,
+                "probabilities": cfg.probabilities,
             },
         },
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
@@ -299,6 +303,7 @@ def _made_from(cfg: PredictConfig, scene: SceneStore, bundle: Bundle, stride: in
         "stride": stride,
         "tta": cfg.tta,
         "precision": _precision(cfg),
+        "probabilities": cfg.probabilities,
     }
 
 
@@ -356,6 +361,7 @@ def _open_or_create_mosaic(
         classes=list(bundle.classes),
         provenance=provenance,
         with_confidence=cfg.confidence,
+        with_probabilities=cfg.probabilities,
         overwrite=True,
     )
 

@@ -18,6 +18,7 @@ from w2w.core.errors import OutputError
 from w2w.core.grid import Grid, Window
 from w2w.core.outputs import replace_store
 from w2w.core.store import MosaicStore
+from w2w.core.store.mosaic import PROBABILITIES
 from w2w.sieve.config import SieveConfig
 from w2w.sieve.passes import sieve_blocks
 
@@ -51,8 +52,8 @@ class MosaicWriter:
     """Writes sieved blocks into the new mosaic.
 
     Per block: ``class``; ``confidence``, ``CONFIDENCE_SIEVED`` where the class changed and
-    copied from the
-    input elsewhere; then the block's entry in the manifest of finished blocks.
+    copied from the input elsewhere; ``probabilities`` (if any) copied as the model gave them;
+    then the block's entry in the manifest of finished blocks.
     """
 
     input_url: str
@@ -70,6 +71,8 @@ class MosaicWriter:
             confidence = source.read_confidence(window)
             confidence[changed] = CONFIDENCE_SIEVED
             target.write("confidence", window, confidence)
+        if target.has_probabilities:  # the model's, as predicted: the sieve does not change them
+            target.write(PROBABILITIES, window, source.read_probabilities(window))
         # The sieve never changes nodata: the input's classified pixels are the expectation.
         expected = int((source.read_class(window) != CLASS_NODATA).sum())
         target.mark_block_done(window, expected)
@@ -114,6 +117,7 @@ def sieve(cfg: SieveConfig, *, progress: bool = True) -> SieveReport:
             classes=list(source.classes),
             provenance=provenance,
             with_confidence=source.has_confidence,
+            with_probabilities=source.has_probabilities,
             overwrite=cfg.overwrite,
         )
         try:

@@ -31,6 +31,8 @@ from w2w.core.store.cf import class_attrs, confidence_attrs
 from w2w.core.store.integrity import ChunkProblem, identity
 
 DONE = "blocks_done"
+#: Per-class probabilities x 255 (class, y, x), bands in the order of the class table.
+PROBABILITIES = "probabilities"
 VALID_COUNTS = "block_valid_pixels"
 #: Manifest values: a block written, and a block finished without data (nothing written).
 WRITTEN, EMPTY = 1, 2
@@ -53,6 +55,7 @@ class MosaicStore(GeoStore):
         shard: bool = False,
         provenance: dict[str, Any] | None = None,
         with_confidence: bool = True,
+        with_probabilities: bool = False,
         overwrite: bool = False,
     ) -> MosaicStore:
         """Create an empty mosaic whose write unit (chunk, or shard when ``shard``) is ``block``."""
@@ -98,6 +101,23 @@ class MosaicStore(GeoStore):
                 shard=shard_size,
                 attrs=confidence_attrs(),
             )
+        if with_probabilities:
+            store._create_raster(
+                PROBABILITIES,
+                dtype="uint8",
+                fill_value=0,
+                chunk=chunk,
+                shard=shard_size,
+                bands=len(classes),
+                attrs={
+                    "long_name": "probability of each class",
+                    "scale_factor": 1 / 255,
+                    "add_offset": 0.0,
+                    "units": "1",
+                    "class_ids": [c.id for c in classes],
+                    "class_names": [c.name for c in classes],
+                },
+            )
         shape = store.tiling.shape
         store._create_cells(DONE, shape, "uint8", 0)
         store._create_cells(VALID_COUNTS, shape, "int64", -1)
@@ -135,6 +155,11 @@ class MosaicStore(GeoStore):
         return "confidence" in self.array_names()
 
     @property
+    def has_probabilities(self) -> bool:
+        """Whether the mosaic carries per-class probabilities (``w2w predict --probabilities``)."""
+        return PROBABILITIES in self.array_names()
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """What the mosaic records about how it was made (inputs, bundle hash, settings)."""
         value = self.meta.get("provenance")
@@ -152,7 +177,7 @@ class MosaicStore(GeoStore):
         copy): one listing per array."""
         done = self.done_blocks() & ~self.empty_blocks()
         problems: list[ChunkProblem] = []
-        for name in ("class", "confidence"):
+        for name in ("class", "confidence", PROBABILITIES):
             if name not in self.array_names():
                 continue
             unit = self.chunk_shape(name)
@@ -234,6 +259,11 @@ class MosaicStore(GeoStore):
     def read_confidence(self, window: Window) -> np.ndarray:
         """(h, w) confidence x 255 of ``window``; 0 outside the grid."""
         return self.read("confidence", window, CONFIDENCE_NODATA)
+
+    def read_probabilities(self, window: Window) -> np.ndarray:
+        """(classes, h, w) probability x 255 of each class in ``window``; 0 outside the grid
+        and where not predicted."""
+        return self.read(PROBABILITIES, window, 0)
 
     def mark_complete(self, **meta: Any) -> None:
         """Mark the mosaic complete (every block done) and consolidate its metadata."""
