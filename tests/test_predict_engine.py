@@ -55,11 +55,15 @@ def scene() -> tuple[np.ndarray, np.ndarray, Normalizer]:
 
 
 def reference(
-    model: torch.nn.Module, image: np.ndarray, valid: np.ndarray, norm: Normalizer
+    model: torch.nn.Module,
+    image: np.ndarray,
+    valid: np.ndarray,
+    norm: Normalizer,
+    stride: int = STRIDE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whole-scene sliding window: normalise, pad, every chip of the global grid one at a
     time, Hann-weighted sum, argmax. Returns (classes, confidence x 255, top-2 margin)."""
-    probs = reference_probabilities(model, image, valid, norm)
+    probs = reference_probabilities(model, image, valid, norm, stride)
     ordered = np.sort(probs, axis=0)
     classes = np.where(valid, np.asarray(CLASS_IDS, np.uint8)[probs.argmax(0)], NODATA)
     conf = np.where(valid, np.rint(probs.max(0) * 255), 0).astype(np.uint8)
@@ -67,7 +71,11 @@ def reference(
 
 
 def reference_probabilities(
-    model: torch.nn.Module, image: np.ndarray, valid: np.ndarray, norm: Normalizer
+    model: torch.nn.Module,
+    image: np.ndarray,
+    valid: np.ndarray,
+    norm: Normalizer,
+    stride: int = STRIDE,
 ) -> np.ndarray:
     """(classes, h, w) blended probabilities of the whole-scene sliding window."""
     h, w = valid.shape
@@ -75,9 +83,9 @@ def reference_probabilities(
     for b in range(BANDS):
         x[b] = (np.clip(x[b], norm.lo[b], norm.hi[b]) - norm.offset[b]) / norm.scale[b]
     x[:, ~valid] = 0
-    rows = 1 if h <= CHIP else math.ceil((h - CHIP) / STRIDE) + 1
-    cols = 1 if w <= CHIP else math.ceil((w - CHIP) / STRIDE) + 1
-    ph, pw = (rows - 1) * STRIDE + CHIP, (cols - 1) * STRIDE + CHIP
+    rows = 1 if h <= CHIP else math.ceil((h - CHIP) / stride) + 1
+    cols = 1 if w <= CHIP else math.ceil((w - CHIP) / stride) + 1
+    ph, pw = (rows - 1) * stride + CHIP, (cols - 1) * stride + CHIP
     padded = np.zeros((BANDS, ph, pw), np.float32)
     padded[:, :h, :w] = x
     t = (np.arange(CHIP) + 0.5) / CHIP
@@ -88,7 +96,7 @@ def reference_probabilities(
     with torch.inference_mode():
         for i in range(rows):
             for j in range(cols):
-                r, c = i * STRIDE, j * STRIDE
+                r, c = i * stride, j * stride
                 chip = torch.from_numpy(padded[None, :, r : r + CHIP, c : c + CHIP].copy())
                 p = torch.softmax(model(chip).float(), dim=1)[0].numpy()
                 acc[:, r : r + CHIP, c : c + CHIP] += p * weight
@@ -104,10 +112,11 @@ def engine_mosaic(
     block: int,
     settings: EngineSettings,
     device: str = "cpu",
+    stride: int = STRIDE,
 ) -> tuple[np.ndarray, np.ndarray, BlockEngine, int]:
     """The mosaic assembled from the engine's blocks (read windows cut here, zero-padded)."""
     h, w = valid.shape
-    plan = BlockPlan(h, w, block, CHIP, STRIDE)
+    plan = BlockPlan(h, w, block, CHIP, stride)
     engine = BlockEngine(model, norm, CLASS_IDS, plan, device, settings)
     classes = np.zeros((h, w), np.uint8)
     conf = np.zeros((h, w), np.uint8)
@@ -147,6 +156,21 @@ def test_engine_equals_an_in_memory_sliding_window(model, scene, block: int) -> 
     assert np.abs(conf.astype(int) - ref_conf.astype(int)).max() <= 1
     assert (cls[~valid] == NODATA).all() and (conf[~valid] == 0).all()
     assert (cls[valid] != NODATA).all()
+
+
+@pytest.mark.parametrize("block", [32, 64])
+def test_chips_that_tile_the_scene_equal_the_reference(model, scene, block: int) -> None:  # type: ignore[no-untyped-def]
+    """stride = chip: one prediction a pixel, copied rather than blended."""
+    image, valid, norm = scene
+    ref_cls, ref_conf, margin = reference(model, image, valid, norm, stride=CHIP)
+    cls, conf, _, _ = engine_mosaic(
+        model, image, valid, norm, block, EngineSettings(batch_size=3), stride=CHIP
+    )
+    clear = margin > 1e-5
+    assert clear[valid].mean() > 0.99
+    np.testing.assert_array_equal(cls[clear | ~valid], ref_cls[clear | ~valid])
+    assert np.abs(conf.astype(int) - ref_conf.astype(int)).max() <= 1
+    assert (cls[~valid] == NODATA).all() and (cls[valid] != NODATA).all()
 
 
 def test_engine_mosaic_does_not_depend_on_block_size(model, scene) -> None:  # type: ignore[no-untyped-def]

@@ -51,6 +51,8 @@ def encoders() -> list[str]:
 
 
 def _canonical_arch(name: str) -> str:
+    if name.lower() == PIXEL_ARCH.lower():
+        return PIXEL_ARCH
     import segmentation_models_pytorch as smp
 
     mapping = {k.lower(): k for k in [*smp.MODEL_ARCHITECTURES_MAPPING, PIXEL_ARCH]}
@@ -90,12 +92,12 @@ class ModelSpec:
 
 def build_model(spec: ModelSpec) -> Any:
     """A freshly initialised ``torch.nn.Module`` for ``spec`` (no weights downloaded)."""
-    import segmentation_models_pytorch as smp
-
     arch = _canonical_arch(spec.arch)
     enc = spec.encoder
-    if arch == PIXEL_ARCH:
+    if arch == PIXEL_ARCH:  # no need for smp (and its 2 s of imports) in an actor
         return PixelMLP(spec.in_channels, spec.classes, **spec.options)
+    import segmentation_models_pytorch as smp
+
     if not enc.startswith("tu-") and enc not in encoders():
         raise ConfigError(
             f"unknown encoder '{enc}'; choose one of: {', '.join(encoders())}, "

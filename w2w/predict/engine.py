@@ -155,22 +155,16 @@ class BlockEngine:
             for t in (staged.image, staged.valid):
                 t.record_stream(torch.cuda.current_stream(self.device))
         x = self.normalise(staged.image, staged.valid)
-        acc = torch.zeros((k, size, size), dtype=torch.float32, device=self.device)
-        wsum = torch.zeros((size, size), dtype=torch.float32, device=self.device)
         rel = [c.relative_to(win) for c in staged.chips]
-        bs = self.settings.batch_size
-        for start in range(0, len(rel), bs):
-            group = rel[start : start + bs]
-            batch = torch.stack([x[:, r.row : r.row_stop, r.col : r.col_stop] for r in group])
-            weighted = self.forward(batch) * self.weights
-            for p, r in zip(weighted, group, strict=True):  # fixed (row-major) summation order
-                acc[:, r.row : r.row_stop, r.col : r.col_stop] += p
-                wsum[r.row : r.row_stop, r.col : r.col_stop] += self.weights
+        acc, wsum = self._blend(x, rel, size, k)
         inner = block.relative_to(win)
         acc = acc[:, inner.row : inner.row_stop, inner.col : inner.col_stop]
         wsum = wsum[inner.row : inner.row_stop, inner.col : inner.col_stop]
         ok = staged.valid[inner.row : inner.row_stop, inner.col : inner.col_stop] & (wsum > 0)
-        probs = acc / torch.where(wsum > 0, wsum, torch.ones_like(wsum))
+        if plan.stride == plan.chip:  # chips tile the window: each pixel has one prediction
+            probs = acc
+        else:
+            probs = acc / torch.where(wsum > 0, wsum, torch.ones_like(wsum))
         top_p, top = probs.max(dim=0)  # ties: the first class, as numpy's argmax
         nodata = torch.tensor(CLASS_NODATA, dtype=torch.uint8, device=self.device)
         cls = torch.full((plan.block, plan.block), CLASS_NODATA, dtype=torch.uint8)
@@ -188,6 +182,32 @@ class BlockEngine:
         return cls.numpy(), conf.numpy(), each.numpy()
 
     # -- steps -------------------------------------------------------------------------------
+
+    def _blend(
+        self, x: torch.Tensor, rel: list[Window], size: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward the chips at ``rel`` (window-relative) in batches and blend them: the
+        Hann-weighted sum of probabilities and of weights, summed chip by chip in row-major
+        order (deterministic). Where chips tile the window (stride = chip) no pixel has two
+        predictions: probabilities are copied in place and the weight sum only marks the
+        pixels a chip covered."""
+        acc = torch.zeros((k, size, size), dtype=torch.float32, device=self.device)
+        wsum = torch.zeros((size, size), dtype=torch.float32, device=self.device)
+        tiled = self.plan.stride == self.plan.chip
+        bs = self.settings.batch_size
+        for start in range(0, len(rel), bs):
+            group = rel[start : start + bs]
+            batch = torch.stack([x[:, r.row : r.row_stop, r.col : r.col_stop] for r in group])
+            probs = self.forward(batch)
+            for p, r in zip(probs, group, strict=True):  # fixed (row-major) summation order
+                cell = (slice(r.row, r.row_stop), slice(r.col, r.col_stop))
+                if tiled:
+                    acc[(slice(None), *cell)].copy_(p)
+                    wsum[cell] = 1.0
+                else:
+                    acc[(slice(None), *cell)].addcmul_(p, self.weights)
+                    wsum[cell] += self.weights
+        return acc, wsum
 
     def normalise(self, image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(band, h, w) raw pixels -> float32 ``(clip(x, lo, hi) - offset) / scale``, invalid
