@@ -104,4 +104,6 @@ def _write(model: Any, example: Any, path: Path, fmt: str) -> None:
                 input_names=["image"],
                 output_names=["logits"],
                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                # One self-contained file (a segmentation model is far below ONNX's 2 GB).
+                external_data=False,
             )
