@@ -1,8 +1,8 @@
 """The export stage: a mosaic into files GIS tools and catalogues take as they are.
 
 :mod:`.config` (settings), :mod:`.cog` (the streamed COG and its checks), :mod:`.stac`
-(the STAC Item), :mod:`.styles` (quicklook and QGIS style), :mod:`.run` (the set of files,
-published together).
+(the STAC Item), :mod:`.styles` (quicklook and QGIS style), :mod:`.vector` (the map as
+polygons, merged across block borders), :mod:`.run` (the set of files, published together).
 """
 
 from typing import TYPE_CHECKING

@@ -15,7 +15,10 @@ What ``w2w export`` writes, beside each other (``map.tif`` named by ``output``):
   processing extensions) describing the assets, with class counts;
 * ``map_quicklook.png`` -- a picture of the map with a legend of class colours and names;
 * ``map.qml`` -- a QGIS layer style (paletted renderer with class names), which QGIS applies
-  on its own when it opens ``map.tif`` from a folder.
+  on its own when it opens ``map.tif`` from a folder;
+* the ``vector`` file, when asked for (``--vector landcover.gpkg`` or ``.fgb``) -- the map as
+  polygons (``class_id``, ``class_name``, ``area_ha``) in the map's CRS, polygonized block by
+  block from the finished COG and merged across block borders (:mod:`.vector`).
 
 How memory stays bounded whatever the size of the state: the mosaic is read one write unit
 (chunk or shard) at a time and written window by window into a tiled GeoTIFF in a local
@@ -60,6 +63,7 @@ from w2w.export.cog import (
 from w2w.export.config import ExportConfig
 from w2w.export.stac import stac_item
 from w2w.export.styles import qgis_style, render_quicklook
+from w2w.export.vector import export_vector
 
 log = logging.getLogger("w2w")
 
@@ -73,10 +77,12 @@ class ExportTargets:
     stac: str
     quicklook: str
     style: str
+    vector: str | None = None
 
     def all(self) -> list[str]:
         """Every file the export writes."""
-        return [u for u in (self.cog, self.confidence, self.quicklook, self.style, self.stac) if u]
+        files = (self.cog, self.confidence, self.quicklook, self.style, self.vector, self.stac)
+        return [u for u in files if u]
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,8 @@ class ExportResult:
     class_counts: dict[str, int]
     nodata_pixels: int
     size_bytes: int
+    vector: str | None = None
+    vector_polygons: int = 0
 
 
 def export_targets(cfg: ExportConfig) -> ExportTargets:
@@ -105,11 +113,13 @@ def export_targets(cfg: ExportConfig) -> ExportTargets:
         stac=f"{stem}.json",
         quicklook=f"{stem}_quicklook.png",
         style=f"{stem}.qml",
+        vector=cfg.vector,
     )
 
 
 def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
-    """Export a mosaic as COG(s), STAC Item, quicklook and QGIS style; see the module notes."""
+    """Export a mosaic as COG(s), STAC Item, quicklook, QGIS style and optionally polygons;
+    see the module notes."""
     mosaic = MosaicStore.open(cfg.input)
     classes = _check_mosaic(mosaic, cfg)
     targets = export_targets(cfg)
@@ -139,6 +149,11 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             conf_path = work / "confidence.tif"
             to_cog(stage.confidence, conf_path, cfg, predictor=True)
             check_cog(conf_path, grid, len(factors), targets.confidence or "")
+        vector = None
+        if targets.vector:
+            vector = export_vector(
+                cog_path, work, targets.vector, classes, block=cfg.blocksize, progress=progress
+            )
         png, ql_shape = render_quicklook(cog_path, classes, cfg.quicklook_size)
         item = stac_item(
             cfg,
@@ -146,7 +161,11 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             targets,
             stage.counts,
             quicklook_shape=ql_shape,
-            files={"cog": cog_path, "confidence": conf_path},
+            files={
+                "cog": cog_path,
+                "confidence": conf_path,
+                "vector": vector.path if vector else None,
+            },
         )
         (work / "quicklook.png").write_bytes(png)
         (work / "style.qml").write_text(qgis_style(classes))
@@ -158,8 +177,10 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         files += [
             (targets.quicklook, work / "quicklook.png"),
             (targets.style, work / "style.qml"),
-            (targets.stac, work / "item.json"),
         ]
+        if vector is not None and targets.vector:
+            files.append((targets.vector, vector.path))
+        files.append((targets.stac, work / "item.json"))
         publish_files(files)
         size = cog_path.stat().st_size
     stale = f"{targets.stac[: -len('.json')]}_confidence.tif"
@@ -177,6 +198,8 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         class_counts={names[i]: int(stage.counts[i]) for i in names},
         nodata_pixels=int(stage.counts[CLASS_NODATA]),
         size_bytes=size,
+        vector=targets.vector,
+        vector_polygons=vector.polygons if vector else 0,
     )
 
 

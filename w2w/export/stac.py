@@ -18,6 +18,7 @@ from w2w.core.grid import Grid
 from w2w.core.provenance import find_bundle_hash, w2w_version
 from w2w.core.store import MosaicStore
 from w2w.export.config import ExportConfig, iso_utc
+from w2w.export.vector import vector_asset
 
 if TYPE_CHECKING:
     from w2w.export.run import ExportTargets
@@ -150,6 +151,8 @@ def _assets(
         "title": "QGIS layer style: class colours and names",
         "roles": ["metadata", "style"],
     }
+    if targets.vector:
+        assets["vector"] = vector_asset(targets.vector, targets.stac, files.get("vector"))
     return assets
 
 
