@@ -139,6 +139,35 @@ def test_fragmented_random_map_with_tiny_blocks(tmp_path: Path, block: int) -> N
     assert_equals_whole_raster_polygonize(tmp_path / "map.fgb", cls, grid)
 
 
+def test_memory_follows_the_block_borders_not_the_area(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Peak Python memory (numpy included) of polygonizing maps 1024 px wide and 1024 or 4096
+    px tall (4x the area, the same width: the same length of border per row of blocks) of
+    16 px squares of random classes (~16,000 polygons in the larger one): it does not grow;
+    holding the larger map (4 MiB) or its polygons would show."""
+    import tracemalloc
+
+    # With AWS keys in the environment (the S3 test server's) rasterio builds a boto3
+    # session on every polygonize call, whose reference cycles wait for Python's garbage
+    # collector: bounded, but noise for this measurement.
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    peaks = {}
+    rng = np.random.default_rng(3)
+    for height in (256, 1024, 4096):  # the first one warms up (caches, lazy imports)
+        squares = rng.integers(1, 7, size=(height // 16, 1024 // 16)).astype(np.uint8)
+        cls = np.repeat(np.repeat(squares, 16, axis=0), 16, axis=1)
+        src = write_tif(tmp_path / f"m{height}.tif", cls, grid_of(height, 1024))
+        del cls
+        tracemalloc.start()
+        write_vector(src, tmp_path / f"m{height}.gpkg", CLASSES, block=256, layer="lc", batch=500)
+        peaks[height] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    print(f"vector peak memory (MiB) by map height: {peaks}")
+    assert peaks[4096] - peaks[1024] < 0.5, peaks
+
+
 def test_export_writes_a_geopackage_in_its_set(tmp_path: Path) -> None:
     cls = patchy_map()
     url = str(tmp_path / "m.zarr")

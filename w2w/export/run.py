@@ -118,8 +118,7 @@ def export_targets(cfg: ExportConfig) -> ExportTargets:
 
 
 def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
-    """Export a mosaic as COG(s), STAC Item, quicklook, QGIS style and optionally polygons;
-    see the module notes."""
+    """Export a mosaic as COG(s), STAC Item, quicklook, QGIS style and polygons (module notes)."""
     mosaic = MosaicStore.open(cfg.input)
     classes = _check_mosaic(mosaic, cfg)
     targets = export_targets(cfg)
@@ -149,23 +148,18 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             conf_path = work / "confidence.tif"
             to_cog(stage.confidence, conf_path, cfg, predictor=True)
             check_cog(conf_path, grid, len(factors), targets.confidence or "")
-        vector = None
-        if targets.vector:
-            vector = export_vector(
-                cog_path, work, targets.vector, classes, block=cfg.blocksize, progress=progress
-            )
+        vector = export_vector(
+            cog_path, work, targets.vector, classes, block=cfg.blocksize, progress=progress
+        )
         png, ql_shape = render_quicklook(cog_path, classes, cfg.quicklook_size)
+        made = {"cog": cog_path, "confidence": conf_path, "vector": vector.path if vector else None}
         item = stac_item(
             cfg,
             mosaic,
             targets,
             stage.counts,
             quicklook_shape=ql_shape,
-            files={
-                "cog": cog_path,
-                "confidence": conf_path,
-                "vector": vector.path if vector else None,
-            },
+            files=made,
         )
         (work / "quicklook.png").write_bytes(png)
         (work / "style.qml").write_text(qgis_style(classes))
@@ -177,10 +171,9 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         files += [
             (targets.quicklook, work / "quicklook.png"),
             (targets.style, work / "style.qml"),
+            *([(vector.target, vector.path)] if vector else []),
+            (targets.stac, work / "item.json"),
         ]
-        if vector is not None and targets.vector:
-            files.append((targets.vector, vector.path))
-        files.append((targets.stac, work / "item.json"))
         publish_files(files)
         size = cog_path.stat().st_size
     stale = f"{targets.stac[: -len('.json')]}_confidence.tif"

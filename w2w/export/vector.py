@@ -84,33 +84,37 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 @dataclass(frozen=True)
 class VectorFile:
-    """A finished vector file in the scratch folder and how many polygons it holds."""
+    """A finished vector file in the scratch folder, where it goes and how many polygons it
+    holds."""
 
+    target: str
     path: Path
     polygons: int
 
 
-def extension(url: str) -> str:
-    """The lower-case extension of a vector file name (``.gpkg`` or ``.fgb``)."""
-    name = url.rstrip("/").rsplit("/", 1)[-1]
-    return name[name.rfind(".") :].lower() if "." in name else ""
-
-
-def layer_name(url: str) -> str:
-    """The layer name of a vector file: its file name without the extension."""
-    name = url.rstrip("/").rsplit("/", 1)[-1]
-    return name[: name.rfind(".")] if "." in name else name
+def split_name(url: str) -> tuple[str, str]:
+    """A vector file's stem (its layer name) and lower-case extension (``.gpkg``, ``.fgb``)."""
+    stem, dot, ext = url.rstrip("/").rsplit("/", 1)[-1].rpartition(".")
+    return (stem, f".{ext.lower()}") if dot else (ext, "")
 
 
 def export_vector(
-    cog: Path, work: Path, target: str, classes: Sequence[ClassInfo], *, block: int, progress: bool
-) -> VectorFile:
-    """Polygonize the exported class COG into ``work`` for the vector target ``target``."""
-    path = work / f"vector{extension(target)}"
-    count = write_vector(
-        cog, path, classes, block=block, layer=layer_name(target), progress=progress
-    )
-    return VectorFile(path, count)
+    cog: Path,
+    work: Path,
+    target: str | None,
+    classes: Sequence[ClassInfo],
+    *,
+    block: int,
+    progress: bool,
+) -> VectorFile | None:
+    """Polygonize the exported class COG into ``work`` for the vector target ``target``;
+    nothing (``None``) without a target."""
+    if target is None:
+        return None
+    stem, ext = split_name(target)
+    path = work / f"vector{ext}"
+    count = write_vector(cog, path, classes, block=block, layer=stem, progress=progress)
+    return VectorFile(target, path, count)
 
 
 def vector_asset(vector: str, item: str, path: Path | None = None) -> dict[str, Any]:
@@ -118,7 +122,7 @@ def vector_asset(vector: str, item: str, path: Path | None = None) -> dict[str, 
     with the finished file's ``path``, its ``file:size`` and ``file:checksum`` too."""
     asset: dict[str, Any] = {
         "href": _href(vector, item),
-        "type": VECTOR_MEDIA_TYPES[extension(vector)],
+        "type": VECTOR_MEDIA_TYPES[split_name(vector)[1]],
         "title": "Land-cover polygons: class_id, class_name, area_ha",
         "roles": ["data"],
     }
@@ -140,15 +144,16 @@ def write_vector(
     block: int,
     layer: str,
     progress: bool = False,
+    batch: int = BATCH_POLYGONS,
 ) -> int:
     """Polygonize band 1 of the class raster ``src`` (nodata 255) into ``dst`` (GeoPackage or
-    FlatGeobuf, by extension), ``block`` x ``block`` pixels at a time (see the module notes);
-    returns the number of polygons."""
-    driver = VECTOR_DRIVERS[extension(str(dst))]
+    FlatGeobuf, by extension), ``block`` x ``block`` pixels at a time (see the module notes),
+    writing ``batch`` polygons at a time; returns the number of polygons."""
+    driver = VECTOR_DRIVERS[dst.suffix.lower()]
     gpkg = dst if driver == "GPKG" else dst.with_name(f"{dst.stem}.part.gpkg")
     with rasterio.open(src) as ds:
         grid = Grid.from_rasterio(ds)
-        sink = _Sink(gpkg, layer, grid, {c.id: c.name for c in classes})
+        sink = _Sink(gpkg, layer, grid, {c.id: c.name for c in classes}, batch)
         tiling = grid.blocks(block)
         rows, cols = tiling.shape
         polygonizer = _Polygonizer(grid, sink, block)
@@ -365,8 +370,10 @@ class _Sink:
     """Finished polygons (pixel coordinates) appended to a GeoPackage in batches, in map
     coordinates, with their class id, class name and area."""
 
-    def __init__(self, path: Path, layer: str, grid: Grid, names: dict[int, str]) -> None:
-        self.path, self.layer, self.crs = path, layer, grid.crs_wkt
+    def __init__(
+        self, path: Path, layer: str, grid: Grid, names: dict[int, str], batch: int
+    ) -> None:
+        self.path, self.layer, self.crs, self.batch = path, layer, grid.crs_wkt, batch
         self.names = np.array([names.get(i, "unknown") for i in range(256)], dtype=object)
         self.to_map = _affine(grid.transform)
         self.area_ha = area_function(grid)
@@ -383,7 +390,7 @@ class _Sink:
         self.classes += classes
         self.polygons += polygons
         self.vertices += int(shapely.get_num_coordinates(np.asarray(polygons, dtype=object)).sum())
-        if len(self.polygons) >= BATCH_POLYGONS or self.vertices >= BATCH_VERTICES:
+        if len(self.polygons) >= self.batch or self.vertices >= BATCH_VERTICES:
             self._flush()
 
     def close(self) -> None:
