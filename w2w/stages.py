@@ -154,11 +154,14 @@ def _export(r: Any) -> StageSummary:
         outputs["confidence COG"] = r.confidence
         lines.append(f"confidence: {r.confidence}")
     outputs.update({"STAC item": r.stac, "quicklook": r.quicklook})
+    if r.vector:
+        outputs["vector"] = r.vector
     levels = ", ".join(str(f) for f in r.overviews) or "none (fits in one tile)"
     lines += [
         f"STAC item: {r.stac}",
         f"quicklook: {r.quicklook}",
         f"QGIS style: {r.style}",
+        *([f"vector: {r.vector} ({r.vector_polygons:,} polygons)"] if r.vector else []),
         f"grid: {r.grid.describe()}",
         f"overviews: {levels}",
     ]

@@ -2,8 +2,8 @@
 
 :mod:`.config` (settings), :mod:`.cog` (the streamed COG and its checks), :mod:`.stac`
 (the STAC Item), :mod:`.styles` (quicklook, QGIS style and SLD), :mod:`.pam` (class names and
-raster attribute table for GDAL, in a sidecar), :mod:`.run` (the set of files, published
-together).
+raster attribute table for GDAL, in a sidecar), :mod:`.vector` (the map as
+polygons, merged across block borders), :mod:`.run` (the set of files, published together).
 """
 
 from typing import TYPE_CHECKING

@@ -10,6 +10,8 @@ from pydantic import Field, field_validator
 from w2w.core.config import PathStr, StageConfig, overwrite_field
 
 Compression = Literal["deflate", "zstd", "lzw"]
+#: Vector formats of ``vector``, by file extension: the GDAL driver that writes each.
+VECTOR_DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf"}
 
 
 def iso_utc(when: dt.datetime) -> str:
@@ -22,7 +24,7 @@ class ExportConfig(StageConfig):
 
     stage_name: ClassVar[str] = "export"
     inputs: ClassVar[dict[str, str]] = {"input": "mosaic"}
-    outputs: ClassVar[tuple[str, ...]] = ("output",)
+    outputs: ClassVar[tuple[str, ...]] = ("output", "vector")
 
     input: PathStr = Field(description="mosaic store (local path or s3:// URL)")
     output: PathStr = Field(description="the class COG to write: a .tif path or s3:// URL")
@@ -44,6 +46,11 @@ class ExportConfig(StageConfig):
     )
     overview_resampling: Literal["mode", "nearest"] = Field(
         default="mode", description="overviews of the classes; confidence always uses average"
+    )
+    vector: PathStr | None = Field(
+        default=None,
+        description="also write the map as polygons (class_id, class_name, area_ha) to this "
+        ".gpkg (GeoPackage) or .fgb (FlatGeobuf) path or s3:// URL; default: no vector file",
     )
     quicklook_size: int = Field(default=1024, ge=64, le=8192, description="quicklook long edge")
     datetime: str | None = Field(
@@ -76,6 +83,16 @@ class ExportConfig(StageConfig):
     def _tif_name(cls, v: str) -> str:
         if not v.lower().endswith((".tif", ".tiff")):
             raise ValueError("the output must be a GeoTIFF name ending in .tif, e.g. map.tif")
+        return v
+
+    @field_validator("vector")
+    @classmethod
+    def _vector_name(cls, v: str | None) -> str | None:
+        if v is not None and not v.lower().endswith(tuple(VECTOR_DRIVERS)):
+            raise ValueError(
+                "the vector output must be a GeoPackage (.gpkg) or FlatGeobuf (.fgb) name, "
+                "e.g. landcover.gpkg"
+            )
         return v
 
     @field_validator("datetime")

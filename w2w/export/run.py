@@ -27,6 +27,9 @@ What ``w2w export`` writes, beside each other (``map.tif`` named by ``output``):
   attribute table (value, name, colour, pixel count), which GDAL (``gdalinfo``, QGIS,
   ArcGIS) reads whenever it opens ``map.tif`` (see :mod:`.pam`);
 * ``map.sld`` -- an OGC SLD 1.0.0 style (class colours and names) for map servers.
+* the ``vector`` file, when asked for (``--vector landcover.gpkg`` or ``.fgb``) -- the map as
+  polygons (``class_id``, ``class_name``, ``area_ha``) in the map's CRS, polygonized block by
+  block from the finished COG and merged across block borders (:mod:`.vector`).
 
 How memory stays bounded whatever the size of the state: the mosaic is read one write unit
 (chunk or shard) at a time and written window by window into a tiled GeoTIFF in a local
@@ -52,6 +55,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import rasterio
 
@@ -78,6 +82,7 @@ from w2w.export.probabilities import write_probability_stage
 from w2w.export.stac import stac_item
 from w2w.export.stac_schemas import validate_item
 from w2w.export.styles import qgis_style, render_quicklook, sld_style
+from w2w.export.vector import export_vector
 
 log = logging.getLogger("w2w")
 
@@ -95,11 +100,12 @@ class ExportTargets:
     sld: str
     model: str
     probabilities: str | None = None
+    vector: str | None = None
 
     def all(self) -> list[str]:
         """Every file the export writes (the model Item only where the bundle is readable)."""
         files = (self.cog, self.sidecar, self.confidence, self.probabilities, self.quicklook)
-        return [u for u in (*files, self.style, self.sld, self.model, self.stac) if u]
+        return [u for u in (*files, self.style, self.sld, self.vector, self.model, self.stac) if u]
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ class ExportResult:
     class_counts: dict[str, int]
     nodata_pixels: int
     size_bytes: int
+    vector: str | None = None
+    vector_polygons: int = 0
 
 
 def export_targets(cfg: ExportConfig) -> ExportTargets:
@@ -132,12 +140,13 @@ def export_targets(cfg: ExportConfig) -> ExportTargets:
         sld=f"{stem}.sld",
         model=f"{stem}_model.json",
         probabilities=f"{stem}_probabilities.tif" if cfg.probabilities else None,
+        vector=cfg.vector,
     )
 
 
 def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
-    """Export a mosaic as COG(s), class sidecar, STAC Item, quicklook and styles; see the
-    module notes."""
+    """Export a mosaic as COG(s), class sidecar, STAC Items, quicklook, styles and polygons;
+    see the module notes."""
     mosaic = MosaicStore.open(cfg.input)
     classes = _check_mosaic(mosaic, cfg)
     targets = export_targets(cfg)
@@ -149,6 +158,9 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         stage, rasters = _make_rasters(mosaic, work, cfg, targets, factors, progress=progress)
         cog_path = rasters["cog"]
         assert cog_path is not None
+        vector = export_vector(
+            cog_path, work, targets.vector, classes, block=cfg.blocksize, progress=progress
+        )
         png, ql_shape = render_quicklook(cog_path, classes, cfg.quicklook_size)
         geometry, bbox = footprint_wgs84(stage.footprint, grid)
         model = model_item(mosaic, targets.model, geometry, bbox)
@@ -158,7 +170,7 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             targets,
             stage.counts,
             quicklook_shape=ql_shape,
-            files=rasters,
+            files={**rasters, "vector": vector.path if vector else None},
             footprint=stage.footprint,
             model_item=targets.model if model else None,
         )
@@ -172,21 +184,7 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         if model is not None:
             validate_item(model, targets.model)
             (work / "model.json").write_text(json.dumps(model, indent=2) + "\n")
-        # Published as one set, the Item last (see publish_files).
-        files = [(targets.cog, cog_path), (targets.sidecar, work / "classes.aux.xml")]
-        for key in ("confidence", "probabilities"):
-            url, path = getattr(targets, key), rasters[key]
-            if url and path is not None:
-                files.append((url, path))
-        files += [
-            (targets.quicklook, work / "quicklook.png"),
-            (targets.style, work / "style.qml"),
-            (targets.sld, work / "style.sld"),
-        ]
-        if model is not None:
-            files.append((targets.model, work / "model.json"))
-        files.append((targets.stac, work / "item.json"))
-        publish_files(files)
+        _publish_set(targets, work, rasters, vector, with_model=model is not None)
         size = cog_path.stat().st_size
     stale = f"{targets.stac[: -len('.json')]}_confidence.tif"
     if targets.confidence is None and storage.exists(stale):
@@ -203,7 +201,39 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         class_counts={names[i]: int(stage.counts[i]) for i in names},
         nodata_pixels=int(stage.counts[CLASS_NODATA]),
         size_bytes=size,
+        vector=targets.vector,
+        vector_polygons=vector.polygons if vector else 0,
     )
+
+
+def _publish_set(
+    targets: ExportTargets,
+    work: Path,
+    rasters: dict[str, Path | None],
+    vector: Any,
+    *,
+    with_model: bool,
+) -> None:
+    """Publish the finished files of the scratch folder as one set, the Item last (see
+    :func:`publish_files`)."""
+    cog_path = rasters["cog"]
+    assert cog_path is not None
+    files = [(targets.cog, cog_path), (targets.sidecar, work / "classes.aux.xml")]
+    for key in ("confidence", "probabilities"):
+        url, path = getattr(targets, key), rasters[key]
+        if url and path is not None:
+            files.append((url, path))
+    files += [
+        (targets.quicklook, work / "quicklook.png"),
+        (targets.style, work / "style.qml"),
+        (targets.sld, work / "style.sld"),
+    ]
+    if vector:
+        files.append((vector.target, vector.path))
+    if with_model:
+        files.append((targets.model, work / "model.json"))
+    files.append((targets.stac, work / "item.json"))
+    publish_files(files)
 
 
 def _check_outputs(cfg: ExportConfig, targets: ExportTargets) -> None:

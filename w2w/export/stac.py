@@ -44,6 +44,7 @@ from w2w.export.footprint import footprint_wgs84
 from w2w.export.pam import sidecar_asset
 from w2w.export.stac_schemas import EXTENSIONS
 from w2w.export.styles import sld_asset
+from w2w.export.vector import vector_asset
 
 if TYPE_CHECKING:
     from w2w.export.run import ExportTargets
@@ -95,6 +96,10 @@ def stac_item(
             }
         ),
     )
+    if targets.vector:
+        item.add_asset(
+            "vector", _asset(vector_asset(targets.vector, targets.stac, files.get("vector")))
+        )
     item.add_asset("sidecar", _asset(sidecar_asset(_relative(targets.sidecar))))
     item.add_asset("sld", _asset(sld_asset(_relative(targets.sld))))
     for key, asset in (extra_assets or {}).items():
