@@ -207,7 +207,8 @@ def demo_config(
             },
             "predict": {"block": 256, "batch_size": 16, "overwrite": True},
             "sieve": {"min_area_ha": 0.05, "overwrite": True},
-            "export": {"overwrite": True},
+            # The map as polygons too (GeoPackage), merged across block borders.
+            "export": {"overwrite": True, "vector": f"{workdir.rstrip('/')}/landcover.gpkg"},
             "evaluate": {"overwrite": True},
         }
     )

@@ -156,9 +156,12 @@ def _export(r: Any) -> StageSummary:
     outputs.update({"STAC item": r.stac, "quicklook": r.quicklook})
     if r.vector:
         outputs["vector"] = r.vector
+    if r.model:
+        outputs["model STAC item"] = r.model
     levels = ", ".join(str(f) for f in r.overviews) or "none (fits in one tile)"
     lines += [
         f"STAC item: {r.stac}",
+        *([f"model STAC item: {r.model}"] if r.model else []),
         f"quicklook: {r.quicklook}",
         f"QGIS style: {r.style}",
         *([f"vector: {r.vector} ({r.vector_polygons:,} polygons)"] if r.vector else []),

@@ -36,7 +36,8 @@ def model_item(
 ) -> dict[str, Any] | None:
     """The MLM Item of the bundle that predicted ``mosaic``, to be written at ``item_url``;
     None (with a warning) when the bundle cannot be read or is no longer that bundle."""
-    from w2w.export.stac import absolute_url, relative_href, slug
+    from w2w.export.hrefs import absolute_url, relative_href
+    from w2w.export.stac import slug
     from w2w.model.bundle import load_bundle
 
     provenance = _predict_provenance(mosaic.provenance)

@@ -124,6 +124,7 @@ class ExportResult:
     size_bytes: int
     vector: str | None = None
     vector_polygons: int = 0
+    model: str | None = None  # the model's STAC MLM Item, where the bundle was readable
 
 
 def export_targets(cfg: ExportConfig) -> ExportTargets:
@@ -203,6 +204,7 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         size_bytes=size,
         vector=targets.vector,
         vector_polygons=vector.polygons if vector else 0,
+        model=targets.model if model is not None else None,
     )
 
 

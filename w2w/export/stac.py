@@ -23,11 +23,7 @@ network is needed: :mod:`w2w.export.stac_schemas`) before anything is published.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import hashlib
 import logging
-import os
-import posixpath
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +37,7 @@ from w2w.core.store import MosaicStore
 from w2w.core.store.cf import wkt2
 from w2w.export.config import ExportConfig, iso_utc
 from w2w.export.footprint import footprint_wgs84
+from w2w.export.hrefs import absolute_url, file_fields, relative_href
 from w2w.export.pam import sidecar_asset
 from w2w.export.stac_schemas import EXTENSIONS
 from w2w.export.styles import sld_asset
@@ -278,7 +275,7 @@ def _assets(
         "type": COG_MEDIA_TYPE,
         "title": "Land-cover classes",
         "roles": ["data"],
-        **_file_fields(files["cog"]),
+        **file_fields(files["cog"]),
     }
     if cfg.confidence == "band":
         class_band["classification:classes"] = class_objects
@@ -294,7 +291,7 @@ def _assets(
             "title": "Confidence (probability of the mapped class)",
             "roles": ["data", "confidence"],
             "bands": [confidence_band],
-            **_file_fields(files["confidence"]),
+            **file_fields(files["confidence"]),
         }
     if targets.probabilities:
         assets["probabilities"] = {
@@ -312,7 +309,7 @@ def _assets(
                 }
                 for c in classes
             ],
-            **_file_fields(files.get("probabilities")),
+            **file_fields(files.get("probabilities")),
         }
     return assets
 
@@ -326,20 +323,6 @@ def _quicklook_asset(targets: ExportTargets, shape: tuple[int, int]) -> dict[str
         "proj:code": None,
         "proj:shape": list(shape),
     }
-
-
-def _file_fields(path: Path | None) -> dict[str, Any]:
-    """``file:size`` and ``file:checksum`` (multihash SHA2-256) of a finished file."""
-    if path is None:
-        return {}
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(functools.partial(f.read, 1 << 20), b""):
-            digest.update(chunk)
-    return {"file:size": os.path.getsize(path), "file:checksum": "1220" + digest.hexdigest()}
-
-
-# -- names and hrefs --------------------------------------------------------------------------
 
 
 def slug(name: str) -> str:
@@ -356,28 +339,6 @@ def _stem(url: str) -> str:
 def _relative(url: str) -> str:
     """An asset href relative to the Item, which sits in the same folder."""
     return "./" + url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def absolute_url(url: str) -> str:
-    """A local path made absolute; a URL as it is."""
-    return url if storage.is_remote(url) else os.path.abspath(url)
-
-
-def relative_href(target: str, item: str) -> str:
-    """``target`` as seen from the Item at ``item``: relative where both are on the local
-    file system or in the same bucket, else absolute."""
-    target, item = absolute_url(target), absolute_url(item)
-    if storage.is_remote(target) != storage.is_remote(item):
-        return target
-    if storage.is_remote(target):
-        t_scheme, t_path = target.split("://", 1)
-        i_scheme, i_path = item.split("://", 1)
-        if t_scheme != i_scheme or t_path.split("/", 1)[0] != i_path.split("/", 1)[0]:
-            return target
-        rel = posixpath.relpath(t_path, posixpath.dirname(i_path))
-    else:
-        rel = os.path.relpath(target, os.path.dirname(item)).replace(os.sep, "/")
-    return rel if rel.startswith("../") else f"./{rel}"
 
 
 def relative_paths(value: Any, item: str) -> Any:

@@ -45,8 +45,6 @@ edge keeps.
 from __future__ import annotations
 
 import functools
-import hashlib
-import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +60,13 @@ from affine import Affine
 from scipy import ndimage
 from shapely.geometry.polygon import orient
 
-from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, ClassInfo
 from w2w.core.errors import InputError
 from w2w.core.grid import Grid
 from w2w.core.progress import progress_bar
 from w2w.core.windows import Window
 from w2w.export.config import VECTOR_DRIVERS
+from w2w.export.hrefs import file_fields, relative_href
 
 #: Media types of the vector formats (STAC asset ``type``), by file extension.
 VECTOR_MEDIA_TYPES = {
@@ -121,18 +119,12 @@ def vector_asset(vector: str, item: str, path: Path | None = None) -> dict[str, 
     """The STAC asset of the vector file ``vector``, its href relative to the Item ``item``;
     with the finished file's ``path``, its ``file:size`` and ``file:checksum`` too."""
     asset: dict[str, Any] = {
-        "href": _href(vector, item),
+        "href": relative_href(vector, item),
         "type": VECTOR_MEDIA_TYPES[split_name(vector)[1]],
         "title": "Land-cover polygons: class_id, class_name, area_ha",
         "roles": ["data"],
     }
-    if path is not None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        asset["file:size"] = path.stat().st_size
-        asset["file:checksum"] = "1220" + digest.hexdigest()  # multihash SHA2-256
+    asset.update(file_fields(path))
     return asset
 
 
@@ -479,18 +471,3 @@ def _convert(gpkg: Path, dst: Path, layer: str, driver: str) -> None:
             geometry_type="Polygon",
             crs=meta["crs"],
         )
-
-
-def _href(url: str, item: str) -> str:
-    """``url`` relative to the folder of the STAC Item at ``item`` where both live in one
-    file system or bucket, else ``url`` itself."""
-    if storage.is_remote(url) != storage.is_remote(item):
-        return url
-    if storage.is_remote(url):
-        scheme, _, rest = url.partition("://")
-        item_scheme, _, item_rest = item.partition("://")
-        if (scheme, rest.split("/", 1)[0]) != (item_scheme, item_rest.split("/", 1)[0]):
-            return url
-        url, item = "/" + rest, "/" + item_rest
-    relative = posixpath.relpath(url, posixpath.dirname(item))
-    return relative if relative.startswith("..") else "./" + relative

@@ -103,7 +103,7 @@ def _write(model: Any, example: Any, path: Path, fmt: str) -> None:
                 str(path),
                 input_names=["image"],
                 output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
                 # One self-contained file (a segmentation model is far below ONNX's 2 GB).
                 external_data=False,
             )
