@@ -103,11 +103,18 @@ def footprint_wgs84(
         transformer = Transformer.from_crs(grid.crs_wkt, "EPSG:4326", always_xy=True)
         mapped = shapely.transform(mapped, lambda xy: np.column_stack(transformer.transform(*xy.T)))
     # Longitudes jump from +180 to -180 across the antimeridian: fix_shape splits the
-    # polygon there (its rings are already counter-clockwise).
-    fixed = shape(antimeridian.fix_shape(mapping(mapped), fix_winding=False))
+    # polygon there (its rings are already counter-clockwise). A footprint less than 180
+    # degrees wide cannot have such a jump, and skips that (pure Python) pass.
+    lon = shapely.get_coordinates(mapped)[:, 0]
+    if lon.max() - lon.min() < 180:
+        fixed = mapped
+    else:
+        fixed = shape(antimeridian.fix_shape(mapping(mapped), fix_winding=False))
     rounded = shapely.transform(fixed, lambda xy: np.round(xy, 7))
     geometry = shapely.orient_polygons(rounded, exterior_cw=False)
-    bbox = list(antimeridian.bbox(mapping(geometry)))
+    bbox = (
+        list(antimeridian.bbox(mapping(geometry))) if fixed is not mapped else list(geometry.bounds)
+    )
     return mapping(geometry), [round(float(v), 7) for v in bbox]
 
 

@@ -172,7 +172,7 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             stage.counts,
             quicklook_shape=ql_shape,
             files={**rasters, "vector": vector.path if vector else None},
-            footprint=stage.footprint,
+            footprint=(geometry, bbox),
             model_item=targets.model if model else None,
         )
         validate_item(item, targets.stac)

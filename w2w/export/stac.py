@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from shapely.geometry.base import BaseGeometry
 
 from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA
@@ -36,7 +35,6 @@ from w2w.core.provenance import find_bundle_hash, w2w_version
 from w2w.core.store import MosaicStore
 from w2w.core.store.cf import wkt2
 from w2w.export.config import ExportConfig, iso_utc
-from w2w.export.footprint import footprint_wgs84
 from w2w.export.hrefs import absolute_url, file_fields, relative_href
 from w2w.export.pam import sidecar_asset
 from w2w.export.stac_schemas import EXTENSIONS
@@ -60,15 +58,15 @@ def stac_item(
     *,
     quicklook_shape: tuple[int, int],
     files: dict[str, Path | None],
-    footprint: BaseGeometry | None,
+    footprint: tuple[dict[str, Any] | None, list[float] | None],
     extra_assets: dict[str, dict[str, Any]] | None = None,
     model_item: str | None = None,
 ) -> dict[str, Any]:
-    """The STAC Item of an export, as a dict ready to write (see the module notes)."""
+    """The STAC Item of an export, as a dict ready to write (see the module notes);
+    ``footprint`` is the GeoJSON geometry and bbox of :func:`footprint_wgs84`."""
     import pystac
 
-    grid = mosaic.grid
-    geometry, bbox = footprint_wgs84(footprint, grid)
+    geometry, bbox = footprint
     when, dates = item_dates(cfg, mosaic.provenance)
     item = pystac.Item(
         id=_stem(targets.cog),
