@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -104,6 +105,26 @@ def reference_probabilities(
     return acc[:, :h, :w] / wsum[:h, :w]
 
 
+def read_windows(
+    plan: BlockPlan, image: np.ndarray, valid: np.ndarray
+) -> Iterator[tuple[Window, np.ndarray, np.ndarray]]:
+    """Each block of the scene with its read window cut here (zero-padded past the edges):
+    (block, image, valid), as the read task hands them to an actor."""
+    h, w = valid.shape
+    for r in range(0, h, plan.block):
+        for c in range(0, w, plan.block):
+            b = Window(r, c, min(plan.block, h - r), min(plan.block, w - c))
+            win = plan.window(b)
+            img = np.zeros((BANDS, win.height, win.width), image.dtype)
+            ok = np.zeros((win.height, win.width), bool)
+            inside = win.intersect(Window(0, 0, h, w))
+            assert inside is not None
+            rel = inside.relative_to(win)
+            img[(slice(None), *rel.slices)] = image[(slice(None), *inside.slices)]
+            ok[rel.slices] = valid[inside.slices]
+            yield b, img, ok
+
+
 def engine_mosaic(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -114,29 +135,19 @@ def engine_mosaic(
     device: str = "cpu",
     stride: int = STRIDE,
 ) -> tuple[np.ndarray, np.ndarray, BlockEngine, int]:
-    """The mosaic assembled from the engine's blocks (read windows cut here, zero-padded)."""
+    """The mosaic assembled from the engine's blocks."""
     h, w = valid.shape
     plan = BlockPlan(h, w, block, CHIP, stride)
     engine = BlockEngine(model, norm, CLASS_IDS, plan, device, settings)
     classes = np.zeros((h, w), np.uint8)
     conf = np.zeros((h, w), np.uint8)
     skipped = 0
-    for r in range(0, h, block):
-        for c in range(0, w, block):
-            b = Window(r, c, min(block, h - r), min(block, w - c))
-            win = plan.window(b)
-            img = np.zeros((BANDS, win.height, win.width), image.dtype)
-            ok = np.zeros((win.height, win.width), bool)
-            inside = win.intersect(Window(0, 0, h, w))
-            assert inside is not None
-            rel = inside.relative_to(win)
-            img[(slice(None), *rel.slices)] = image[(slice(None), *inside.slices)]
-            ok[rel.slices] = valid[inside.slices]
-            staged = engine.stage(b, img, ok)
-            skipped += staged.skipped
-            cls, cf = engine.predict(b, staged)
-            classes[b.slices] = cls[: b.height, : b.width]
-            conf[b.slices] = cf[: b.height, : b.width]
+    for b, img, ok in read_windows(plan, image, valid):
+        staged = engine.stage(b, img, ok)
+        skipped += staged.skipped
+        cls, cf = engine.predict(b, staged)
+        classes[b.slices] = cls[: b.height, : b.width]
+        conf[b.slices] = cf[: b.height, : b.width]
     return classes, conf, engine, skipped
 
 
@@ -239,23 +250,13 @@ def test_probabilities_equal_the_reference_blend(model, scene) -> None:  # type:
     plan = BlockPlan(h, w, block, CHIP, STRIDE)
     engine = BlockEngine(model, norm, CLASS_IDS, plan, "cpu", EngineSettings(batch_size=5))
     probs = np.zeros((CLASSES, h, w), np.uint8)
-    for r in range(0, h, block):
-        for c in range(0, w, block):
-            b = Window(r, c, min(block, h - r), min(block, w - c))
-            win = plan.window(b)
-            img = np.zeros((BANDS, win.height, win.width), image.dtype)
-            ok = np.zeros((win.height, win.width), bool)
-            inside = win.intersect(Window(0, 0, h, w))
-            assert inside is not None
-            rel = inside.relative_to(win)
-            img[(slice(None), *rel.slices)] = image[(slice(None), *inside.slices)]
-            ok[rel.slices] = valid[inside.slices]
-            cls, conf, p = engine.predict_with_probabilities(b, engine.stage(b, img, ok))
-            plain = engine.predict(b, engine.stage(b, img, ok))
-            np.testing.assert_array_equal(cls, plain[0])
-            np.testing.assert_array_equal(conf, plain[1])
-            assert p.shape == (CLASSES, block, block)
-            probs[(slice(None), *b.slices)] = p[:, : b.height, : b.width]
+    for b, img, ok in read_windows(plan, image, valid):
+        cls, conf, p = engine.predict_with_probabilities(b, engine.stage(b, img, ok))
+        plain = engine.predict(b, engine.stage(b, img, ok))
+        np.testing.assert_array_equal(cls, plain[0])
+        np.testing.assert_array_equal(conf, plain[1])
+        assert p.shape == (CLASSES, block, block)
+        probs[(slice(None), *b.slices)] = p[:, : b.height, : b.width]
     expected = np.where(valid, np.rint(ref * 255), 0)
     assert np.abs(probs.astype(int) - expected).max() <= 1
     assert (probs[:, ~valid] == 0).all()

@@ -57,12 +57,12 @@ import rasterio
 import rasterio.features
 import shapely
 from affine import Affine
-from scipy import ndimage
 from shapely.geometry.polygon import orient
 
 from w2w.core.classes import CLASS_NODATA, ClassInfo
 from w2w.core.errors import InputError
 from w2w.core.grid import Grid
+from w2w.core.patches import label_patches
 from w2w.core.progress import progress_bar
 from w2w.core.windows import Window
 from w2w.export.config import VECTOR_DRIVERS
@@ -77,7 +77,6 @@ FIELDS = ["class_id", "class_name", "area_ha"]
 #: A batch of finished polygons is written when it holds this many polygons or vertices.
 BATCH_POLYGONS = 50_000
 BATCH_VERTICES = 2_000_000
-_FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,7 @@ class _Polygonizer:
 
     def add_block(self, cls: np.ndarray, window: Window) -> None:
         """Polygonize one block: finished polygons out, border pieces kept and joined."""
-        labels, label_class = label_patches(cls)
+        labels, label_class = label_patches(cls, 4)  # as GDAL polygonizes
         offset = self.next_id - 1  # label k of this block is piece offset + k
         ids = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
         self.next_id += len(label_class) - 1
@@ -216,23 +215,6 @@ class _Polygonizer:
         for class_id, polygons in self.pieces.close(still_open):
             self.sink.add([class_id] * len(polygons), polygons)
         self.above, self.below = self.below, self.above
-
-
-def label_patches(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """4-connected patches of a class block: ``labels`` (int32, 0 on nodata, 1..n) and the
-    class of each label (``classes[0]`` is nodata)."""
-    labels = np.zeros(cls.shape, dtype=np.int32)
-    classes = [np.full(1, CLASS_NODATA, dtype=np.uint8)]
-    count = 0
-    for value in np.unique(cls):
-        if value == CLASS_NODATA:
-            continue
-        found, n = ndimage.label(cls == value, structure=_FOUR_CONNECTED, output=np.int32)
-        inside = found > 0
-        labels[inside] = found[inside] + count
-        classes.append(np.full(n, value, dtype=np.uint8))
-        count += n
-    return labels, np.concatenate(classes)
 
 
 def _inner_edge_labels(labels: np.ndarray, window: Window, height: int, width: int) -> np.ndarray:

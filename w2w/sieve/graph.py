@@ -14,7 +14,8 @@ import numpy as np
 
 from w2w.core.classes import CLASS_NODATA
 from w2w.core.errors import InputError
-from w2w.sieve.patches import edge_labels, label_patches
+from w2w.core.patches import label_patches
+from w2w.sieve.patches import edge_labels
 
 
 @dataclass(frozen=True)

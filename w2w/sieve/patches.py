@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from w2w.core.classes import CLASS_NODATA
 from w2w.core.grid import BlockKey, Window
+from w2w.core.patches import label_patches
 from w2w.sieve.config import MAX_SIZE
 
 
@@ -36,28 +35,6 @@ class BlockWriter(Protocol):
     def write_block(self, window: Window, sieved: np.ndarray, changed: np.ndarray) -> None:
         """Store one sieved block; ``changed`` marks the pixels whose class changed."""
         ...
-
-
-def label_patches(cls: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
-    """The patches of a class raster: ``(labels, classes)``.
-
-    ``labels`` (int32) is 0 on nodata and 1..n on the patches; ``classes[k]`` is the class of
-    label ``k`` (``classes[0]`` is nodata). Labels depend only on the pixels, so every pass
-    labels a block the same way.
-    """
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    labels = np.zeros(cls.shape, dtype=np.int32)
-    classes = [np.full(1, CLASS_NODATA, dtype=np.uint8)]
-    count = 0
-    for value in np.unique(cls):
-        if value == CLASS_NODATA:
-            continue
-        found, n = ndimage.label(cls == value, structure=structure, output=np.int32)
-        inside = found > 0
-        labels[inside] = found[inside] + count
-        classes.append(np.full(n, value, dtype=np.uint8))
-        count += n
-    return labels, np.concatenate(classes)
 
 
 def edge_labels(labels: np.ndarray) -> np.ndarray:
