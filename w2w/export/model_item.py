@@ -23,6 +23,7 @@ from typing import Any
 
 from w2w.core import storage
 from w2w.core.errors import W2WError
+from w2w.core.provenance import records
 from w2w.core.store import MosaicStore
 from w2w.export.stac_schemas import EXTENSIONS
 
@@ -157,13 +158,8 @@ def _output(bundle: Any) -> dict[str, Any]:
 
 
 def _predict_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
-    """The provenance written by predict (a sieved mosaic keeps it as its input's)."""
-    node: Any = provenance
-    while isinstance(node, dict):
-        if "bundle_hash" in node:
-            return node
-        node = node.get("input_provenance")
-    return {}
+    """The record predict wrote (the one naming the bundle's hash), or an empty one."""
+    return next((node for node in records(provenance) if "bundle_hash" in node), {})
 
 
 def _created(text: str) -> dt.datetime:

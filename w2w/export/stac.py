@@ -31,7 +31,7 @@ import numpy as np
 
 from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA
-from w2w.core.provenance import find_bundle_hash, w2w_version
+from w2w.core.provenance import find_bundle_hash, records, w2w_version
 from w2w.core.store import MosaicStore
 from w2w.core.store.cf import wkt2
 from w2w.export.config import ExportConfig, iso_utc
@@ -138,16 +138,11 @@ def _asset(fields: dict[str, Any]) -> Any:
 
 
 def imagery_dates(provenance: dict[str, Any]) -> dict[str, str] | None:
-    """The imagery's ``{"start", "end"}`` recorded in a mosaic's provenance (a sieved
-    mosaic records its input's provenance inside its own), or None."""
-    stack: list[Any] = [provenance]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            span = node.get("imagery_datetime")
-            if isinstance(span, dict) and span.get("start") and span.get("end"):
-                return {"start": str(span["start"]), "end": str(span["end"])}
-            stack.extend(node.values())
+    """The imagery's ``{"start", "end"}`` recorded in a mosaic's provenance, or None."""
+    for node in records(provenance):
+        span = node.get("imagery_datetime")
+        if isinstance(span, dict) and span.get("start") and span.get("end"):
+            return {"start": str(span["start"]), "end": str(span["end"])}
     return None
 
 
