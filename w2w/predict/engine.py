@@ -14,6 +14,13 @@ gets the same sum whatever the block size, the actor count or the run. In fp32 o
 is, operation for operation, the plain numpy blend (tests/test_predict_engine.py checks it
 against an in-memory sliding-window prediction written in the test).
 
+Memory traffic is what this path costs outside the model, so each step touches a block as few
+times as it can: pixels are normalised straight into channels-last order (a pixel's bands
+adjacent), from which chips stack into the model's channels-last batch in one copy; where
+chips tile the block (stride = chip) each chip's top class and probability go straight into
+the block, with no per-class blend window; the class and its probability come from a max and
+a compare rather than torch's index-tracking ``max``.
+
 The module is pure: it imports torch, numpy and w2w's pure modules only (no Ray, GDAL, zarr
 or pydantic), so ``python -m benchmarks gpu`` runs it on a bare machine with PyTorch.
 """
@@ -21,7 +28,7 @@ or pydantic), so ``python -m benchmarks gpu`` runs it on a bare machine with PyT
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,11 +103,12 @@ class BlockEngine:
             model = torch.compile(model)  # type: ignore[assignment]
         self.model = model
 
-        def column(values: Sequence[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=self.device)[:, None, None]
+        def per_band(values: Sequence[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device)
 
-        self.offset, self.scale = column(normalizer.offset), column(normalizer.scale)
-        self.clip = (column(normalizer.lo), column(normalizer.hi)) if normalizer.lo else None
+        # Per-band constants broadcast along the last (band) axis of channels-last pixels.
+        self.offset, self.scale = per_band(normalizer.offset), per_band(normalizer.scale)
+        self.clip = (per_band(normalizer.lo), per_band(normalizer.hi)) if normalizer.lo else None
         self.weights = torch.from_numpy(blend_weights(plan.chip)).to(self.device)
         self.class_ids = torch.tensor(list(class_ids), dtype=torch.uint8, device=self.device)
         # On a GPU, blocks are copied on a stream of their own, so the copy of the next
@@ -149,56 +157,91 @@ class BlockEngine:
         self, block: Window, staged: Staged, *, probabilities: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         plan, win = self.plan, self.plan.window(block)
-        size, k = plan.window_size, len(self.class_ids)
         if staged.ready is not None:  # the copy stream's work on this block is done first
             torch.cuda.current_stream(self.device).wait_event(staged.ready)
             for t in (staged.image, staged.valid):
                 t.record_stream(torch.cuda.current_stream(self.device))
-        x = self.normalise(staged.image, staged.valid)
+        x = self.normalise(staged.image, staged.valid).permute(1, 2, 0)  # (h, w, band)
         rel = [c.relative_to(win) for c in staged.chips]
-        acc, wsum = self._blend(x, rel, size, k)
         inner = block.relative_to(win)
-        acc = acc[:, inner.row : inner.row_stop, inner.col : inner.col_stop]
-        wsum = wsum[inner.row : inner.row_stop, inner.col : inner.col_stop]
-        ok = staged.valid[inner.row : inner.row_stop, inner.col : inner.col_stop] & (wsum > 0)
-        if plan.stride == plan.chip:  # chips tile the window: each pixel has one prediction
-            probs = acc
+        crop = (slice(inner.row, inner.row_stop), slice(inner.col, inner.col_stop))
+        probs: torch.Tensor | None = None
+        if plan.stride == plan.chip and not probabilities:
+            top_p, ids, covered = self._tile(x, rel)
+            top_p, ids, covered = top_p[crop], ids[crop], covered[crop]
         else:
-            probs = acc / torch.where(wsum > 0, wsum, torch.ones_like(wsum))
-        top_p, top = probs.max(dim=0)  # ties: the first class, as numpy's argmax
+            acc, wsum = self._blend(x, rel, plan.window_size, len(self.class_ids))
+            acc, wsum = acc[(slice(None), *crop)], wsum[crop]
+            covered = wsum > 0
+            if plan.stride == plan.chip:  # chips tile the window: one prediction a pixel
+                probs = acc
+            else:
+                probs = acc / torch.where(covered, wsum, torch.ones_like(wsum))
+            top_p, top = _top(probs, dim=0)
+            ids = self.class_ids[top]
+        ok = staged.valid[crop] & covered
         nodata = torch.tensor(CLASS_NODATA, dtype=torch.uint8, device=self.device)
         cls = torch.full((plan.block, plan.block), CLASS_NODATA, dtype=torch.uint8)
         conf = torch.zeros((plan.block, plan.block), dtype=torch.uint8)
         h, w = block.height, block.width
-        cls[:h, :w] = torch.where(ok, self.class_ids[top], nodata).cpu()
+        cls[:h, :w] = torch.where(ok, ids, nodata).cpu()
         # 0 is nodata and 1 marks pixels the sieve reclassifies: a prediction is at least 2.
         quantised = torch.round(top_p * 255).clamp(CONFIDENCE_MIN_PREDICTED, 255).to(torch.uint8)
         conf[:h, :w] = torch.where(ok, quantised, torch.zeros_like(quantised)).cpu()
-        if not probabilities:
+        if probs is None:
             return cls.numpy(), conf.numpy(), None
-        each = torch.zeros((k, plan.block, plan.block), dtype=torch.uint8)
+        each = torch.zeros((len(self.class_ids), plan.block, plan.block), dtype=torch.uint8)
         scaled = torch.round(probs * 255).clamp(0, 255).to(torch.uint8)
         each[:, :h, :w] = torch.where(ok, scaled, torch.zeros_like(scaled)).cpu()
         return cls.numpy(), conf.numpy(), each.numpy()
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _blend(
-        self, x: torch.Tensor, rel: list[Window], size: int, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward the chips at ``rel`` (window-relative) in batches and blend them: the
-        Hann-weighted sum of probabilities and of weights, summed chip by chip in row-major
-        order (deterministic). Where chips tile the window (stride = chip) no pixel has two
-        predictions: probabilities are copied in place and the weight sum only marks the
-        pixels a chip covered."""
-        acc = torch.zeros((k, size, size), dtype=torch.float32, device=self.device)
-        wsum = torch.zeros((size, size), dtype=torch.float32, device=self.device)
-        tiled = self.plan.stride == self.plan.chip
+    def _batches(
+        self, x: torch.Tensor, rel: list[Window]
+    ) -> Iterator[tuple[list[Window], torch.Tensor]]:
+        """The chips at ``rel`` (window-relative) of channels-last pixels ``x`` (h, w, band),
+        in batches, each with its softmax probabilities (N, K, c, c)."""
         bs = self.settings.batch_size
         for start in range(0, len(rel), bs):
             group = rel[start : start + bs]
-            batch = torch.stack([x[:, r.row : r.row_stop, r.col : r.col_stop] for r in group])
-            probs = self.forward(batch)
+            # (N, c, c, band) stacked, seen as (N, band, c, c): a channels-last batch, no copy.
+            chips = torch.stack([x[r.row : r.row_stop, r.col : r.col_stop] for r in group])
+            yield group, self.forward(chips.permute(0, 3, 1, 2))
+
+    def _tile(
+        self, x: torch.Tensor, rel: list[Window]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Chips that tile the window (stride = chip): each pixel has one prediction, so the
+        top probability and class come straight from each chip's probabilities, with no
+        per-class window of the block. Returns (h, w) top probability, class id (uint8) and
+        whether a chip covered the pixel."""
+        size = self.plan.window_size
+        top_p = torch.zeros((size, size), dtype=torch.float32, device=self.device)
+        ids = torch.zeros((size, size), dtype=torch.uint8, device=self.device)
+        covered = torch.zeros((size, size), dtype=torch.bool, device=self.device)
+        for group, probs in self._batches(x, rel):
+            p, top = _top(probs, dim=1)
+            chip_ids = self.class_ids[top]
+            for i, r in enumerate(group):  # row-major: the last chip on a pixel sets it
+                cell = (slice(r.row, r.row_stop), slice(r.col, r.col_stop))
+                top_p[cell] = p[i]
+                ids[cell] = chip_ids[i]
+                covered[cell] = True
+        return top_p, ids, covered
+
+    def _blend(
+        self, x: torch.Tensor, rel: list[Window], size: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward the chips at ``rel`` (window-relative) of channels-last pixels ``x`` in
+        batches and blend them: the Hann-weighted sum of probabilities (K, h, w) and of weights
+        (h, w), summed chip by chip in row-major order (deterministic). Where chips tile the
+        window (stride = chip) no pixel has two predictions: probabilities are copied in
+        place and the weight sum only marks the pixels a chip covered."""
+        acc = torch.zeros((k, size, size), dtype=torch.float32, device=self.device)
+        wsum = torch.zeros((size, size), dtype=torch.float32, device=self.device)
+        tiled = self.plan.stride == self.plan.chip
+        for group, probs in self._batches(x, rel):
             for p, r in zip(probs, group, strict=True):  # fixed (row-major) summation order
                 cell = (slice(r.row, r.row_stop), slice(r.col, r.col_stop))
                 if tiled:
@@ -211,15 +254,20 @@ class BlockEngine:
 
     def normalise(self, image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(band, h, w) raw pixels -> float32 ``(clip(x, lo, hi) - offset) / scale``, invalid
-        pixels 0: the bundle's :class:`Normalizer`, on the device."""
-        x = image.to(torch.float32, copy=True)  # a copy: the steps below work in place
+        pixels 0: the bundle's :class:`Normalizer`, on the device. The result is laid out
+        channels-last in memory (a pixel's bands adjacent; ``.permute(1, 2, 0)`` is
+        contiguous), so chips cut from it stack into a channels-last batch in one copy."""
+        bands, h, w = image.shape
+        x = torch.empty((h, w, bands), dtype=torch.float32, device=image.device)
+        x.copy_(image.permute(1, 2, 0))  # convert and transpose in one pass
         if self.clip is not None:
             x.clamp_(min=self.clip[0], max=self.clip[1])
         x.sub_(self.offset).div_(self.scale)
-        x.masked_fill_(~valid, 0.0)
+        if not bool(valid.all()):  # blocks inside the state: nothing to mask
+            x.masked_fill_(~valid[:, :, None], 0.0)
         if image.is_floating_point():  # whole-number pixels cannot be NaN or infinite
             x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        return x
+        return x.permute(2, 0, 1)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (N, K, c, c) float32 of a normalised batch, averaged over
@@ -240,7 +288,21 @@ class BlockEngine:
                 p = torch.flip(p, dims) if dims else p
                 total = p if total is None else total + p
         assert total is not None
-        return total / len(flips)
+        return total / len(flips) if len(flips) > 1 else total
+
+
+def _top(probs: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest value along ``dim`` and the index of its first occurrence (numpy's argmax
+    on ties). Equal to ``probs.max(dim)``; a max and a compare instead of torch's
+    index-tracking reduction, which is several times slower on CPUs."""
+    k = probs.shape[dim]
+    top = probs.amax(dim=dim, keepdim=True)
+    shape = [1] * probs.dim()
+    shape[dim] = k
+    # k, k-1, ..., 1 where a class reaches the top: the largest marks the first such class.
+    rank = torch.arange(k, 0, -1, dtype=torch.uint8, device=probs.device).view(shape)
+    first = k - ((probs == top) * rank).amax(dim=dim).to(torch.int64)
+    return top.squeeze(dim), first
 
 
 def _holds_valid(valid: np.ndarray, chip: Window) -> bool:
