@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from tests.conftest import CHIAPAS, TINY_MODEL
-from w2w.core.errors import ConfigError, InputError
+from w2w.core.errors import BundleError, ConfigError, InputError
 from w2w.core.split import SplitConfig, make_split
 from w2w.ingest.synth import SynthConfig
 from w2w.model.bundle import load_bundle
@@ -71,6 +71,34 @@ def test_bundle_describes_the_model(tiny_run) -> None:
     assert b.split is not None and b.split.summary()["test"] > 0
     assert b.content_hash.startswith("sha256:")
     assert b.metrics["epoch"] == report.best_epoch
+
+
+def test_a_driver_reads_and_verifies_a_bundle_without_torch(tiny_run, tmp_path: Path) -> None:
+    """``weights=False`` (what predict's, evaluate's and export's drivers use): the metadata,
+    the parameter count from the header and a verified hash, with torch never imported; a
+    changed weight is still refused."""
+    bundle = tiny_run[1].bundle
+    code = (
+        "import sys\n"
+        "from w2w.model.bundle import load_bundle\n"
+        f"b = load_bundle({bundle!r}, weights=False)\n"
+        "print(b.content_hash, b.parameters, len(b.state), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    digest, parameters, tensors, torch_loaded = out.stdout.split()
+    full = load_bundle(bundle)
+    assert digest == full.content_hash
+    assert int(parameters) == sum(t.numel() for t in full.state.values()) > 0
+    assert (tensors, torch_loaded) == ("0", "False")
+    with pytest.raises(BundleError, match="without its weights"):
+        load_bundle(bundle, weights=False).model()
+    # One weight changed in place (same size, same header): the hash no longer matches.
+    raw = bytearray(Path(bundle).read_bytes())
+    raw[-3] ^= 0xFF
+    edited = tmp_path / "edited.safetensors"
+    edited.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="content hash mismatch"):
+        load_bundle(str(edited), weights=False)
 
 
 def test_loss_ignores_unlabelled_pixels() -> None:

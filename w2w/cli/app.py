@@ -145,13 +145,13 @@ def bundle_info(
     """Describe a model bundle: model, bands, normalisation, classes, metrics; checks its hash."""
     from w2w.model.bundle import load_bundle
 
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, weights=False)
     if as_json:
         sys.stdout.write(
             json.dumps({**b.metadata(), "content_hash": b.content_hash}, indent=2) + "\n"
         )
         return
-    n_params = sum(int(t.numel()) for t in b.state.values())
+    n_params = b.parameters
     out.print(f"bundle: {bundle}")
     out.print(f"content hash: {b.content_hash} (verified)")
     out.print(

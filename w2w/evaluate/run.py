@@ -252,7 +252,7 @@ def _resolve_split(
 
     from w2w.model.bundle import load_bundle
 
-    bundle = load_bundle(cfg.bundle)
+    bundle = load_bundle(cfg.bundle, weights=False)
     made_with = find_bundle_hash(mosaic.provenance)
     if made_with is not None and made_with != bundle.content_hash:
         raise InputError(

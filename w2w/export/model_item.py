@@ -50,7 +50,7 @@ def model_item(
             raise FileNotFoundError(url)
         # The header's content hash is compared with the mosaic's below; the weights are
         # not hashed again (a state's export should not pay for reading them twice).
-        bundle = load_bundle(url, verify=False)
+        bundle = load_bundle(url, verify=False, weights=False)
     except (OSError, W2WError) as exc:
         log.warning("no model Item: the bundle %s cannot be read (%s)", url, exc)
         return None
@@ -67,7 +67,7 @@ def model_item(
         "mlm:tasks": ["semantic-segmentation"],
         "mlm:framework": "pytorch",
         "mlm:pretrained": False,
-        "mlm:total_parameters": int(sum(t.numel() for t in bundle.state.values())),
+        "mlm:total_parameters": bundle.parameters,
         "mlm:input": [_input(bundle)],
         "mlm:output": [_output(bundle)],
         "w2w:bundle_hash": bundle.content_hash,

@@ -10,8 +10,9 @@ from w2w.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from w2w.model.bundle import Bundle, load_bundle, save_bundle
-    from w2w.model.models import ModelSpec, build_model
+    from w2w.model.models import build_model
     from w2w.model.normalization import Normalizer
+    from w2w.model.spec import ModelSpec
 
 __all__ = ["Bundle", "ModelSpec", "Normalizer", "build_model", "load_bundle", "save_bundle"]
 
@@ -21,7 +22,7 @@ __getattr__, __dir__ = lazy_exports(
         "Bundle": ".bundle",
         "load_bundle": ".bundle",
         "save_bundle": ".bundle",
-        "ModelSpec": ".models",
+        "ModelSpec": ".spec",
         "build_model": ".models",
         "Normalizer": ".normalization",
     },

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +24,8 @@ from w2w.core.classes import ClassInfo
 from w2w.core.errors import BundleError
 from w2w.core.split import SplitPlan
 from w2w.core.store import SceneInfo
-from w2w.model.models import ModelSpec, build_model
 from w2w.model.normalization import Normalizer
+from w2w.model.spec import ModelSpec
 
 FORMAT = "w2w-bundle"
 FORMAT_VERSION = 1
@@ -47,7 +48,10 @@ class Bundle:
     scene: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     content_hash: str = ""
+    #: The weights (name -> torch tensor); empty when read with ``weights=False``.
     state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: Number of weights, from the file's header (known with or without the weights).
+    parameters: int = 0
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -71,6 +75,10 @@ class Bundle:
 
     def model(self, device: str = "cpu") -> Any:
         """The model with the bundle's weights, in eval mode on ``device``."""
+        from w2w.model.models import build_model
+
+        if not self.state:
+            raise BundleError("this bundle was read without its weights (weights=False)")
         model = build_model(self.spec)
         model.load_state_dict(self.state, strict=True)
         return model.to(device).eval()
@@ -87,12 +95,13 @@ class Bundle:
 
 
 def content_hash(metadata: dict[str, Any], state: dict[str, Any]) -> str:
-    """SHA-256 over the canonical metadata JSON and every tensor (name, dtype, shape, bytes)."""
+    """SHA-256 over the canonical metadata JSON and every tensor (name, dtype, shape, bytes);
+    the tensors as torch tensors or numpy arrays (the same hash)."""
     h = hashlib.sha256()
     h.update(json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode())
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        arr = t.numpy()
+        value = state[name]
+        arr = value if isinstance(value, np.ndarray) else value.detach().cpu().contiguous().numpy()
         h.update(name.encode())
         h.update(str(arr.dtype).encode())
         h.update(str(tuple(arr.shape)).encode())
@@ -112,7 +121,14 @@ def save_bundle(url: str, bundle: Bundle, state_dict: dict[str, Any]) -> Bundle:
         else v.detach().cpu().contiguous()
         for k, v in state_dict.items()
     }
-    stamped = Bundle(**{**bundle.__dict__, "created": bundle.created or _now(), "state": state})
+    stamped = Bundle(
+        **{
+            **bundle.__dict__,
+            "created": bundle.created or _now(),
+            "state": state,
+            "parameters": sum(int(t.numel()) for t in state.values()),
+        }
+    )
     meta = stamped.metadata()
     digest = content_hash(meta, state)
     header = {_META_KEY: json.dumps(meta, separators=(",", ":")), "content_hash": digest}
@@ -125,17 +141,25 @@ def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
-def load_bundle(url: str, *, verify: bool = True) -> Bundle:
+def load_bundle(url: str, *, verify: bool = True, weights: bool = True) -> Bundle:
     """Read a bundle; refuses files that are not bundles, and (by default) any whose content
     hash does not match (corrupt or tampered).
+
+    With ``weights=False`` the bundle comes without its weights (``state`` is empty) and
+    torch is not imported: what a driver needs to plan and check a job. The hash is still
+    verified, over the weights read as numpy arrays.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load
+
+    if weights:
+        from safetensors.torch import load
+    else:
+        from safetensors.numpy import load
 
     raw = storage.read_bytes(url)
-    header = _read_header(raw, url)
+    header, parameters = _read_header(raw, url)
     try:
-        state = load(raw)
+        state = load(raw) if weights or verify else {}
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise BundleError(
             f"{url}: the weights are corrupt ({exc}); train again or restore the file"
@@ -171,13 +195,14 @@ def load_bundle(url: str, *, verify: bool = True) -> Bundle:
         scene=meta.get("scene", {}),
         created=meta.get("created", ""),
         content_hash=stored,
-        state=state,
+        state=state if weights else {},
+        parameters=parameters,
     )
 
 
-def _read_header(raw: bytes, url: str) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors header, or a clear refusal of anything else
-    (pickles included: they are never loaded).
+def _read_header(raw: bytes, url: str) -> tuple[dict[str, str], int]:
+    """The ``__metadata__`` of a safetensors header and the number of weights its tensors
+    hold, or a clear refusal of anything else (pickles included: they are never loaded).
     """
     if len(raw) < 8:
         raise BundleError(f"{url} is not a w2w model bundle (file too short)")
@@ -194,4 +219,5 @@ def _read_header(raw: bytes, url: str) -> dict[str, str]:
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict):
         raise BundleError(f"{url} is a safetensors file but not a w2w model bundle (no metadata)")
-    return meta
+    tensors = [v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return meta, sum(math.prod(t.get("shape", [])) for t in tensors)

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
 from w2w.core.errors import ConfigError, InputError
+from w2w.model.spec import ModelSpec
 
 log = logging.getLogger("w2w")
 
@@ -62,32 +62,6 @@ def _canonical_arch(name: str) -> str:
             f"unknown model architecture '{name}'; choose one of: {', '.join(architectures())}"
         )
     return mapping[key]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What is needed to rebuild a model: architecture, encoder, bands in, classes out."""
-
-    arch: str
-    encoder: str
-    in_channels: int
-    classes: int
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, stored in the model bundle."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            d["arch"],
-            d["encoder"],
-            int(d["in_channels"]),
-            int(d["classes"]),
-            dict(d.get("options", {})),
-        )
 
 
 def build_model(spec: ModelSpec) -> Any:

@@ -118,7 +118,7 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
 
     scene = SceneStore.open(cfg.scene)
     scene.require_whole()
-    bundle = load_bundle(cfg.bundle)
+    bundle = load_bundle(cfg.bundle, weights=False)  # the driver needs no torch
     bundle.check_scene(scene.info, scene.url)
     stride = _stride(cfg, bundle.chip_size)
     mosaic = _open_or_create_mosaic(cfg, scene, bundle, stride)
