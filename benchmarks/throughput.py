@@ -153,6 +153,61 @@ def raw_block_reads(store: str, s: Settings) -> int:
     return n
 
 
+def block_costs(store: str, bundle: str, out: Path, s: Settings) -> dict[str, float]:
+    """Where a block's time goes outside the model: predict's own read, engine and write steps
+    (the functions its Ray tasks and actor run) one after another in this process, no Ray,
+    over every block: CPU milliseconds per block of each (all threads: zarr's codec threads,
+    the engine's torch threads), and the rate all cores could reach doing the three with no
+    overhead and no waiting -- the bound of the free-model row on this machine."""
+    import torch
+
+    from w2w.core.store import MosaicStore, SceneStore
+    from w2w.model.bundle import load_bundle
+    from w2w.predict.actor import Predictor
+    from w2w.predict.plan import BlockPlan
+    from w2w.predict.run import read_blocks, write_blocks
+
+    scene = SceneStore.open(store)
+    plan = BlockPlan(scene.grid.height, scene.grid.width, s.block, s.chip, s.chip)
+    threads = torch.get_num_threads()
+    actor = Predictor(
+        bundle,
+        plan.__dict__,
+        {"batch_size": s.batch, "tta": False, "use_gpu": False, "threads": s.torch_threads},
+    )
+    mosaic = MosaicStore.create(
+        str(out / "mosaic-costs.zarr"),
+        scene.grid,
+        block=s.block,
+        classes=list(load_bundle(bundle, weights=False).classes),
+        provenance={},
+        with_confidence=True,
+        overwrite=True,
+    )
+    spent = {"read": 0.0, "engine": 0.0, "write": 0.0}
+    blocks = scene.grid.blocks(s.block)
+    for block in blocks:
+        rows = {k: np.asarray([v]) for k, v in block.to_dict().items()}
+        t0 = time.process_time()
+        batch = read_blocks(rows, store, plan.__dict__)
+        t1 = time.process_time()
+        result = actor(batch)
+        t2 = time.process_time()
+        write_blocks(result, mosaic.url, True)
+        spent["read"] += t1 - t0
+        spent["engine"] += t2 - t1
+        spent["write"] += time.process_time() - t2
+    torch.set_num_threads(threads)
+    shutil.rmtree(out / "mosaic-costs.zarr", ignore_errors=True)
+    pixels = sum(b.size for b in blocks)
+    return {
+        **{f"{k}_cpu_ms_per_block": round(1000 * v / len(blocks), 1) for k, v in spent.items()},
+        "mpx_per_s_on_all_cores": round(
+            (os.cpu_count() or 1) * pixels / sum(spent.values()) / 1e6, 2
+        ),
+    }
+
+
 # -- chips to the trainer -----------------------------------------------------------------------
 
 
@@ -746,7 +801,11 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
         if steady_mpx is None
         else round(s.torch_threads / steady_mpx, 3),
     }
+    costs = block_costs(store, free, out, s)
+    costs["bound_vs_raw_block_reads"] = round(costs["mpx_per_s_on_all_cores"] / reads_mpx, 2)
+    predict_details["free"]["block_costs_one_process"] = costs
     log(f"free model: steady {steady_mpx or 0:.2f} Mpx/s vs raw block reads {reads_mpx:.2f}")
+    log(f"free model, one process: {costs}")
     details["predict"] = predict_details
 
     # sieve vs the whole raster in memory
