@@ -84,7 +84,7 @@ def stac_item(
         "style",
         _asset(
             {
-                "href": _relative(targets.style),
+                "href": relative_href(targets.style, targets.stac),
                 "type": "application/xml",
                 "title": "QGIS layer style: class colours and names",
                 "roles": ["metadata", "style"],
@@ -95,8 +95,8 @@ def stac_item(
         item.add_asset(
             "vector", _asset(vector_asset(targets.vector, targets.stac, files.get("vector")))
         )
-    item.add_asset("sidecar", _asset(sidecar_asset(_relative(targets.sidecar))))
-    item.add_asset("sld", _asset(sld_asset(_relative(targets.sld))))
+    item.add_asset("sidecar", _asset(sidecar_asset(relative_href(targets.sidecar, targets.stac))))
+    item.add_asset("sld", _asset(sld_asset(relative_href(targets.sld, targets.stac))))
     for key, asset in (extra_assets or {}).items():
         item.add_asset(key, _asset(asset))
     item.set_self_href(absolute_url(targets.stac))
@@ -264,7 +264,7 @@ def _assets(
         "mapping unit (probability unknown)",
     }
     classes_asset: dict[str, Any] = {
-        "href": _relative(targets.cog),
+        "href": relative_href(targets.cog, targets.stac),
         "type": COG_MEDIA_TYPE,
         "title": "Land-cover classes",
         "roles": ["data"],
@@ -279,7 +279,7 @@ def _assets(
     assets: dict[str, Any] = {"classes": classes_asset}
     if targets.confidence:
         assets["confidence"] = {
-            "href": _relative(targets.confidence),
+            "href": relative_href(targets.confidence, targets.stac),
             "type": COG_MEDIA_TYPE,
             "title": "Confidence (probability of the mapped class)",
             "roles": ["data", "confidence"],
@@ -288,7 +288,7 @@ def _assets(
         }
     if targets.probabilities:
         assets["probabilities"] = {
-            "href": _relative(targets.probabilities),
+            "href": relative_href(targets.probabilities, targets.stac),
             "type": COG_MEDIA_TYPE,
             "title": "Probability of each class",
             "roles": ["data"],
@@ -309,7 +309,7 @@ def _assets(
 
 def _quicklook_asset(targets: ExportTargets, shape: tuple[int, int]) -> dict[str, Any]:
     return {
-        "href": _relative(targets.quicklook),
+        "href": relative_href(targets.quicklook, targets.stac),
         "type": "image/png",
         "title": "Quicklook with legend",
         "roles": ["overview", "visual"],
@@ -327,11 +327,6 @@ def slug(name: str) -> str:
 def _stem(url: str) -> str:
     name = url.rstrip("/").rsplit("/", 1)[-1]
     return name[: name.rfind(".")] if "." in name else name
-
-
-def _relative(url: str) -> str:
-    """An asset href relative to the Item, which sits in the same folder."""
-    return "./" + url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def relative_paths(value: Any, item: str) -> Any:
