@@ -74,12 +74,15 @@ class EngineSettings:
 @dataclass
 class Staged:
     """A block's raw pixels and valid mask on the device (copy possibly still in flight: the
-    ``ready`` event, on a GPU), and the chips of its read window that hold a valid pixel."""
+    ``ready`` event, on a GPU), the chips of its read window that hold a valid pixel, and
+    whether every pixel of the window is valid (known on the host, so the device never has
+    to be asked)."""
 
     image: torch.Tensor
     valid: torch.Tensor
     chips: list[Window]
     skipped: int
+    all_valid: bool
     ready: torch.cuda.Event | None = None
 
 
@@ -123,12 +126,14 @@ class BlockEngine:
         win = self.plan.window(block)
         every = self.plan.chips(block)
         chips = [c for c in every if _holds_valid(valid, c.relative_to(win))]
+        skipped, all_valid = len(every) - len(chips), bool(valid.all())
         if self.copies is None:
             return Staged(
                 _tensor(image).to(self.device),
                 _tensor(valid).to(self.device),
                 chips,
-                len(every) - len(chips),
+                skipped,
+                all_valid,
             )
         with torch.cuda.stream(self.copies):
             on_device = [
@@ -136,7 +141,7 @@ class BlockEngine:
             ]
             ready = torch.cuda.Event()
             ready.record(self.copies)
-        return Staged(on_device[0], on_device[1], chips, len(every) - len(chips), ready)
+        return Staged(on_device[0], on_device[1], chips, skipped, all_valid, ready)
 
     def predict(self, block: Window, staged: Staged) -> tuple[np.ndarray, np.ndarray]:
         """(block, block) uint8 class ids and confidence x 255, padded to the full block size
@@ -161,25 +166,27 @@ class BlockEngine:
             torch.cuda.current_stream(self.device).wait_event(staged.ready)
             for t in (staged.image, staged.valid):
                 t.record_stream(torch.cuda.current_stream(self.device))
-        x = self.normalise(staged.image, staged.valid).permute(1, 2, 0)  # (h, w, band)
+        x = self.normalise(staged.image, staged.valid, mask=not staged.all_valid)
+        x = x.permute(1, 2, 0)  # (h, w, band), contiguous
         rel = [c.relative_to(win) for c in staged.chips]
         inner = block.relative_to(win)
         crop = (slice(inner.row, inner.row_stop), slice(inner.col, inner.col_stop))
         probs: torch.Tensor | None = None
         if plan.stride == plan.chip and not probabilities:
-            top_p, ids, covered = self._tile(x, rel)
-            top_p, ids, covered = top_p[crop], ids[crop], covered[crop]
+            top_p, ids = self._tile(x, rel)
+            top_p, ids = top_p[crop], ids[crop]
         else:
             acc, wsum = self._blend(x, rel, plan.window_size, len(self.class_ids))
             acc, wsum = acc[(slice(None), *crop)], wsum[crop]
-            covered = wsum > 0
             if plan.stride == plan.chip:  # chips tile the window: one prediction a pixel
                 probs = acc
             else:
-                probs = acc / torch.where(covered, wsum, torch.ones_like(wsum))
+                probs = acc / torch.where(wsum > 0, wsum, torch.ones_like(wsum))
             top_p, top = _top(probs, dim=0)
             ids = self.class_ids[top]
-        ok = staged.valid[crop] & covered
+        # Every valid pixel has a prediction: the chips of the grid cover the block, and a
+        # chip holding a valid pixel is never skipped.
+        ok = staged.valid[crop]
         nodata = torch.tensor(CLASS_NODATA, dtype=torch.uint8, device=self.device)
         cls = torch.full((plan.block, plan.block), CLASS_NODATA, dtype=torch.uint8)
         conf = torch.zeros((plan.block, plan.block), dtype=torch.uint8)
@@ -209,17 +216,13 @@ class BlockEngine:
             chips = torch.stack([x[r.row : r.row_stop, r.col : r.col_stop] for r in group])
             yield group, self.forward(chips.permute(0, 3, 1, 2))
 
-    def _tile(
-        self, x: torch.Tensor, rel: list[Window]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _tile(self, x: torch.Tensor, rel: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
         """Chips that tile the window (stride = chip): each pixel has one prediction, so the
         top probability and class come straight from each chip's probabilities, with no
-        per-class window of the block. Returns (h, w) top probability, class id (uint8) and
-        whether a chip covered the pixel."""
+        per-class window of the block. Returns (h, w) top probability and class id (uint8)."""
         size = self.plan.window_size
         top_p = torch.zeros((size, size), dtype=torch.float32, device=self.device)
         ids = torch.zeros((size, size), dtype=torch.uint8, device=self.device)
-        covered = torch.zeros((size, size), dtype=torch.bool, device=self.device)
         for group, probs in self._batches(x, rel):
             p, top = _top(probs, dim=1)
             chip_ids = self.class_ids[top]
@@ -227,8 +230,7 @@ class BlockEngine:
                 cell = (slice(r.row, r.row_stop), slice(r.col, r.col_stop))
                 top_p[cell] = p[i]
                 ids[cell] = chip_ids[i]
-                covered[cell] = True
-        return top_p, ids, covered
+        return top_p, ids
 
     def _blend(
         self, x: torch.Tensor, rel: list[Window], size: int, k: int
@@ -252,18 +254,22 @@ class BlockEngine:
                     wsum[cell] += self.weights
         return acc, wsum
 
-    def normalise(self, image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def normalise(
+        self, image: torch.Tensor, valid: torch.Tensor, *, mask: bool = True
+    ) -> torch.Tensor:
         """(band, h, w) raw pixels -> float32 ``(clip(x, lo, hi) - offset) / scale``, invalid
         pixels 0: the bundle's :class:`Normalizer`, on the device. The result is laid out
         channels-last in memory (a pixel's bands adjacent; ``.permute(1, 2, 0)`` is
-        contiguous), so chips cut from it stack into a channels-last batch in one copy."""
+        contiguous), so chips cut from it stack into a channels-last batch in one copy.
+        ``mask=False`` skips zeroing invalid pixels, for a window the caller knows is all
+        valid (a block inside the state)."""
         bands, h, w = image.shape
         x = torch.empty((h, w, bands), dtype=torch.float32, device=image.device)
         x.copy_(image.permute(1, 2, 0))  # convert and transpose in one pass
         if self.clip is not None:
             x.clamp_(min=self.clip[0], max=self.clip[1])
         x.sub_(self.offset).div_(self.scale)
-        if not bool(valid.all()):  # blocks inside the state: nothing to mask
+        if mask:
             x.masked_fill_(~valid[:, :, None], 0.0)
         if image.is_floating_point():  # whole-number pixels cannot be NaN or infinite
             x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
