@@ -15,6 +15,7 @@ import xarray as xr
 
 from tests.conftest import ABER, CHIAPAS, write_tif
 from w2w.core.errors import ConfigError, GridMismatchError, InputError, OutputError
+from w2w.core.stats import BandAccumulator
 from w2w.core.store import SceneStore
 from w2w.ingest import IngestConfig, ingest
 from w2w.ingest.synth import SynthConfig, synthesize
@@ -110,6 +111,36 @@ def test_statistics_match_numpy(tmp_path: Path, rng: np.random.Generator) -> Non
     expected = {c: int(((labels == c) & valid).sum()) for c in (1, 2, 3)}
     assert info.class_histogram == expected  # 0 is unlabelled by default
     assert [c.id for c in info.classes] == [1, 2, 3]
+
+
+def test_block_histograms_span_their_values_and_merge_in_any_order(
+    rng: np.random.Generator,
+) -> None:
+    """Exact 16-bit percentiles from histograms that cover only the values each block holds:
+    merged in any order they equal numpy's over all the values, and a block's partial result
+    is as small as its value range (not 65,536 bins a band)."""
+    blocks = [
+        rng.integers(lo, hi, size=500).astype("int16")
+        for lo, hi in ((-3000, -2000), (100, 400), (-2500, 9000), (8000, 8001))
+    ]
+    parts = []
+    for i, values in enumerate(blocks):
+        part = BandAccumulator("int16")
+        part.add(values, seed=i)
+        assert part.hist is not None
+        assert part.hist.size == int(values.max()) - int(values.min()) + 1
+        parts.append(part)
+    every = np.concatenate(blocks).astype(np.float64)
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2], [1, 3, 2, 0]):
+        total = BandAccumulator("int16")
+        for i in order:
+            total.merge(parts[i])
+        for q in (0.5, 2, 50, 98, 100):
+            assert total.percentile(q) == np.percentile(every, q, method="inverted_cdf"), (
+                order,
+                q,
+            )
+        assert total.count == every.size
 
 
 def test_float_image_statistics_from_sample(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -41,9 +41,7 @@ class BandStats:
 
 
 #: Integer dtypes whose full value histogram is small enough to keep (exact percentiles).
-_HIST_DTYPES = {
-    np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max) for t in ("uint8", "int8", "uint16", "int16")
-}
+_HIST_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16"))
 #: Samples kept per band per block, and in total, for dtypes without an exact histogram.
 _SAMPLE_PER_BLOCK = 4096
 _SAMPLE_TOTAL = 1_000_000
@@ -63,15 +61,17 @@ class BandAccumulator:
     parts: list[tuple[int, float, float]] = field(default_factory=list)
     min: float = float("inf")
     max: float = float("-inf")
+    #: Counts of the values ``hist_lo``, ``hist_lo + 1``, ...: the histogram spans only the
+    #: range of values seen, so a block's partial result stays as small as its data (a full
+    #: 16-bit histogram of six bands would be 3 MiB, four times a 256 px block of them).
     hist: np.ndarray | None = None
+    hist_lo: int = 0
     sample: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
     sample_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
 
     def __post_init__(self) -> None:
-        dt = np.dtype(self.dtype)
-        if dt in _HIST_DTYPES and self.hist is None:
-            lo, hi = _HIST_DTYPES[dt]
-            self.hist = np.zeros(hi - lo + 1, dtype=np.int64)
+        if np.dtype(self.dtype) in _HIST_DTYPES and self.hist is None:
+            self.hist = np.zeros(0, dtype=np.int64)
 
     @property
     def count(self) -> int:
@@ -89,12 +89,29 @@ class BandAccumulator:
         self.min = min(self.min, float(v.min()))
         self.max = max(self.max, float(v.max()))
         if self.hist is not None:
-            lo = _HIST_DTYPES[np.dtype(self.dtype)][0]
-            self.hist += np.bincount(values.astype(np.int64) - lo, minlength=self.hist.size)
+            lo = int(values.min())
+            self._count(np.bincount(values.astype(np.int64) - lo), lo)
         else:
             keys = np.random.default_rng(seed).random(n)
             take = np.argsort(keys)[:_SAMPLE_PER_BLOCK]
             self._keep(v[take], keys[take])
+
+    def _count(self, counts: np.ndarray, lo: int) -> None:
+        """Add the counts of the values ``lo``, ``lo + 1``, ... to the histogram, widening its
+        range where they fall outside it."""
+        assert self.hist is not None
+        if counts.size == 0:
+            return
+        if self.hist.size == 0:
+            self.hist, self.hist_lo = counts.astype(np.int64, copy=True), lo
+            return
+        start = min(self.hist_lo, lo)
+        end = max(self.hist_lo + self.hist.size, lo + counts.size)
+        if start != self.hist_lo or end - start != self.hist.size:
+            wider = np.zeros(end - start, dtype=np.int64)
+            wider[self.hist_lo - start : self.hist_lo - start + self.hist.size] = self.hist
+            self.hist, self.hist_lo = wider, start
+        self.hist[lo - start : lo - start + counts.size] += counts
 
     def _keep(self, values: np.ndarray, keys: np.ndarray) -> None:
         self.sample = np.concatenate([self.sample, values])
@@ -109,7 +126,7 @@ class BandAccumulator:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
         if self.hist is not None and other.hist is not None:
-            self.hist += other.hist
+            self._count(other.hist, other.hist_lo)
         elif other.sample.size:
             self._keep(other.sample, other.sample_keys)
 
@@ -129,11 +146,10 @@ class BandAccumulator:
         if self.count == 0:
             return float("nan")
         if self.hist is not None:
-            lo = _HIST_DTYPES[np.dtype(self.dtype)][0]
             cdf = np.cumsum(self.hist)
             # "inverted CDF": smallest value whose cumulative count reaches q% of the total.
             rank = max(1, int(np.ceil(q / 100.0 * cdf[-1])))
-            return float(np.searchsorted(cdf, rank) + lo)
+            return float(np.searchsorted(cdf, rank) + self.hist_lo)
         return float(np.percentile(self.sample, q, method="inverted_cdf"))
 
     def result(self) -> BandStats:
