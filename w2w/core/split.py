@@ -24,13 +24,16 @@ bundle, so evaluation rebuilds exactly the same test pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from w2w.core.config import StageConfig
-from w2w.core.grid import ChipGrid, Grid, Window
+from w2w.core.windows import ChipGrid, Window
+
+if TYPE_CHECKING:
+    from w2w.core.grid import Grid
 
 TRAIN, VAL, TEST, NONE = 0, 1, 2, 255
 SPLIT_CODES = {"train": TRAIN, "val": VAL, "test": TEST}

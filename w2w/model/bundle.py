@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,9 +23,11 @@ from w2w.core import storage
 from w2w.core.classes import ClassInfo
 from w2w.core.errors import BundleError
 from w2w.core.split import SplitPlan
-from w2w.core.store import SceneInfo
 from w2w.model.normalization import Normalizer
 from w2w.model.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from w2w.core.store import SceneInfo
 
 FORMAT = "w2w-bundle"
 FORMAT_VERSION = 1
