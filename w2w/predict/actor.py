@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from w2w.predict.plan import BlockPlan, batch_windows
+from w2w.predict.plan import BlockPlan, batch_column, batch_windows
 
 
 class Predictor:
@@ -65,11 +65,11 @@ class Predictor:
             counts.append(int(batch["valid"][i][inner.slices].sum()))
         out = {k: batch[k] for k in ("row", "col", "height", "width")}
         if self.probabilities:
-            out["probabilities"] = np.stack(probabilities)
+            out["probabilities"] = batch_column(probabilities)
         return {
             **out,
-            "class": np.stack(classes),
-            "confidence": np.stack(confidences),
+            "class": batch_column(classes),
+            "confidence": batch_column(confidences),
             "valid_pixels": np.asarray(counts, dtype=np.int64),
             "chips_forwarded": np.asarray([len(s.chips) for s in staged], dtype=np.int64),
             "chips_skipped": np.asarray([s.skipped for s in staged], dtype=np.int64),

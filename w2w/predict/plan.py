@@ -63,6 +63,16 @@ def batch_windows(batch: dict[str, np.ndarray]) -> list[Window]:
     ]
 
 
+def batch_column(arrays: list[np.ndarray]) -> np.ndarray:
+    """A batch column from the blocks' arrays, one row per block. A batch of one block (the
+    usual case) gets a view with a leading axis, not a copy: a read block with its halo is
+    ~20 MB, and stacking it cost ~8 ms of CPU before Ray copied it again into the object
+    store."""
+    if len(arrays) == 1:
+        return arrays[0][np.newaxis]
+    return np.stack(arrays)
+
+
 def blend_weights(size: int) -> np.ndarray:
     """(size, size) smooth weights: a separable Hann window with a small floor, so chip edges
     count little but pixels covered by a single chip (the scene's border) still count."""

@@ -40,7 +40,7 @@ from w2w.core.store.integrity import short
 from w2w.core.store.mosaic import PROBABILITIES
 from w2w.predict.actor import Predictor
 from w2w.predict.config import PredictConfig
-from w2w.predict.plan import BlockPlan, batch_windows
+from w2w.predict.plan import BlockPlan, batch_column, batch_windows
 
 if TYPE_CHECKING:
     from w2w.model.bundle import Bundle
@@ -67,7 +67,7 @@ def read_blocks(
         image = store.read_image(win)
         images.append(image)
         valids.append(store.valid_mask(image, win))
-    return {**batch, "image": np.stack(images), "valid": np.stack(valids)}
+    return {**batch, "image": batch_column(images), "valid": batch_column(valids)}
 
 
 def write_blocks(
