@@ -67,6 +67,12 @@ def test_cluster_yaml_passes_rays_validation() -> None:
     # `ray dashboard cluster.yaml`, an SSH tunnel.
     start = " ".join(raw["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start
+    # Every node keeps idle worker processes as long as w2w's local Ray does.
+    from w2w.core.runtime import IDLE_WORKER_KEEP_MS
+
+    keep = f"RAY_idle_worker_killing_time_threshold_ms={IDLE_WORKER_KEEP_MS}"
+    for kind in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert keep in " ".join(raw[kind]), kind
     ingress = raw["provider"]["security_group"]["IpPermissions"]
     assert [p["FromPort"] for p in ingress] == [22], "only SSH is open"
 

@@ -62,9 +62,20 @@ def ensure_ray(**init_kwargs: Any) -> None:
         "log_to_driver": log.isEnabledFor(logging.DEBUG) and not is_quiet(),
         "logging_config": ray.LoggingConfig(log_level="ERROR" if is_quiet() else "WARNING"),
     }
+    if _IDLE_WORKER_SETTING not in os.environ:
+        kwargs["_system_config"] = {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}
     kwargs.update(init_kwargs)
     ray.init(**kwargs)
     quiet_ray_data()
+
+
+#: How long an idle worker process above Ray's soft limit (one per CPU) lives on. Ray's default,
+#: 1 s, makes a pipeline whose stages share a node's CPUs (an inference actor beside read and
+#: write tasks) start new worker processes over and over: each start costs ~1 s of CPU (Python,
+#: Ray and the stage's imports) while the stages run. Set the environment variable
+#: ``RAY_idle_worker_killing_time_threshold_ms`` to choose another value.
+IDLE_WORKER_KEEP_MS = 30_000
+_IDLE_WORKER_SETTING = "RAY_idle_worker_killing_time_threshold_ms"
 
 
 def quiet_ray_data() -> None:
