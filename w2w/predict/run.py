@@ -83,7 +83,10 @@ def write_blocks(
         if "probabilities" in batch:
             mosaic.write(PROBABILITIES, block, batch["probabilities"][i][:, :h, :w])
         mosaic.mark_block_done(block, int(batch["valid_pixels"][i]))
-    return {k: batch[k] for k in ("row", "col", "chips_forwarded", "chips_skipped")}
+    done = {k: batch[k] for k in ("row", "col", "chips_forwarded", "chips_skipped")}
+    # When the blocks were written, for the report's start-up time: the driver hears of a
+    # block later, by as much as a second on a busy node.
+    return {**done, "written_at": np.full(len(batch["row"]), time.time())}
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -159,8 +162,8 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
         blocks_written=tally.written,
         seconds=seconds,
         pixels_per_second=pixels / seconds if seconds > 0 else 0.0,
-        first_block_seconds=tally.times[0] - t0 if tally.times else None,
-        last_block_seconds=tally.times[-1] - t0 if tally.times else None,
+        first_block_seconds=max(0.0, min(tally.times) - t0) if tally.times else None,
+        last_block_seconds=max(0.0, max(tally.times) - t0) if tally.times else None,
         blocks_empty=len(empty),
         chips_forwarded=tally.chips_forwarded,
         chips_skipped=tally.chips_skipped,
@@ -169,8 +172,9 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
 
 @dataclass
 class Tally:
-    """What a block job did: blocks written (and when), chips run through the model, and
-    chips skipped for holding no valid pixel."""
+    """What a block job did: blocks written (and when: the clock of the worker that wrote
+    each, in the order the driver heard of them), chips run through the model, and chips
+    skipped for holding no valid pixel."""
 
     written: int = 0
     chips_forwarded: int = 0
@@ -286,7 +290,7 @@ def _run_blocks(
                 tally.written += 1
                 tally.chips_forwarded += int(row["chips_forwarded"])
                 tally.chips_skipped += int(row["chips_skipped"])
-                tally.times.append(time.time())
+                tally.times.append(float(row["written_at"]))
                 advance(1)
         except Exception as exc:  # noqa: BLE001 - surface the worker's cause
             raise_from_worker(exc, "prediction")
