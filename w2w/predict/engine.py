@@ -125,8 +125,12 @@ class BlockEngine:
         memory on a GPU) and list the chips worth a forward pass: those with a valid pixel."""
         win = self.plan.window(block)
         every = self.plan.chips(block)
-        chips = [c for c in every if _holds_valid(valid, c.relative_to(win))]
-        skipped, all_valid = len(every) - len(chips), bool(valid.all())
+        all_valid = bool(valid.all())
+        # A window that is all valid (a block inside the state) needs no chip-by-chip look.
+        chips = (
+            every if all_valid else [c for c in every if _holds_valid(valid, c.relative_to(win))]
+        )
+        skipped = len(every) - len(chips)
         if self.copies is None:
             return Staged(
                 _tensor(image).to(self.device),
