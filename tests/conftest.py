@@ -20,9 +20,19 @@ import pytest
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on loopback (all held open while drawn: a port closed and
+    drawn again can come back, and Ray refuses two components on one port)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 S3_PORT = _free_port()
@@ -77,6 +87,19 @@ def s3_bucket(s3_server: str) -> str:
     name = f"w2w-test-{time.time_ns()}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(autouse=True)
+def _w2w_logger_as_it_was() -> Iterator[None]:
+    """Put the 'w2w' logger back after each test: a command run in-process (CliRunner) routes
+    it to the console and stops it propagating, which would hide its records from later
+    tests' ``caplog``."""
+    import logging
+
+    logger = logging.getLogger("w2w")
+    state = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state[0], state[1], state[2]
 
 
 # -- Ray -------------------------------------------------------------------------------------

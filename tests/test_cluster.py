@@ -23,7 +23,7 @@ import yaml
 from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
-from tests.conftest import _free_port
+from tests.conftest import free_ports
 from w2w.cli import app
 from w2w.jobs import command_line
 
@@ -112,7 +112,8 @@ class RayHead:
 
     def __init__(self, temp_dir: Path) -> None:
         self.token = secrets.token_hex(16)
-        self.dashboard = _free_port()
+        free = iter(free_ports(9))
+        self.dashboard = next(free)
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
@@ -123,15 +124,15 @@ class RayHead:
             "RAY_DATA_LOG_LEVEL": "WARNING",
         }
         ports = {
-            "--port": _free_port(),
+            "--port": next(free),
             "--dashboard-port": self.dashboard,
-            "--ray-client-server-port": _free_port(),
-            "--dashboard-agent-listen-port": _free_port(),
-            "--dashboard-agent-grpc-port": _free_port(),
-            "--runtime-env-agent-port": _free_port(),
-            "--metrics-export-port": _free_port(),
-            "--node-manager-port": _free_port(),
-            "--object-manager-port": _free_port(),
+            "--ray-client-server-port": next(free),
+            "--dashboard-agent-listen-port": next(free),
+            "--dashboard-agent-grpc-port": next(free),
+            "--runtime-env-agent-port": next(free),
+            "--metrics-export-port": next(free),
+            "--node-manager-port": next(free),
+            "--object-manager-port": next(free),
         }
         cmd = [
             str(Path(bin_dir) / "ray"),

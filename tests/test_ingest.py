@@ -211,6 +211,7 @@ def test_label_value_map_and_unlabelled(tmp_path: Path, rng: np.random.Generator
         [write_tif(tmp_path / "i.tif", data)],
         label=write_tif(tmp_path / "l.tif", raw),
         label_map={-5: 0, 2: 1, 3: 1, 6: 1},
+        label_map_rest="keep",  # 7 is a class of its own
         classes={1: "forest", 7: "water"},
         chunk=16,
         block=16,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from w2w.core import guard, pins
 from w2w.core.config import StageConfig
 
 
@@ -57,8 +58,12 @@ class Stage:
         return cls
 
     def run(self, cfg: StageConfig, *, progress: bool = True) -> StageSummary:
-        """Run the stage and summarise what it did."""
-        result = _load(self.run_path)(cfg, progress=progress)
+        """Run the stage through the rules every stage passes: the output guard first
+        (:mod:`w2w.core.guard`), its input stores pinned while it reads them
+        (:mod:`w2w.core.pins`); then summarise what it did."""
+        guard.check(cfg)
+        with pins.pinned(cfg):
+            result = _load(self.run_path)(cfg, progress=progress)
         return self.summarize(result)
 
 

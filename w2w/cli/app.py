@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from w2w.cli.options import command_for
 from w2w.core.config import StageConfig
-from w2w.core.errors import StageFailedError, StorageError, W2WError
+from w2w.core.errors import StageFailedError, StorageError, W2WError, from_os_error
 from w2w.core.progress import console, out, set_quiet, setup_logging
 from w2w.core.provenance import w2w_version
 from w2w.stages import STAGES, Stage
@@ -110,6 +110,12 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:
             if _state["debug"]:
                 raise
+            known = from_os_error(exc)
+            if known is not None:
+                console.print(
+                    f"[bold red]error:[/] {escape(str(known))}", highlight=False, soft_wrap=True
+                )
+                raise typer.Exit(known.exit_code) from None
             console.print(
                 f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
                 "(re-run with --debug for the traceback)",
@@ -279,8 +285,13 @@ def verify(
     except StorageError:
         raise
     except W2WError:
-        report: Any = verify_coverage(store, engine=engine)
-        fix = "re-run `w2w predict` on it: it predicts blocks that are unfinished or have holes"
+        report: Any = verify_coverage(store, engine=engine, contents=True)
+        fix = (
+            "its blocks changed after they were written: predict it again with --overwrite, "
+            "or restore it from a good copy"
+            if report.changed
+            else "re-run `w2w predict` on it: it predicts blocks that are unfinished or have holes"
+        )
     else:
         report = verify_scene(store, engine=engine)
         fix = "copy the store again from a good copy, or ingest it again"

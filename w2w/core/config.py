@@ -25,6 +25,7 @@ from pydantic import (
 
 from w2w.core import storage
 from w2w.core.errors import ConfigError, InputError
+from w2w.core.guard import OutputKind, Target, overlap_problem
 
 
 def _canonical_path(value: Any) -> Any:
@@ -64,27 +65,36 @@ class StageConfig(BaseModel):
 
     #: Name used in error messages and as the section name in pipeline YAML files.
     stage_name: ClassVar[str] = "stage"
-    #: Fields naming what the stage reads (field -> what it is, for messages) and writes:
-    #: an output may be neither an input, nor inside one, nor hold one.
+    #: Fields naming what the stage reads (field -> what it is, for messages) and what it
+    #: writes (field -> kind of output: "store", "file", "run" or "folder"; see
+    #: :mod:`w2w.core.guard`, which the stage registry applies to every stage).
     inputs: ClassVar[dict[str, str]] = {}
-    outputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[dict[str, OutputKind]] = {}
 
-    def output_paths(self) -> dict[str, str]:
-        """What the stage writes: field (or purpose) -> canonical path."""
-        return {f: getattr(self, f) for f in self.outputs if getattr(self, f, None)}
+    def input_locations(self, *, expand: bool = True) -> list[tuple[str, str]]:
+        """What the stage reads, as (what, path or URL) pairs. A stage whose inputs name
+        other files (globs, list files, STAC documents) lists those too when ``expand``."""
+        found = []
+        for name, what in self.inputs.items():
+            value = getattr(self, name, None)
+            for path in value if isinstance(value, list) else [value]:
+                if isinstance(path, str) and path:
+                    found.append((what, path))
+        return found
+
+    def output_targets(self) -> list[Target]:
+        """What the stage writes: every file, store, run or folder, with its kind."""
+        return [
+            Target(f"output {kind}" if name == "output" else name, getattr(self, name), kind)
+            for name, kind in self.outputs.items()
+            if getattr(self, name, None)
+        ]
 
     @model_validator(mode="after")
     def _outputs_are_not_inputs(self) -> Self:
-        for out_field, out in self.output_paths().items():
-            for in_field, what in self.inputs.items():
-                value = getattr(self, in_field, None)
-                for path in value if isinstance(value, list) else [value]:
-                    relation = _overlap(out, path) if isinstance(path, str) else None
-                    if relation:
-                        raise ValueError(
-                            f"{out_field} {out} {relation} the input {what}; the stage would "
-                            "destroy what it reads: give another output path"
-                        )
+        problem = overlap_problem(self, expand=False)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @classmethod
@@ -122,17 +132,6 @@ class StageConfig(BaseModel):
         """A validated copy with some fields changed (configs are frozen)."""
         merged = {**self.to_dict(), **changes}
         return type(self).from_dict(merged, source=f"{self.stage_name} settings")
-
-
-def _overlap(output: str, path: str) -> str | None:
-    """How an output path relates to an input path: 'is', 'lies inside', 'holds', or None."""
-    if output == path:
-        return "is"
-    if output.startswith(path.rstrip("/") + "/"):
-        return "lies inside"
-    if path.startswith(output.rstrip("/") + "/"):
-        return "holds"
-    return None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

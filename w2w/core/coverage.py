@@ -54,11 +54,13 @@ class CoverageReport:
     holes: tuple[BlockCoverage, ...]
     checked_pixels: int
     counts_recorded: bool = True
+    #: Blocks whose content differs from what their writer recorded (with ``contents``).
+    changed: tuple[Window, ...] = ()
 
     @property
     def ok(self) -> bool:
         """Every block finished and fully classified (and that could be checked)."""
-        return self.counts_recorded and not self.missing and not self.holes
+        return self.counts_recorded and not self.missing and not self.holes and not self.changed
 
     def describe(self) -> str:
         """One line for messages and the log."""
@@ -83,24 +85,45 @@ class CoverageReport:
                 for h in self.holes[:5]
             )
             parts.append(f"{len(self.holes)} block(s) with holes: {shown}")
+        if self.changed:
+            shown = ", ".join(f"(row {w.row}, col {w.col})" for w in self.changed[:5])
+            parts.append(
+                f"{len(self.changed)} block(s) differ from what their writer wrote (chunks "
+                f"copied in or rewritten since): {shown}"
+            )
         return "; ".join(parts)
 
 
-def _block_classified(item: tuple[str, dict[str, int]]) -> tuple[dict[str, int], int]:
-    """Coverage task: classified (non-nodata) pixels of one block, read back from storage."""
-    url, window = item
+def _block_classified(
+    item: tuple[str, dict[str, int], bool],
+) -> tuple[dict[str, int], int, bool]:
+    """Coverage task: classified (non-nodata) pixels of one block, read back from storage,
+    and (with contents) whether the block reads as its writer recorded it."""
+    url, window, contents = item
     mosaic = MosaicStore.open(url)
-    return window, int((mosaic.read_class(Window(**window)) != CLASS_NODATA).sum())
+    w = Window(**window)
+    found = int((mosaic.read_class(w) != CLASS_NODATA).sum())
+    same = True
+    if contents:
+        recorded = mosaic.recorded_digest(w)
+        # A mosaic made before w2w recorded digests cannot be checked this way.
+        same = recorded is None or np.array_equal(recorded, mosaic.content_digest(w))
+    return window, found, same
 
 
 def verify_coverage(
-    mosaic_url: str, *, engine: Engine | str = "auto", progress: bool = True
+    mosaic_url: str,
+    *,
+    engine: Engine | str = "auto",
+    progress: bool = True,
+    contents: bool = False,
 ) -> CoverageReport:
     """Check a mosaic for holes, cheaply: every block is recorded as finished, and the classes
     read back from storage cover as many pixels as the block's writer found valid in the
     input. Reads only the uint8 class array, on Ray tasks (``engine="ray"``), in this process
     (``"local"``), or ``"auto"``: in this process for a mosaic of at most
-    :data:`COVERAGE_LOCAL_PIXELS` pixels, else on Ray."""
+    :data:`COVERAGE_LOCAL_PIXELS` pixels, else on Ray. With ``contents`` (``w2w verify``),
+    every array of every block is read and compared with the digest its writer recorded."""
     mosaic = MosaicStore.open(mosaic_url)
     if engine == "auto":
         engine = "local" if mosaic.grid.full_window.size <= COVERAGE_LOCAL_PIXELS else "ray"
@@ -124,8 +147,11 @@ def verify_coverage(
     holes: list[BlockCoverage] = []
     checked = 0
     # Blocks finished empty (outside the state) hold nothing to read back.
-    items = [(mosaic.url, w.to_dict()) for w in tiling.windows(done & ~mosaic.empty_blocks())]
-    for window, found in run_blocks(
+    items = [
+        (mosaic.url, w.to_dict(), contents) for w in tiling.windows(done & ~mosaic.empty_blocks())
+    ]
+    changed: list[Window] = []
+    for window, found, same in run_blocks(
         _block_classified,
         items,
         engine=engine,  # type: ignore[arg-type]
@@ -134,12 +160,15 @@ def verify_coverage(
         progress=progress,
     ):
         w = Window(**window)
+        if not same:
+            changed.append(w)
         want = int(expected[tiling.index(w)])
         checked += max(want, 0)
         if want < 0 or found != want:
             holes.append(BlockCoverage(w, want, found))
     holes.sort(key=lambda h: (h.window.row, h.window.col))
-    return CoverageReport(len(blocks), missing, tuple(holes), checked)
+    changed.sort(key=lambda w: (w.row, w.col))
+    return CoverageReport(len(blocks), missing, tuple(holes), checked, changed=tuple(changed))
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,33 @@ class StageFailedError(W2WError):
     """A distributed stage failed on a worker; the message carries the worker's cause."""
 
     exit_code = 1
+
+
+class DiskFullError(OutputError):
+    """A local file system ran out of space (or quota) while w2w wrote to it."""
+
+
+#: errno values of a file system that cannot take more data.
+_FULL = {28, 122}  # ENOSPC, EDQUOT
+
+
+def from_os_error(exc: BaseException) -> W2WError | None:
+    """The w2w error for an operating-system error a user can fix (a full disk, a read-only
+    file system), found in ``exc`` or its causes; None for anything else."""
+    import errno
+
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 10:
+        if isinstance(cur, OSError) and cur.errno is not None:
+            where = f" writing {cur.filename}" if cur.filename else ""
+            if cur.errno in _FULL:
+                return DiskFullError(
+                    f"no space left on the device{where}; free space there or choose an output "
+                    "on a larger disk (what was written before is unchanged)"
+                )
+            if cur.errno == errno.EROFS:
+                return OutputError(f"read-only file system{where}; choose another output path")
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None

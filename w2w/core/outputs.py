@@ -1,23 +1,83 @@
-"""One rule for every output: built beside the old one, swapped in only when complete.
+"""One publish protocol for every output: built beside the old one, swapped in only when
+complete, the old one removed last; a half-done publish found later is finished or rolled back.
 
-A store is built under a hidden name beside its final path; only when it is complete does it
-replace the old one, which is removed after the swap. A failure at any point leaves the old
-output as it was. Object storage has no atomic rename: there the new store is copied over
-the old prefix once it is complete (the old one is removed only then), and a failure during
-that copy leaves the complete new store under its hidden name, which a re-run publishes.
+* A **store** is built under a hidden staging name beside its final path
+  (:func:`replace_store`) and swapped in when complete (:func:`move_into_place`: the old one
+  moved aside, the new one moved in, the old one deleted).
+* A **file set** (a COG, its sidecars and STAC Item) is staged beside its destinations with a
+  journal and then moved in (:func:`publish_files`).
+* A **training run** is built in place of the old one, which waits aside with a journal
+  (:func:`set_aside`) until the new run finished (:func:`discard_aside`), or comes back
+  (:func:`restore`).
+
+A command killed at any point leaves either the old output or the new one, plus leftovers that
+:func:`recover` (run by the output guard before every stage, on each of its outputs) settles:
+a file-set journal is finished; an output set aside under a journal is put back (the new one
+never finished); an old output moved aside by a swap is deleted when the new one is in place,
+put back when it is not; staging leftovers of processes that are gone are removed (a staging
+name carries its maker's host and process id, so a live command's work is never touched).
+
+Object storage has no atomic rename: there a new store is built under its staging name and
+copied over the old prefix only once complete (the old one is removed just before the copy); a
+failure during the copy leaves the complete new store under its staging name, which a re-run
+publishes. Files are single PUTs, the describing one (the STAC Item) last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
+import socket
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from w2w.core import storage
+from w2w.core import pins, storage
 from w2w.core.errors import OutputError
+
+log = logging.getLogger("w2w")
+
+#: The record a training run keeps in its folder (what defines it, for resuming).
+RUN_FILE = "w2w-run.json"
+
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def cleanup(what: str, fn: Callable[..., object], *args: object, **kwargs: object) -> None:
+    """Run a clean-up step after a failure; its own failure is logged, never raised, so it
+    cannot hide the error that caused the clean-up (the next run's guard finishes it)."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported, the cause goes on
+        log.warning(
+            "%s failed too (%s: %s); the next run cleans it up", what, type(exc).__name__, exc
+        )
+
+
+def staging_tag() -> str:
+    """A unique tag for a staging name that says which host and process made it."""
+    return f"h{_HOST}p{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _maker_gone(name: str) -> bool:
+    """Whether the process named in a staging name (see :func:`staging_tag`) is gone; names
+    without one (older w2w) and other hosts' are taken as live, and left alone."""
+    import re
+
+    m = re.search(r"h([0-9a-f]{8})p(\d+)-", name)
+    if not m or m.group(1) != _HOST:
+        return False
+    try:
+        os.kill(int(m.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -34,11 +94,11 @@ def replace_store(output: str, *, overwrite: bool) -> Iterator[str]:
         yield output
         return
     storage.ensure_writable_dir(Path(output).parent)
-    work = str(Path(output).with_name(f".{Path(output).name}.w2w-tmp-{uuid.uuid4().hex[:8]}"))
+    work = str(Path(output).with_name(f".{Path(output).name}.w2w-tmp-{staging_tag()}"))
     try:
         yield work
     except BaseException:
-        storage.remove_tree(work)
+        cleanup(f"removing the unfinished {work}", storage.remove_tree, work)
         raise
     move_into_place(work, output)
 
@@ -46,9 +106,10 @@ def replace_store(output: str, *, overwrite: bool) -> Iterator[str]:
 def move_into_place(work_url: str, output: str) -> None:
     """Replace ``output`` by the finished store at ``work_url`` (local paths only); the old
     output is moved aside first and deleted only once the new one is in place."""
+    pins.check()
     backup = None
     if os.path.exists(output):
-        backup = f"{output}.w2w-old-{uuid.uuid4().hex[:8]}"
+        backup = str(Path(output).with_name(f".{Path(output).name}.w2w-swap-{staging_tag()}"))
         os.replace(output, backup)
     os.replace(work_url, output)
     if backup:
@@ -69,6 +130,7 @@ def publish_store(work: str, output: str) -> None:
     if not storage.is_remote(output):
         move_into_place(work, output)
         return
+    pins.check()
     fs = storage.filesystem(output)
     if storage.exists(output):
         storage.remove_tree(output)
@@ -77,11 +139,12 @@ def publish_store(work: str, output: str) -> None:
 
 
 def set_aside(output: str) -> str:
-    """Move an existing output to a hidden name beside it (not deleted); returns where."""
-    name = output.rstrip("/").rsplit("/", 1)[-1]
-    aside = beside(output, f"old-{uuid.uuid4().hex[:8]}").replace(
-        f".{name}.w2w-new-", f".{name}.w2w-"
-    )
+    """Move an existing output to a hidden name beside it (not deleted) while its replacement
+    is built in its place; returns where. A journal beside it says so until
+    :func:`discard_aside` or :func:`restore` settles it, so that :func:`recover` puts the old
+    output back if this process is killed first."""
+    aside = _aside_name(output)
+    storage.atomic_write_bytes(_aside_journal(output), json.dumps({"aside": aside}).encode())
     if storage.is_remote(output):
         storage.filesystem(output).mv(output, aside, recursive=True)
     else:
@@ -89,14 +152,89 @@ def set_aside(output: str) -> str:
     return aside
 
 
+def discard_aside(aside: str, output: str) -> None:
+    """The replacement of ``output`` is complete: delete the old one set aside, then its
+    journal."""
+    storage.remove_tree(aside)
+    _remove(_aside_journal(output))
+
+
 def restore(aside: str, output: str) -> None:
     """Put an output set aside back, replacing what was made in its place since."""
-    if storage.exists(output):
-        storage.remove_tree(output)
+    if storage.exists(aside):
+        if storage.exists(output):
+            storage.remove_tree(output)
+        if storage.is_remote(output):
+            storage.filesystem(output).mv(aside, output, recursive=True)
+        else:
+            os.replace(aside, output)
+    _remove(_aside_journal(output))
+
+
+def recover(output: str) -> None:
+    """Settle what a killed publish left at ``output`` (see the module notes); does nothing
+    where nothing was left. Runs before a stage writes ``output``."""
+    output = storage.normalize(output)
+    journal = _aside_journal(output)
+    if storage.exists(journal):  # a replacement was being built in place: it never finished
+        aside = json.loads(storage.read_bytes(journal))["aside"]
+        if not _maker_gone(aside.rsplit("/", 1)[-1]):
+            raise OutputError(
+                f"{output} is being replaced by another w2w command (see {journal}); wait for "
+                "it to finish, or if none runs any more, remove that file and run again"
+            )
+        restore(aside, output)
     if storage.is_remote(output):
-        storage.filesystem(output).mv(aside, output, recursive=True)
+        return
+    recover_files(output)
+    p = Path(output)
+    if not p.parent.is_dir():
+        return
+    prefix = f".{p.name}.w2w-"
+    for q in p.parent.iterdir():
+        name = q.name
+        if name.startswith(f".{p.name}.w2w-swap-") and _maker_gone(name):
+            if p.exists():
+                _remove_path(q)  # the swap finished: the old output goes last
+            else:
+                os.replace(q, p)  # killed between the two renames: the old one comes back
+        elif (name.startswith(prefix + "tmp-") and _maker_gone(name)) or (
+            name.startswith(f"{p.name}.w2w-staged-") and _maker_gone(name)
+        ):
+            _remove_path(q)
+
+
+def _aside_name(output: str) -> str:
+    if storage.is_remote(output):
+        parent, _, name = output.rstrip("/").rpartition("/")
+        return f"{parent}/.{name}.w2w-old-{staging_tag()}"
+    p = Path(output)
+    return str(p.with_name(f".{p.name}.w2w-old-{staging_tag()}"))
+
+
+def _aside_journal(output: str) -> str:
+    if storage.is_remote(output):
+        parent, _, name = output.rstrip("/").rpartition("/")
+        return f"{parent}/.{name}.w2w-aside.json"
+    p = Path(output)
+    return str(p.with_name(f".{p.name}.w2w-aside.json"))
+
+
+def _remove(url: str) -> None:
+    if storage.is_remote(url):
+        with contextlib.suppress(FileNotFoundError):
+            storage.filesystem(url).rm(url)
     else:
-        os.replace(aside, output)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(url)
+
+
+def _remove_path(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 def publish_files(files: list[tuple[str, Path]]) -> None:
@@ -113,13 +251,14 @@ def publish_files(files: list[tuple[str, Path]]) -> None:
     """
     if not files:
         return
+    pins.check()
     if any(storage.is_remote(dest) for dest, _ in files):
         for dest, path in files:
             storage.atomic_put_file(path, dest)
         return
     journal = _journal(files[0][0])
     recover_files(files[0][0])
-    token = uuid.uuid4().hex[:8]
+    token = staging_tag()
     entries = []
     try:
         for dest, path in files:
@@ -133,8 +272,7 @@ def publish_files(files: list[tuple[str, Path]]) -> None:
         _write_journal(journal, entries)
     except BaseException:
         for e in entries:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(e["staged"])
+            cleanup(f"removing {e['staged']}", _remove, e["staged"])
         raise
     recover_files(files[0][0])
 
@@ -145,8 +283,6 @@ def recover_files(first_destination: str) -> None:
     journal = _journal(first_destination)
     if not os.path.exists(journal):
         return
-    import json
-
     entries = json.loads(Path(journal).read_text())
     for e in entries:  # old files aside (kept until every new one is in place)
         if os.path.exists(e["staged"]) and os.path.exists(e["dest"]):
@@ -166,8 +302,6 @@ def _journal(first_destination: str) -> str:
 
 
 def _write_journal(journal: str, entries: list[dict[str, str]]) -> None:
-    import json
-
     tmp = f"{journal}.part"
     Path(tmp).write_text(json.dumps(entries))
     os.replace(tmp, journal)

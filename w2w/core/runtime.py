@@ -133,6 +133,18 @@ def _w2w_error_in_text(text: str) -> W2WError | None:
     return found
 
 
+def _os_error_in_text(text: str) -> W2WError | None:
+    """A full disk named in a worker's traceback (Ray passes some causes on as text only)."""
+    from w2w.core.errors import DiskFullError
+
+    if "[Errno 28]" in text or "No space left on device" in text:
+        return DiskFullError(
+            "no space left on the device a worker wrote to; free space there or choose an "
+            "output on a larger disk (what was written before is unchanged)"
+        )
+    return None
+
+
 def cause_line(text: str) -> str:
     """The innermost exception a worker's traceback names (not Ray's own wrappers), or the
     last line of ``text``."""
@@ -153,6 +165,11 @@ def raise_from_worker(exc: BaseException, what: str) -> None:
     inner = unwrap_ray_error(exc)
     if isinstance(inner, W2WError):
         raise inner from None
+    from w2w.core.errors import from_os_error
+
+    known = from_os_error(inner) or _os_error_in_text(str(inner))
+    if known is not None:
+        raise known from None
     raise StageFailedError(f"{what} failed on a Ray worker: {cause_line(str(inner))}") from exc
 
 

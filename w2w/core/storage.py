@@ -70,6 +70,36 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+def gdal_options(url: str) -> dict[str, Any]:
+    """GDAL's configuration options for reading ``url``: the same endpoint, timeouts and
+    retries as every other object-storage call (credentials: GDAL reads the ``AWS_*``
+    variables itself). For rasterio's GDAL (``rasterio.Env``) and pyogrio's alike."""
+    timeout = max(1, round(io_timeout()))
+    options: dict[str, Any] = {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "GDAL_HTTP_CONNECTTIMEOUT": timeout,
+        "GDAL_HTTP_TIMEOUT": timeout,
+        "GDAL_HTTP_MAX_RETRY": io_retries(),
+        "GDAL_HTTP_RETRY_DELAY": 1,
+    }
+    endpoint = s3_endpoint()
+    if str(url).startswith("s3://") and endpoint:
+        options.update(
+            AWS_S3_ENDPOINT=endpoint.split("://", 1)[-1],
+            AWS_HTTPS="YES" if endpoint.startswith("https") else "NO",
+            AWS_VIRTUAL_HOSTING="FALSE",
+        )
+    return options
+
+
+def gdal_path(url: str) -> str:
+    """A URL as GDAL names it (``/vsis3/`` for ``s3://``); local paths pass through."""
+    text = str(url)
+    if text.startswith("s3://"):
+        return "/vsis3/" + text[len("s3://") :]
+    return text
+
+
 def storage_options(url: str) -> dict[str, Any]:
     """Fsspec options for ``url``: endpoint, timeouts and retries for ``s3://``."""
     if not str(url).startswith("s3://"):
@@ -179,6 +209,9 @@ def atomic_write_bytes(url: str | Path, data: bytes) -> str:
 
 def atomic_put_file(local_path: str | Path, url: str | Path) -> str:
     """Copy a finished local file to ``url`` atomically; returns the normalised destination."""
+    from w2w.core import pins  # nothing is published from inputs that changed meanwhile
+
+    pins.check()
     dest = normalize(url)
     if is_remote(dest):
         try:

@@ -6,7 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from w2w.core import storage
 from w2w.core.config import Engine, PathStr, StageConfig, engine_field, overwrite_field
+from w2w.core.guard import OutputKind, Target
 
 SplitChoice = Literal["test", "val", "train", "all"]
 
@@ -20,7 +22,7 @@ class EvaluateConfig(StageConfig):
         "scene": "scene store",
         "bundle": "model bundle",
     }
-    outputs: ClassVar[tuple[str, ...]] = ("output",)
+    outputs: ClassVar[dict[str, OutputKind]] = {"output": "folder"}
 
     mosaic: PathStr = Field(description="mosaic store to evaluate")
     scene: PathStr = Field(description="scene store with the reference labels (same grid)")
@@ -38,3 +40,18 @@ class EvaluateConfig(StageConfig):
         default=False, description="evaluate a mosaic whose prediction did not finish"
     )
     overwrite: bool = overwrite_field()
+
+    def output_targets(self) -> list[Target]:
+        """The report folder and each report file in it."""
+        files = [Target("report file", u, "file") for u in report_targets(self.output).values()]
+        return [Target("report folder", self.output, "folder"), *files]
+
+
+#: The report's files in its folder: metrics, a readable report, the confusion matrix.
+REPORT_FILES = ("evaluation.json", "evaluation.md", "confusion_matrix.png")
+
+
+def report_targets(output: str) -> dict[str, str]:
+    """Where the report files go: ``json``, ``markdown`` and ``figure``."""
+    names = dict(zip(("json", "markdown", "figure"), REPORT_FILES, strict=True))
+    return {key: storage.join(output, name) for key, name in names.items()}

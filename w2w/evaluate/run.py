@@ -47,13 +47,10 @@ from w2w.core.runtime import run_blocks
 from w2w.core.split import SplitPlan
 from w2w.core.store import MosaicStore, SceneStore
 from w2w.core.store.integrity import short
-from w2w.evaluate.config import EvaluateConfig
+from w2w.evaluate.config import EvaluateConfig, report_targets
 from w2w.evaluate.report import EvaluationResult, Excluded, build_result, markdown_report
 
 log = logging.getLogger("w2w")
-
-#: Names of the files an evaluation writes into its output folder.
-REPORT_FILES = ("evaluation.json", "evaluation.md", "confusion_matrix.png")
 
 
 @dataclass
@@ -143,12 +140,6 @@ class BlockCounter:
             map_unknown=int((reference & (map_idx < 0) & (cls != CLASS_NODATA)).sum()),
             label_unknown=int((scored & (ref_idx < 0)).sum()),
         )
-
-
-def report_targets(output: str) -> dict[str, str]:
-    """Where the report files go: ``json``, ``markdown`` and ``figure``."""
-    names = dict(zip(("json", "markdown", "figure"), REPORT_FILES, strict=True))
-    return {key: storage.join(output, name) for key, name in names.items()}
 
 
 def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from w2w.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from w2w.export.config import ExportConfig
-    from w2w.export.run import ExportResult, export, export_targets
+    from w2w.export.config import ExportConfig, export_targets
+    from w2w.export.run import ExportResult, export
 
 __all__ = ["ExportConfig", "ExportResult", "export", "export_targets"]
 
@@ -22,6 +22,6 @@ __getattr__, __dir__ = lazy_exports(
         "ExportConfig": ".config",
         "ExportResult": ".run",
         "export": ".run",
-        "export_targets": ".run",
+        "export_targets": ".config",
     },
 )

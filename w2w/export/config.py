@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from w2w.core.config import PathStr, StageConfig, overwrite_field
+from w2w.core.guard import OutputKind, Target
 
 Compression = Literal["deflate", "zstd", "lzw"]
 #: Vector formats of ``vector``, by file extension: the GDAL driver that writes each.
@@ -24,7 +26,7 @@ class ExportConfig(StageConfig):
 
     stage_name: ClassVar[str] = "export"
     inputs: ClassVar[dict[str, str]] = {"input": "mosaic"}
-    outputs: ClassVar[tuple[str, ...]] = ("output", "vector")
+    outputs: ClassVar[dict[str, OutputKind]] = {"output": "file", "vector": "file"}
 
     input: PathStr = Field(description="mosaic store (local path or s3:// URL)")
     output: PathStr = Field(description="the class COG to write: a .tif path or s3:// URL")
@@ -71,6 +73,10 @@ class ExportConfig(StageConfig):
     )
     overwrite: bool = overwrite_field()
 
+    def output_targets(self) -> list[Target]:
+        """Every file of the export's set (the COG, its sidecars, styles, STAC Items)."""
+        return [Target("export file", u, "file") for u in export_targets(self).all()]
+
     @field_validator("blocksize")
     @classmethod
     def _tile_multiple_of_16(cls, v: int) -> int:
@@ -107,3 +113,42 @@ class ExportConfig(StageConfig):
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
         return iso_utc(parsed)
+
+
+@dataclass(frozen=True)
+class ExportTargets:
+    """Where each exported file goes (local paths or URLs)."""
+
+    cog: str
+    confidence: str | None
+    stac: str
+    quicklook: str
+    style: str
+    sidecar: str  # GDAL PAM: category names and RAT of the COG's class band
+    sld: str
+    model: str
+    probabilities: str | None = None
+    vector: str | None = None
+
+    def all(self) -> list[str]:
+        """Every file the export writes (the model Item only where the bundle is readable)."""
+        files = (self.cog, self.sidecar, self.confidence, self.probabilities, self.quicklook)
+        return [u for u in (*files, self.style, self.sld, self.vector, self.model, self.stac) if u]
+
+
+def export_targets(cfg: ExportConfig) -> ExportTargets:
+    """The file names an export writes: the COG and its siblings (same stem)."""
+    cog = cfg.output
+    stem = cog[: cog.rfind(".")]
+    return ExportTargets(
+        cog=cog,
+        confidence=f"{stem}_confidence.tif" if cfg.confidence == "file" else None,
+        stac=f"{stem}.json",
+        quicklook=f"{stem}_quicklook.png",
+        style=f"{stem}.qml",
+        sidecar=f"{cog}.aux.xml",
+        sld=f"{stem}.sld",
+        model=f"{stem}_model.json",
+        probabilities=f"{stem}_probabilities.tif" if cfg.probabilities else None,
+        vector=cfg.vector,
+    )

@@ -74,7 +74,7 @@ from w2w.export.cog import (
     to_cog,
     write_stages,
 )
-from w2w.export.config import ExportConfig
+from w2w.export.config import ExportConfig, ExportTargets, export_targets
 from w2w.export.footprint import footprint_wgs84
 from w2w.export.model_item import model_item
 from w2w.export.pam import pam_sidecar
@@ -85,27 +85,6 @@ from w2w.export.styles import qgis_style, render_quicklook, sld_style
 from w2w.export.vector import export_vector
 
 log = logging.getLogger("w2w")
-
-
-@dataclass(frozen=True)
-class ExportTargets:
-    """Where each exported file goes (local paths or URLs)."""
-
-    cog: str
-    confidence: str | None
-    stac: str
-    quicklook: str
-    style: str
-    sidecar: str  # GDAL PAM: category names and RAT of the COG's class band
-    sld: str
-    model: str
-    probabilities: str | None = None
-    vector: str | None = None
-
-    def all(self) -> list[str]:
-        """Every file the export writes (the model Item only where the bundle is readable)."""
-        files = (self.cog, self.sidecar, self.confidence, self.probabilities, self.quicklook)
-        return [u for u in (*files, self.style, self.sld, self.vector, self.model, self.stac) if u]
 
 
 @dataclass(frozen=True)
@@ -125,24 +104,6 @@ class ExportResult:
     vector: str | None = None
     vector_polygons: int = 0
     model: str | None = None  # the model's STAC MLM Item, where the bundle was readable
-
-
-def export_targets(cfg: ExportConfig) -> ExportTargets:
-    """The file names an export writes: the COG and its siblings (same stem)."""
-    cog = cfg.output
-    stem = cog[: cog.rfind(".")]
-    return ExportTargets(
-        cog=cog,
-        confidence=f"{stem}_confidence.tif" if cfg.confidence == "file" else None,
-        stac=f"{stem}.json",
-        quicklook=f"{stem}_quicklook.png",
-        style=f"{stem}.qml",
-        sidecar=f"{cog}.aux.xml",
-        sld=f"{stem}.sld",
-        model=f"{stem}_model.json",
-        probabilities=f"{stem}_probabilities.tif" if cfg.probabilities else None,
-        vector=cfg.vector,
-    )
 
 
 def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:

@@ -42,7 +42,7 @@ from w2w.export.styles import sld_asset
 from w2w.export.vector import vector_asset
 
 if TYPE_CHECKING:
-    from w2w.export.run import ExportTargets
+    from w2w.export.config import ExportTargets
 
 log = logging.getLogger("w2w")
 

@@ -13,6 +13,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from w2w.core.config import Engine, PathStr, StageConfig, engine_field, overwrite_field
 from w2w.core.errors import ConfigError
+from w2w.core.guard import OutputKind
 from w2w.ingest.vectors import is_vector
 
 
@@ -88,10 +89,11 @@ class IngestConfig(StageConfig):
     stage_name: ClassVar[str] = "ingest"
     inputs: ClassVar[dict[str, str]] = {
         "images": "image",
+        "tiles": "tile",
         "label": "labels",
         "aoi": "boundary",
     }
-    outputs: ClassVar[tuple[str, ...]] = ("output",)
+    outputs: ClassVar[dict[str, OutputKind]] = {"output": "store"}
 
     images: list[PathStr] | None = Field(
         default=None,
@@ -163,6 +165,11 @@ class IngestConfig(StageConfig):
     label_map: LabelMap = Field(
         default_factory=dict, description="label value -> class id, e.g. '-5=0;2,3,6=1'"
     )
+    label_map_rest: Literal["error", "unlabelled", "keep"] = Field(
+        default="error",
+        description="label codes label_map does not name: an error, no label, or kept as "
+        "class ids of their own",
+    )
     unlabelled: int = Field(default=0, ge=0, le=254, description="class id meaning 'no label'")
     classes: ClassNames = Field(
         default_factory=dict, description="class id -> name, e.g. '1=forest,2=water'"
@@ -174,6 +181,23 @@ class IngestConfig(StageConfig):
     block: int = Field(default=2048, ge=16, description="task block edge; a multiple of chunk")
     engine: Engine = engine_field()
     overwrite: bool = overwrite_field()
+
+    def input_locations(self, *, expand: bool = True) -> list[tuple[str, str]]:
+        """Images, boundary and labels, and the tiles: a glob's folder, and with ``expand``
+        every file a glob or list file names, list files themselves, STAC documents and
+        their assets' hrefs."""
+        found = [(w, p) for w, p in super().input_locations(expand=False) if w != "tile"]
+        for entry in self.tiles or []:
+            found.append(("tile", _fixed_part(entry.removeprefix("@"))))
+        if expand and self.tiles:
+            from w2w.ingest.stac import asset_hrefs, is_stac
+            from w2w.ingest.tiles import expand as expand_entries
+
+            for path in expand_entries(list(self.tiles)):
+                found.append(("tile", path))
+                if is_stac(path):
+                    found += [("STAC asset", href) for href in asset_hrefs(path)]
+        return found
 
     @field_validator("label_map")
     @classmethod
@@ -258,3 +282,11 @@ class IngestConfig(StageConfig):
     def vector_labels(self) -> bool:
         """Whether the labels are a vector file."""
         return bool(self.label and is_vector(self.label))
+
+
+def _fixed_part(entry: str) -> str:
+    """A path, or for a glob the folder above its first wildcard."""
+    cut = min((i for i, ch in enumerate(entry) if ch in "*?["), default=None)
+    if cut is None:
+        return entry
+    return entry[:cut].rsplit("/", 1)[0] or "/"

@@ -26,14 +26,21 @@ class LabelCodes:
     nodata: float | None
     unlabelled: int
     source: str
+    #: With a mapping, what a code it does not name becomes: an error, 'no label', or itself.
+    rest: str = "error"
 
     @classmethod
     def from_map(
-        cls, mapping: dict[int, int], nodata: float | None, unlabelled: int, source: str
+        cls,
+        mapping: dict[int, int],
+        nodata: float | None,
+        unlabelled: int,
+        source: str,
+        rest: str = "error",
     ) -> LabelCodes:
         """From a ``code -> class id`` mapping."""
         keys = tuple(sorted(mapping))
-        return cls(keys, tuple(mapping[k] for k in keys), nodata, unlabelled, source)
+        return cls(keys, tuple(mapping[k] for k in keys), nodata, unlabelled, source, rest)
 
     def apply(
         self, raw: np.ndarray, window: Window, missing: np.ndarray | None = None
@@ -62,6 +69,16 @@ class LabelCodes:
         out = codes.copy()
         for k, v in zip(self.keys, self.values, strict=True):
             out[codes == k] = v
+        if self.keys and self.rest != "keep":
+            rest = ~gone & ~np.isin(codes, np.asarray(self.keys, dtype=np.int64))
+            if rest.any() and self.rest == "error":
+                values = sorted(set(np.unique(codes[rest]).tolist()))[:8]
+                raise InputError(
+                    f"label {self.source} has codes {values} that --label-map does not name; "
+                    "add them to the map, or pass --label-map-rest unlabelled (no label) or "
+                    "keep (each code its own class)"
+                )
+            out[rest] = self.unlabelled
         out[gone] = self.unlabelled
         bad = (out < 0) | (out > 254)
         if bad.any():

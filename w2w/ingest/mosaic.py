@@ -78,10 +78,15 @@ def resolve_tiles(cfg: IngestConfig) -> tuple[list[Tile], list[str]]:
     for entry in expand(list(cfg.tiles)):
         if is_stac(entry):
             found, stac_names = stac_tiles(entry, cfg.bands, cfg.mask_asset)
-            for t in found:
-                bands = tuple(inspect_asset(h, 1)[0] for h in t.bands)
+            for k, t in enumerate(found):
+                # Every band of every asset: a multi-band asset (e.g. 'visual') gives each.
+                per_asset = [inspect_asset(h) for h in t.bands]
                 mask = inspect_asset(t.mask, 1)[0] if t.mask else None
-                tiles.append(Tile(t.name, bands, mask, t.start, t.end))
+                tiles.append(
+                    Tile(t.name, tuple(a for b in per_asset for a in b), mask, t.start, t.end)
+                )
+                if k == 0:
+                    stac_names = _asset_band_names(stac_names, per_asset)
             names = names or stac_names
         else:
             tiles += file_tiles([entry], cfg.mask_band)
@@ -97,6 +102,22 @@ def resolve_tiles(cfg: IngestConfig) -> tuple[list[Tile], list[str]]:
     if names is None and all(described) and len(set(described)) == count:
         names = [str(d) for d in described]
     return tiles, names or [f"band{i + 1}" for i in range(count)]
+
+
+def _asset_band_names(names: list[str], per_asset: list[list[Any]]) -> list[str]:
+    """Band names for the assets' bands: an asset's key for a one-band asset; for a
+    multi-band asset its bands' descriptions when they are given, else ``key_1``, ``key_2``."""
+    out = []
+    for name, bands in zip(names, per_asset, strict=True):
+        if len(bands) == 1:
+            out.append(name)
+            continue
+        described = [b.description for b in bands]
+        if all(described) and len(set(described)) == len(bands):
+            out += [f"{name}_{d}" for d in described]
+        else:
+            out += [f"{name}_{i + 1}" for i in range(len(bands))]
+    return out
 
 
 def _store_type(tiles: list[Tile], cfg: IngestConfig, warnings: list[str]) -> tuple[str, float]:
@@ -139,7 +160,9 @@ def plan_mosaic(cfg: IngestConfig) -> tuple[MosaicPlan, list[Window], list[str]]
     label_asset = vectors = codes = None
     if cfg.label:
         if cfg.vector_labels:
-            vectors = read_vector_labels(cfg.label, str(cfg.label_field), crs_wkt)
+            vectors = read_vector_labels(
+                cfg.label, str(cfg.label_field), crs_wkt, classes=dict(cfg.classes)
+            )
         else:
             label_asset = inspect_asset(cfg.label, 1)[0]
         nodata_label = (
@@ -147,7 +170,9 @@ def plan_mosaic(cfg: IngestConfig) -> tuple[MosaicPlan, list[Window], list[str]]
             if cfg.label_nodata is not None
             else (label_asset.nodata if label_asset else None)
         )
-        codes = LabelCodes.from_map(cfg.label_map, nodata_label, cfg.unlabelled, cfg.label)
+        codes = LabelCodes.from_map(
+            cfg.label_map, nodata_label, cfg.unlabelled, cfg.label, cfg.label_map_rest
+        )
     plan = MosaicPlan(
         grid=grid,
         tiles=tuple(tiles),

@@ -53,6 +53,7 @@ class IngestPlan:
     #: One value for all bands, or one per band when the stacked files differ.
     nodata: Nodata
     label_lut_keys: tuple[int, ...]
+    label_map_rest: str
     label_lut_values: tuple[int, ...]
     label_nodata: float | None
     unlabelled: int
@@ -125,6 +126,7 @@ def plan_ingest(cfg: IngestConfig) -> tuple[IngestPlan, list[str], list[str]]:
         dtype=dtype,
         nodata=nodata,
         label_lut_keys=keys,
+        label_map_rest=cfg.label_map_rest,
         label_lut_values=tuple(cfg.label_map[k] for k in keys),
         label_nodata=label.nodata if label is not None and label.nodata is not None else None,  # type: ignore[arg-type]
         unlabelled=cfg.unlabelled,
@@ -231,6 +233,7 @@ def map_labels(plan: IngestPlan, window: Window) -> np.ndarray:
         plan.label_nodata,
         plan.unlabelled,
         f"file {plan.label.path}",
+        plan.label_map_rest,
     )
     return codes.apply(raw, window, missing)
 
@@ -293,6 +296,7 @@ def _provenance(cfg: IngestConfig, plan: IngestPlan) -> dict[str, Any]:
         "images": list(cfg.images),
         "label": cfg.label,
         "label_map": {str(k): v for k, v in cfg.label_map.items()},
+        "label_map_rest": cfg.label_map_rest,
         "reprojected_labels": plan.reproject_labels,
     }
 
@@ -363,4 +367,5 @@ def _mosaic_provenance(cfg: IngestConfig, plan: MosaicPlan) -> dict[str, Any]:
         "label": cfg.label,
         "label_field": cfg.label_field,
         "label_map": {str(k): v for k, v in cfg.label_map.items()},
+        "label_map_rest": cfg.label_map_rest,
     }

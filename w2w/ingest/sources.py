@@ -58,33 +58,13 @@ class RasterSource:
         return gdal_path(self.path)
 
 
-def gdal_path(path: str) -> str:
-    """Translate an ``s3://`` URL to GDAL's ``/vsis3/`` form; local paths pass through."""
-    if path.startswith("s3://"):
-        return "/vsis3/" + path[len("s3://") :]
-    return path
+gdal_path = storage.gdal_path
 
 
 @contextlib.contextmanager
 def gdal_env(path: str) -> Iterator[None]:
     """A rasterio environment that lets GDAL reach object storage for ``path``."""
-    timeout = max(1, round(storage.io_timeout()))
-    options: dict[str, Any] = {
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        "GDAL_HTTP_CONNECTTIMEOUT": timeout,
-        "GDAL_HTTP_TIMEOUT": timeout,
-        "GDAL_HTTP_MAX_RETRY": storage.io_retries(),
-        "GDAL_HTTP_RETRY_DELAY": 1,
-    }
-    endpoint = storage.s3_endpoint()
-    if path.startswith("s3://") and endpoint:
-        host = endpoint.split("://", 1)[-1]
-        options.update(
-            AWS_S3_ENDPOINT=host,
-            AWS_HTTPS="YES" if endpoint.startswith("https") else "NO",
-            AWS_VIRTUAL_HOSTING="FALSE",
-        )
-    with rasterio.Env(session=_session(path), **options):
+    with rasterio.Env(session=_session(path), **storage.gdal_options(path)):
         yield
 
 
@@ -127,7 +107,7 @@ def open_raster(path: str, *, role: str) -> Iterator[Any]:
                 ds = rasterio.open(gdal_path(path))
         except RasterioIOError as exc:
             raise InputError(
-                f"cannot read {role} file {path} as a raster ({_first_line(exc)}); "
+                f"cannot read {role} file {path} as a raster ({first_line(exc)}); "
                 "is it a complete GeoTIFF?"
             ) from None
         try:
@@ -136,7 +116,7 @@ def open_raster(path: str, *, role: str) -> Iterator[Any]:
             ds.close()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """GDAL's own message: rasterio often wraps it ("See previous exception") in a cause."""
     inner = exc.__cause__ or exc.__context__
     if inner is not None and "previous exception" in str(exc):
@@ -194,7 +174,7 @@ def _probe_last_rows(ds: Any, path: str, role: str) -> None:
         except (RasterioError, RasterioIOError) as exc:
             raise InputError(
                 f"{role} file {path} is corrupt or truncated: reading rows {row}-{row + h} "
-                f"failed ({_first_line(exc)}); re-download or re-export it"
+                f"failed ({first_line(exc)}); re-download or re-export it"
             ) from None
 
 
@@ -272,5 +252,5 @@ def read_window(
         except (RasterioError, RasterioIOError) as exc:
             raise InputError(
                 f"{role} file {src.path}: reading window {window.to_dict()} failed "
-                f"({_first_line(exc)}); the file may be corrupt or truncated"
+                f"({first_line(exc)}); the file may be corrupt or truncated"
             ) from None

@@ -43,6 +43,20 @@ def read_items(path: str) -> list[Any]:
         raise InputError(
             f"{path} is not JSON ({exc}); give a STAC ItemCollection or catalog"
         ) from None
+    try:
+        return _parse_items(path, data)
+    except InputError:
+        raise
+    except (pystac.STACError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(
+            f"{path} is not valid STAC ({type(exc).__name__}: {exc}); fix the document (an "
+            "Item needs a datetime, or a start_datetime and end_datetime)"
+        ) from None
+
+
+def _parse_items(path: str, data: Any) -> list[Any]:
+    import pystac
+
     kind = data.get("type") if isinstance(data, dict) else None
     href = storage.normalize(path)
     if kind == "FeatureCollection":
@@ -89,6 +103,15 @@ def _href(asset: Any, base: str) -> str:
     if "://" in href or href.startswith("/"):
         return storage.normalize(href)
     return storage.join(base, href)
+
+
+def asset_hrefs(path: str) -> list[str]:
+    """The href of every asset of every Item in a STAC document (what an ingest reads)."""
+    found = []
+    for item in read_items(path):
+        base = (item.get_self_href() or storage.normalize(path)).rsplit("/", 1)[0]
+        found += [_href(a, base) for a in item.assets.values()]
+    return found
 
 
 def stac_tiles(

@@ -35,6 +35,7 @@ from rasterio.crs import CRS
 from w2w.core import storage
 from w2w.core.config import Engine, PathStr, StageConfig, engine_field, overwrite_field
 from w2w.core.grid import Grid, Window
+from w2w.core.guard import OutputKind, Target
 from w2w.core.outputs import publish_files, replace_store
 from w2w.core.runtime import run_blocks
 from w2w.ingest.build import build_store
@@ -61,7 +62,7 @@ class SynthConfig(StageConfig):
     """Settings of ``w2w synth``."""
 
     stage_name: ClassVar[str] = "synth"
-    outputs: ClassVar[tuple[str, ...]] = ("output",)
+    outputs: ClassVar[dict[str, OutputKind]] = {"output": "store"}
 
     output: PathStr = Field(
         description="folder for GeoTIFFs, or a scene store path with format=store"
@@ -112,6 +113,16 @@ class SynthConfig(StageConfig):
     block: int = Field(default=2048, ge=16, description="pixels per task edge")
     engine: Engine = engine_field()
     overwrite: bool = overwrite_field()
+
+    def output_targets(self) -> list[Target]:
+        """The scene store, or the folder and each GeoTIFF and vector file written into it."""
+        if self.format == "store":
+            return [Target("output store", self.output, "store")]
+        names = [*geotiff_names(self), "labels.tif"]
+        if self.tiles:
+            names += ["boundary.gpkg", "labels.gpkg"]
+        files = [Target("output file", storage.join(self.output, n), "file") for n in names]
+        return [Target("output folder", self.output, "folder"), *files]
 
     @model_validator(mode="before")
     @classmethod
@@ -314,6 +325,11 @@ class SynthReader:
         return image(self.cfg, window, cover), cover
 
 
+def geotiff_names(cfg: SynthConfig) -> list[str]:
+    """The image GeoTIFFs of ``format=geotiff``: one, or one a band."""
+    return [f"band_{b}.tif" for b in BAND_NAMES] if cfg.separate_bands else ["image.tif"]
+
+
 def class_names() -> dict[int, str]:
     """Class id -> name of the synthetic land-cover classes."""
     return {cid: name for cid, (name, *_) in CLASSES.items()}
@@ -368,8 +384,7 @@ def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> SynthOut
             "synthetic GeoTIFFs are written to a local folder; use format=store for s3://"
         )
     folder = Path(cfg.output)
-    names = [f"band_{b}.tif" for b in BAND_NAMES] if cfg.separate_bands else ["image.tif"]
-    targets = [folder / n for n in names] + [folder / "labels.tif"]
+    targets = [folder / n for n in geotiff_names(cfg)] + [folder / "labels.tif"]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not cfg.overwrite:
         from w2w.core.errors import OutputError

@@ -19,6 +19,10 @@ from w2w.core.grid import Grid
 #: Bounds within this share of a pixel of a multiple of the resolution are taken as on it
 #: (floating-point round-off in transformed coordinates).
 SNAP_TOLERANCE = 1e-6
+#: The largest target grid w2w makes: 10^12 px (400 times Chihuahua at 10 m). A grid beyond
+#: it is almost surely a resolution in the wrong unit, and listing its blocks alone would
+#: take more memory than a machine has.
+MAX_PIXELS = 10**12
 
 
 def parse_crs(text: str) -> str:
@@ -57,4 +61,10 @@ def snapped_grid(
     x0, x1, y0, y1 = down(left), up(right), down(bottom), up(top)
     width = round((x1 - x0) / resolution)
     height = round((y1 - y0) / resolution)
+    if width * height > MAX_PIXELS:
+        raise ConfigError(
+            f"resolution {resolution:g} over bounds {tuple(round(b, 3) for b in bounds)} makes "
+            f"a grid of {height:,} x {width:,} px, more than the {MAX_PIXELS:.0e} w2w maps; "
+            "check --resolution (in the CRS's units, metres for a projected CRS) and --bounds"
+        )
     return Grid(crs_wkt, Affine(resolution, 0.0, x0, 0.0, -resolution, y1), height, width)

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.errors import RasterioError
 
 from w2w.core import storage
 from w2w.core.errors import InputError
 from w2w.core.grid import Grid, Window
-from w2w.ingest.sources import IMAGE_DTYPES, open_raster
+from w2w.ingest.sources import IMAGE_DTYPES, first_line, open_raster
 
 log = logging.getLogger("w2w")
 
@@ -110,6 +111,13 @@ def inspect_asset(path: str, band: int | None = None) -> list[Asset]:
             raise InputError(
                 f"tile {path} has unsupported pixel type {bad[0]}; supported: "
                 f"{', '.join(IMAGE_DTYPES)}"
+            )
+        missing = [f for f in ds.files[1:] if "://" not in f and not f.startswith("/vsi")]
+        missing = [f for f in missing if not Path(f).exists()]
+        if missing:
+            raise InputError(
+                f"tile {path} reads from {missing[0]}, which does not exist; fix the VRT or "
+                "put its source files back"
             )
         indexes = [band] if band is not None else list(range(1, ds.count + 1))
         acquired = acquisition_time(ds.tags(ns="IMAGERY").get("ACQUISITIONDATETIME"), path)
@@ -277,7 +285,13 @@ def warp(
             YSCALE=k,
         ) as vrt,
     ):
-        return vrt.read(bands if bands is not None else asset.band)
+        try:
+            return vrt.read(bands if bands is not None else asset.band)
+        except RasterioError as exc:
+            raise InputError(
+                f"cannot read tile {asset.path} ({first_line(exc)}); check the file (a VRT's "
+                "source files must exist where it names them)"
+            ) from None
 
 
 def warp_tile_bands(tile: Tile, target: Grid, resampling: str) -> np.ndarray:

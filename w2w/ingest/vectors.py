@@ -11,7 +11,10 @@ whole grid, because it is the same rule applied to the same pixel centres.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,8 @@ from w2w.core import storage
 from w2w.core.errors import InputError
 from w2w.core.grid import Grid, Window
 
+log = logging.getLogger("w2w")
+
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
 
 
@@ -29,12 +34,27 @@ def is_vector(path: str) -> bool:
     return path.lower().endswith(VECTOR_SUFFIXES)
 
 
+@contextlib.contextmanager
+def ogr_env(path: str) -> Iterator[None]:
+    """Pyogrio's GDAL (its own, not rasterio's) configured for ``path`` as every other
+    object-storage read is (:func:`w2w.core.storage.gdal_options`), restored afterwards."""
+    import pyogrio
+
+    options = storage.gdal_options(path)
+    before = {k: pyogrio.get_gdal_config_option(k) for k in options}
+    pyogrio.set_gdal_config_options(options)
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options(before)
+
+
 @dataclass(frozen=True)
 class Features:
     """Geometries (GeoJSON mappings, in ``crs_wkt``) and, for labels, a value each."""
 
     geometries: tuple[dict[str, Any], ...]
-    values: tuple[float, ...] | None
+    values: tuple[Any, ...] | None
     crs_wkt: str
     kinds: frozenset[str]
 
@@ -62,18 +82,10 @@ def read_features(
 
     if not storage.is_remote(path) and not storage.exists(path):
         raise InputError(f"{role} file not found: {path}; check the path")
-    source = "/vsis3/" + path[5:] if path.startswith("s3://") else path
+    source = storage.gdal_path(path)
     try:
-        if field:
-            fields = pyogrio.read_info(source, layer=layer)["fields"].tolist()
-            if field not in fields:
-                raise InputError(
-                    f"{role} file {path} has no field '{field}'; its fields are: "
-                    f"{', '.join(fields) or 'none'}"
-                )
-        meta, _, wkb, data = pyogrio.raw.read(
-            source, layer=layer, where=where, columns=[field] if field else []
-        )
+        with ogr_env(path):
+            meta, wkb, column = _read_raw(source, path, role, layer, where, field)
     except (
         pyogrio.errors.DataSourceError,
         pyogrio.errors.DataLayerError,
@@ -84,24 +96,48 @@ def read_features(
         raise InputError(
             f"{role} file {path} has no CRS; assign one (e.g. `ogr2ogr -a_srs EPSG:xxxx`)"
         )
-    geoms = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty]
-    if not geoms:
+    shapes = shapely.from_wkb(wkb)
+    keep = [i for i, g in enumerate(shapes) if g is not None and not g.is_empty]
+    if not keep:
         what = f" matching {where!r}" if where else ""
         raise InputError(f"{role} file {path} has no feature{what}; check the file or the filter")
+    if len(keep) < len(shapes):
+        log.warning(
+            "%s file %s: %d features without a geometry (NULL or empty) are left out",
+            role,
+            path,
+            len(shapes) - len(keep),
+        )
+    geoms = [shapes[i] for i in keep]
     kinds = frozenset(g.geom_type.removeprefix("Multi") for g in geoms)
-    values = None
-    if field:
-        column = np.asarray(data[0])
-        values = tuple(float(v) if v is not None else math.nan for v in column)
-    crs = meta["crs"]
+    values = tuple(column[i] for i in keep) if column is not None else None
     from pyproj import CRS
 
     return Features(
         tuple(shapely.geometry.mapping(g) for g in geoms),
         values,
-        CRS.from_user_input(crs).to_wkt(),
+        CRS.from_user_input(meta["crs"]).to_wkt(),
         kinds,
     )
+
+
+def _read_raw(
+    source: str, path: str, role: str, layer: str | None, where: str | None, field: str | None
+) -> tuple[dict[str, Any], Any, list[Any] | None]:
+    """Pyogrio's raw read: metadata, WKB geometries, and the values of ``field``."""
+    import pyogrio
+
+    if field:
+        fields = pyogrio.read_info(source, layer=layer)["fields"].tolist()
+        if field not in fields:
+            raise InputError(
+                f"{role} file {path} has no field '{field}'; its fields are: "
+                f"{', '.join(fields) or 'none'}"
+            )
+    meta, _, wkb, data = pyogrio.raw.read(
+        source, layer=layer, where=where, columns=[field] if field else []
+    )
+    return meta, wkb, (list(np.asarray(data[0], dtype=object)) if field else None)
 
 
 @dataclass(frozen=True)
@@ -148,10 +184,30 @@ def read_aoi(path: str, crs_wkt: str, *, layer: str | None = None, where: str | 
             "features; a boundary is made of polygons"
         )
     moved = features.to_crs(crs_wkt)
-    union = shapely.union_all([shapely.geometry.shape(g) for g in moved.geometries])
+    shapes = [shapely.geometry.shape(g) for g in moved.geometries]
+    invalid = [i for i, g in enumerate(shapes) if not g.is_valid]
+    if invalid:  # e.g. a self-intersecting ring: repaired as GDAL's -makevalid does
+        log.warning(
+            "AOI file %s: %d invalid polygon(s) (e.g. self-intersecting) repaired with "
+            "make_valid; check the boundary if its area looks wrong",
+            path,
+            len(invalid),
+        )
+        shapes = [shapely.make_valid(g) if not g.is_valid else g for g in shapes]
+        shapes = [_polygonal(g) for g in shapes]
+    union = shapely.union_all(shapes)
     if union.is_empty or union.area == 0:
         raise InputError(f"AOI file {path} covers no area; check the file and its CRS")
     return AOI(shapely.geometry.mapping(union), crs_wkt, path)
+
+
+def _polygonal(geometry: Any) -> Any:
+    """The polygons of a repaired geometry (make_valid may add lines or points)."""
+    import shapely
+
+    parts = shapely.get_parts(geometry)
+    polys = [p for p in parts if p.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(polys) if polys else shapely.Polygon()
 
 
 @dataclass(frozen=True)
@@ -178,9 +234,16 @@ class VectorLabels:
 
 
 def read_vector_labels(
-    path: str, field: str, crs_wkt: str, *, layer: str | None = None
+    path: str,
+    field: str,
+    crs_wkt: str,
+    *,
+    layer: str | None = None,
+    classes: dict[int, str] | None = None,
 ) -> VectorLabels:
-    """Polygons or points with a class code in ``field``, on ``crs_wkt``."""
+    """Polygons or points with a class code in ``field``, on ``crs_wkt``. A field of class
+    names is mapped to ids through ``classes`` (id -> name); a feature without a value
+    (NULL) is left unlabelled."""
     features = read_features(path, role="label", layer=layer, field=field)
     unknown = features.kinds - {"Polygon", "Point"}
     if unknown:
@@ -189,5 +252,41 @@ def read_vector_labels(
             "polygons (areas of one class) or points (one pixel each)"
         )
     assert features.values is not None
+    values = label_codes(features.values, field, path, classes or {})
     moved = features.to_crs(crs_wkt)
-    return VectorLabels(moved.geometries, features.values, path)
+    return VectorLabels(moved.geometries, values, path)
+
+
+def label_codes(
+    raw: tuple[Any, ...], field: str, path: str, classes: dict[int, str]
+) -> tuple[float, ...]:
+    """The class code of each feature: numbers as they are, names through ``classes``
+    (case and surrounding spaces ignored), NULL as NaN (no label)."""
+    by_name = {name.strip().casefold(): cid for cid, name in classes.items()}
+    codes, unknown = [], set()
+    for v in raw:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            codes.append(math.nan)
+            continue
+        if isinstance(v, (bytes, str)):
+            text = v.decode() if isinstance(v, bytes) else v
+            try:
+                codes.append(float(text))
+                continue
+            except ValueError:
+                pass
+            cid = by_name.get(text.strip().casefold())
+            if cid is None:
+                unknown.add(text)
+                continue
+            codes.append(float(cid))
+            continue
+        codes.append(float(v))
+    if unknown:
+        names = ", ".join(sorted(unknown)[:12])
+        example = ",".join(f"{i + 1}={n}" for i, n in enumerate(sorted(unknown)[:3]))
+        raise InputError(
+            f"label field '{field}' of {path} holds class names ({names}) that --classes "
+            f"does not name; give each an id, e.g. --classes '{example}'"
+        )
+    return tuple(codes)

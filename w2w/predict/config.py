@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from w2w.core.config import PathStr, StageConfig
+from w2w.core.guard import OutputKind, Target
 
 
 class PredictConfig(StageConfig):
@@ -14,7 +15,7 @@ class PredictConfig(StageConfig):
 
     stage_name: ClassVar[str] = "predict"
     inputs: ClassVar[dict[str, str]] = {"scene": "scene store", "bundle": "model bundle"}
-    outputs: ClassVar[tuple[str, ...]] = ("output",)
+    outputs: ClassVar[dict[str, OutputKind]] = {"output": "store"}
 
     scene: PathStr = Field(description="scene store to map")
     bundle: PathStr = Field(description="model bundle from `w2w train`")
@@ -54,6 +55,11 @@ class PredictConfig(StageConfig):
     )
     overwrite: bool = Field(default=False, description="start the mosaic over")
     max_blocks: int | None = Field(default=None, ge=1, description="stop after this many blocks")
+
+    def output_targets(self) -> list[Target]:
+        """The mosaic, resumed when unfinished (predict checks it was made from these
+        inputs and settings)."""
+        return [Target("output", self.output, "store", resumable=True)]
 
     @model_validator(mode="after")
     def _shard(self) -> PredictConfig:

@@ -33,6 +33,7 @@ from w2w.core.errors import ConfigError, InputError, OutputError, StageFailedErr
 from w2w.core.grid import Window
 from w2w.core.outputs import beside, publish_store
 from w2w.core.progress import progress_bar
+from w2w.core.resources import Request, require
 from w2w.core.runtime import ensure_ray, quiet_ray_data, raise_from_worker
 from w2w.core.store import MosaicStore, SceneStore
 from w2w.core.store.integrity import identity as identity_of
@@ -124,12 +125,14 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
     bundle = load_bundle(cfg.bundle, weights=False)  # the driver needs no torch
     bundle.check_scene(scene.info, scene.url)
     stride = _stride(cfg, bundle.chip_size)
+    _require_resources(cfg)  # before anything is written
     mosaic = _open_or_create_mosaic(cfg, scene, bundle, stride)
     tiling = mosaic.tiling
     tiling.check_one_writer(mosaic.chunk_shape("class"), what="the mosaic's")
     todo = tiling.windows(~mosaic.done_blocks())
     before = len(tiling) - len(todo)
     if before:
+        _check_scene_unchanged(scene, mosaic, progress=progress)
         share = 1 - sum(w.size for w in todo) / mosaic.grid.full_window.size
         log.info(
             "resuming: %d of %d blocks already done (%.0f%% of the scene's pixels), skipped",
@@ -309,6 +312,38 @@ def _made_from(cfg: PredictConfig, scene: SceneStore, bundle: Bundle, stride: in
         "precision": _precision(cfg),
         "probabilities": cfg.probabilities,
     }
+
+
+def _check_scene_unchanged(scene: SceneStore, mosaic: MosaicStore, *, progress: bool) -> None:
+    """Before resuming: the scene must read as it did when the mosaic's first blocks were
+    made. Its recorded identity is compared when the mosaic is opened; chunks rewritten in
+    place leave that as it was, so every block is checked against its ingest digest too (one
+    read of the scene, far less than predicting it)."""
+    from w2w.core.coverage import verify_scene
+
+    report = verify_scene(scene.url, progress=progress)
+    if report.missing or report.changed or report.damaged:  # (an older scene has no digests)
+        raise InputError(
+            f"scene {scene.url} is not as it was when mosaic {mosaic.url} was started "
+            f"({report.describe()}); resuming would mix two versions of the scene: restore "
+            "the scene, or predict again with --overwrite"
+        )
+
+
+def _require_resources(cfg: PredictConfig) -> None:
+    """Refuse an actor pool the cluster cannot hold beside the read and write tasks."""
+    ensure_ray()
+    require(
+        Request(
+            "inference actors",
+            cfg.actors,
+            cfg.cpus_per_actor,
+            1.0 if cfg.use_gpu else 0.0,
+            spare_cpus=cfg.read_cpus,
+            fix="ask for fewer --actors or --cpus-per-actor"
+            + (", or run without --gpu" if cfg.use_gpu else ""),
+        )
+    )
 
 
 def _precision(cfg: PredictConfig) -> str:

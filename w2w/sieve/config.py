@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from w2w.core.config import Engine, PathStr, StageConfig, engine_field, overwrite_field
 from w2w.core.errors import ConfigError, InputError
 from w2w.core.grid import Grid
+from w2w.core.guard import OutputKind
 
 #: GDAL counts patch sizes in a C ``int`` and stops counting here.
 MAX_SIZE = 2**31 - 1
@@ -21,7 +22,7 @@ class SieveConfig(StageConfig):
 
     stage_name: ClassVar[str] = "sieve"
     inputs: ClassVar[dict[str, str]] = {"input": "mosaic"}
-    outputs: ClassVar[tuple[str, ...]] = ("output",)
+    outputs: ClassVar[dict[str, OutputKind]] = {"output": "store"}
 
     input: PathStr = Field(description="mosaic store to sieve (local path or s3:// URL)")
     output: PathStr = Field(description="mosaic store to create")

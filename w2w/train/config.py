@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from w2w.core import storage
 from w2w.core.config import PathStr, StageConfig
+from w2w.core.guard import OutputKind, Target, real_location, relation
 from w2w.core.split import SplitConfig
 from w2w.train.augment import AugmentConfig
 from w2w.train.chips import ChipConfig
@@ -73,6 +74,7 @@ class TrainConfig(StageConfig):
 
     stage_name: ClassVar[str] = "train"
     inputs: ClassVar[dict[str, str]] = {"scene": "scene store"}
+    outputs: ClassVar[dict[str, OutputKind]] = {"storage_path": "folder", "bundle": "file"}
 
     scene: PathStr = Field(description="scene store with labels")
     run_name: str = Field(
@@ -133,9 +135,13 @@ class TrainConfig(StageConfig):
             raise ValueError("loss.class_weights is an empty list")
         return self
 
-    def output_paths(self) -> dict[str, str]:
-        """The run folder and the bundle."""
-        return {"run folder": self.run_dir, "bundle": self.bundle_url}
+    def output_targets(self) -> list[Target]:
+        """The run folder (resumed when it holds this run: the settings are compared) and
+        the bundle when it lies outside the run folder."""
+        targets = [Target("run folder", self.run_dir, "run", resumable=True)]
+        if relation(real_location(self.bundle_url), real_location(self.run_dir)) is None:
+            targets.append(Target("bundle", self.bundle_url, "file"))
+        return targets
 
     @property
     def run_dir(self) -> str:

@@ -21,7 +21,7 @@ from w2w.core import storage
 from w2w.core.classes import ClassInfo, label_lut
 from w2w.core.errors import ConfigError, InputError
 from w2w.core.grid import Window
-from w2w.core.outputs import restore, set_aside
+from w2w.core.outputs import RUN_FILE, discard_aside, restore, set_aside
 from w2w.core.split import SplitPlan, make_split
 from w2w.core.store import SceneInfo, SceneStore
 from w2w.core.store.integrity import short
@@ -39,7 +39,6 @@ from w2w.train.config import TrainConfig
 log = logging.getLogger("w2w")
 
 #: The file in a run's folder that records the settings the run was started with.
-RUN_FILE = "w2w-run.json"
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ def release_run(cfg: TrainConfig, aside: str | None, *, succeeded: bool) -> None
     if aside is None:
         return
     if succeeded:
-        storage.remove_tree(aside)
+        discard_aside(aside, cfg.run_dir)
     else:
         restore(aside, cfg.run_dir)
         log.warning("training failed: the previous run %s is back in place", cfg.run_name)

@@ -21,7 +21,9 @@ import numpy as np
 
 from w2w.core import storage
 from w2w.core.errors import StageFailedError, W2WError
+from w2w.core.outputs import cleanup
 from w2w.core.plots import plot_confusion, plot_learning_curves
+from w2w.core.resources import Request, require
 from w2w.model.bundle import Bundle, save_bundle
 from w2w.train.chips import chip_dataset
 from w2w.train.config import TrainConfig
@@ -51,11 +53,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     plan = prepare(cfg, progress=progress)  # checks every input before Ray starts
     ensure_ray()
     quiet_ray_data()
+    _require_resources(cfg, plan)
     aside = claim_run(cfg, plan)
     try:
         report = _fit(cfg, plan)
     except BaseException:
-        release_run(cfg, aside, succeeded=False)
+        cleanup("putting the previous run back", release_run, cfg, aside, succeeded=False)
         raise
     release_run(cfg, aside, succeeded=True)
     return report
@@ -120,6 +123,27 @@ def data_config(cfg: TrainConfig) -> Any:
     return DataConfig(datasets_to_split=["train"], execution_options=ingest_options)
 
 
+def _require_resources(cfg: TrainConfig, plan: TrainPlan) -> None:
+    """Refuse training the cluster cannot run: workers that do not fit, or that reserve every
+    CPU while the chips stream from the store (their read tasks would never start)."""
+    import ray
+
+    w = cfg.workers
+    cached = _should_cache(cfg, plan, ray)
+    require(
+        Request(
+            "training workers",
+            w.num_workers,
+            w.cpus_per_worker,
+            w.gpus_per_worker if w.use_gpu else 0.0,
+            spare_cpus=0.0 if cached else 1.0,
+            fix="use fewer --workers or workers.cpus_per_worker"
+            + (", or run without --gpu" if w.use_gpu else "")
+            + ("" if cached else " (the chips stream from the store: leave one CPU for them)"),
+        )
+    )
+
+
 def _scaling(cfg: TrainConfig) -> Any:
     from ray.train import ScalingConfig
 
@@ -162,24 +186,18 @@ def _should_cache(cfg: TrainConfig, plan: TrainPlan, ray: Any) -> bool:
 
 
 def _ray_storage_path(url: str) -> str:
-    return url.removeprefix("s3://") if _ray_filesystem(url) is not None else url
+    return url.split("://", 1)[1] if storage.is_remote(url) else url
 
 
 def _ray_filesystem(url: str) -> Any:
-    """A pyarrow S3 filesystem when an S3-compatible endpoint is configured, else None."""
-    endpoint = storage.s3_endpoint() if url.startswith("s3://") else None
-    if not endpoint:
+    """For object storage, the storage layer's own filesystem (endpoint, credentials,
+    timeouts, retries) as the pyarrow filesystem Ray Train writes checkpoints with; None for
+    a local folder."""
+    if not storage.is_remote(url):
         return None
     import pyarrow.fs
 
-    scheme, _, host = endpoint.partition("://")
-    return pyarrow.fs.S3FileSystem(
-        endpoint_override=host,
-        scheme=scheme or "https",
-        connect_timeout=storage.io_timeout(),
-        request_timeout=storage.io_timeout(),
-        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=storage.io_retries() + 1),
-    )
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(storage.filesystem(url)))
 
 
 def _training_error(exc: BaseException) -> Exception:

@@ -28,7 +28,7 @@ import zarr
 import zarr.storage
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
-from w2w.core import storage
+from w2w.core import pins, storage
 from w2w.core.errors import InputError, OutputError
 from w2w.core.grid import Grid, Window, aligned
 from w2w.core.store.cf import convention_attrs
@@ -213,16 +213,18 @@ class GeoStore:
         arr.attrs.update({"long_name": "band name"})
         arr[:] = np.asarray(names, dtype=str)
 
-    def _create_cells(self, name: str, shape: tuple[int, int], dtype: str, fill: int) -> None:
+    def _create_cells(
+        self, name: str, shape: tuple[int, int], dtype: str, fill: int, depth: int = 0
+    ) -> None:
         """A small (rows, cols) bookkeeping array with one chunk per cell, so that every
-        block's writer owns its own cell."""
+        block's writer owns its own cell; ``depth`` values a cell, e.g. a digest's bytes."""
         arr = self._group.create_array(
             self._book_path(name),
-            shape=shape,
-            chunks=(1, 1),
+            shape=(*shape, depth) if depth else shape,
+            chunks=(1, 1, depth) if depth else (1, 1),
             dtype=dtype,
             fill_value=fill,
-            dimension_names=["block_row", "block_col"],
+            dimension_names=["block_row", "block_col", *(["byte"] if depth else [])],
         )
         arr.attrs.update({"block": self.meta.get("block")})
 
@@ -257,7 +259,9 @@ class GeoStore:
         return self._book_path(name) in self._group
 
     def finalize(self) -> None:
-        """Write consolidated metadata so that readers (xarray) open the store in one request."""
+        """Write consolidated metadata so that readers (xarray) open the store in one request;
+        the last step of making a store, so the running stage's inputs are checked first."""
+        pins.check()
         with warnings.catch_warnings():
             # zarr notes that consolidated metadata is not (yet) part of the v3 spec; xarray
             # and zarr-python read it, other readers fall back to the per-array metadata.

@@ -11,7 +11,11 @@ Written by prediction and by the sieve, one block at a time; each block is one w
   block, written by the block's writer after its data -- a re-run skips recorded blocks; 2
   marks a block finished without data (outside the state: nothing written, chunks absent);
 * ``_w2w/block_valid_pixels``: per block, how many valid input pixels its writer classified,
-  which the coverage check compares the stored classes against (-1: not written).
+  which the coverage check compares the stored classes against (-1: not written);
+* ``_w2w/block_digests`` (block row, block col, 16): per block, the digest of what its
+  writer wrote (class, confidence, probabilities), taken by :meth:`MosaicStore.write` and
+  recorded with the block's manifest entry, so that ``w2w verify`` finds a block whose chunks
+  changed since (copied in from another mosaic, rewritten) without trusting the writer.
 
 The blocks are :meth:`MosaicStore.tiling`, a :class:`~w2w.core.grid.BlockTiling`.
 """
@@ -28,12 +32,15 @@ from w2w.core.errors import InputError
 from w2w.core.grid import BlockTiling, Grid, Window
 from w2w.core.store.base import GeoStore, StoreKind
 from w2w.core.store.cf import class_attrs, confidence_attrs
-from w2w.core.store.integrity import ChunkProblem, identity
+from w2w.core.store.integrity import DIGEST_BYTES, ChunkProblem, block_digest, identity
 
 DONE = "blocks_done"
 #: Per-class probabilities x 255 (class, y, x), bands in the order of the class table.
 PROBABILITIES = "probabilities"
 VALID_COUNTS = "block_valid_pixels"
+DIGESTS = "block_digests"
+#: The arrays of a block's content, in the order their digests are combined.
+DATA_ARRAYS = ("class", "confidence", PROBABILITIES)
 #: Manifest values: a block written, and a block finished without data (nothing written).
 WRITTEN, EMPTY = 1, 2
 
@@ -121,6 +128,7 @@ class MosaicStore(GeoStore):
         shape = store.tiling.shape
         store._create_cells(DONE, shape, "uint8", 0)
         store._create_cells(VALID_COUNTS, shape, "int64", -1)
+        store._create_cells(DIGESTS, shape, "uint8", 0, depth=DIGEST_BYTES)
         return store
 
     # -- what the mosaic is --------------------------------------------------------------
@@ -237,7 +245,39 @@ class MosaicStore(GeoStore):
         key = self.tiling.index(window)
         if valid_pixels is not None and self.has_book(VALID_COUNTS):
             self._book(VALID_COUNTS)[key] = int(valid_pixels)
+        parts = self._written().pop(window, None)
+        if parts and not empty and self.has_book(DIGESTS):
+            self._book(DIGESTS)[key] = _combine(parts)
         self._book(DONE)[key] = EMPTY if empty else WRITTEN
+
+    def write(self, name: str, window: Window, data: np.ndarray) -> None:
+        """Write ``data`` into ``window`` (see :meth:`GeoStore.write`), noting its digest for
+        the block's manifest entry."""
+        super().write(name, window, data)
+        if name in DATA_ARRAYS:
+            stored = np.asarray(data, dtype=self._array(name).dtype)
+            self._written().setdefault(window, {})[name] = block_digest(stored)
+
+    def _written(self) -> dict[Window, dict[str, np.ndarray]]:
+        if not hasattr(self, "_digests_written"):
+            self._digests_written: dict[Window, dict[str, np.ndarray]] = {}
+        return self._digests_written
+
+    def recorded_digest(self, window: Window) -> np.ndarray | None:
+        """The digest the block's writer recorded (None: none recorded, an older mosaic)."""
+        if not self.has_book(DIGESTS):
+            return None
+        value = np.asarray(self._book(DIGESTS)[self.tiling.index(window)])
+        return value if value.any() else None
+
+    def content_digest(self, window: Window) -> np.ndarray:
+        """The digest of the block's content as it reads now."""
+        parts = {}
+        for name in DATA_ARRAYS:
+            if name in self.array_names():
+                fill = CLASS_NODATA if name == "class" else 0
+                parts[name] = block_digest(self.read(name, window, fill))
+        return _combine(parts)
 
     def clear_block(self, window: Window) -> None:
         """Forget a block in the manifest, so that the next run predicts it again."""
@@ -269,3 +309,11 @@ class MosaicStore(GeoStore):
         """Mark the mosaic complete (every block done) and consolidate its metadata."""
         self.update_meta(**meta, complete=True)
         self.finalize()
+
+
+def _combine(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """One digest of a block's per-array digests, in :data:`DATA_ARRAYS` order."""
+    names = [n for n in DATA_ARRAYS if n in parts]
+    return block_digest(
+        np.frombuffer("|".join(names).encode(), np.uint8), *(parts[n] for n in names)
+    )

@@ -1,0 +1,701 @@
+"""The rules every stage passes through, tested as a matrix generated from the stage registry:
+a stage added later (or an input or output option added to one) is covered without a new test.
+
+* the output guard (:mod:`w2w.core.guard`): an output that is, lies inside or holds an input,
+  spelled through ``..`` or a symlink, is refused; an existing output needs ``--overwrite``;
+  ``--overwrite`` replaces only what w2w made; a file never replaces a folder;
+* the publish protocol (:mod:`w2w.core.outputs`): what a killed run left is rolled back or
+  finished by the next run, staging leftovers of dead processes removed;
+* readers see one version (:mod:`w2w.core.pins`): nothing is published when an input changed;
+* resources (:mod:`w2w.core.resources`): requests the cluster cannot meet are refused at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_tif
+from w2w.core import guard, outputs, pins
+from w2w.core.errors import ConfigError, InputError, OutputError
+from w2w.stages import STAGES, Stage
+
+#: Settings a stage needs beyond the paths the matrix fills in; a stage's variants together
+#: must name every input field it has (checked below), so a new input is never left out.
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "ingest": [
+        {"images": ["img/a.tif"], "label": "lab.tif"},
+        {
+            "tiles": ["tiles/*.tif"],
+            "aoi": "aoi.gpkg",
+            "crs": "EPSG:32613",
+            "resolution": 10,
+        },
+    ],
+    "sieve": [{"min_pixels": 4}],
+    "evaluate": [{"bundle": "m.safetensors"}],
+}
+
+W2W_STORE = {"zarr_format": 3, "node_type": "group", "attributes": {"w2w": {"kind": "scene"}}}
+
+
+def _is_store(what: str) -> bool:
+    return "store" in what or what == "mosaic"
+
+
+def _make(path: Path, what: str) -> None:
+    """An input as it is on disk: a store (a folder w2w made) or a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _is_store(what):
+        path.mkdir(exist_ok=True)
+        (path / "zarr.json").write_text(json.dumps(W2W_STORE))
+    else:
+        path.write_bytes(b"input")
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"/"
+        for p in sorted(root.rglob("*"))
+        if not p.name.startswith((".", "link_"))
+    }
+
+
+def _settings(stage: Stage, variant: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """A valid set of settings: every required path field filled with a path under ``tmp``
+    (inputs made on disk), then the variant's values (relative paths placed under ``tmp``)."""
+    cls = stage.config
+    data: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        if name in cls.inputs and field.is_required():
+            data[name] = str(tmp / f"in_{name}.zarr")
+        elif name in cls.outputs and field.is_required():
+            data[name] = str(tmp / "out" / f"{name}.tif")
+    for name, value in variant.items():
+        if name in cls.inputs:
+            items = value if isinstance(value, list) else [value]
+            placed = [str(tmp / v) for v in items]
+            data[name] = placed if isinstance(value, list) else placed[0]
+        else:
+            data[name] = value
+    for name, what in cls.inputs.items():
+        value = data.get(name)
+        for p in value if isinstance(value, list) else [value] if value else []:
+            target = Path(p.replace("*", "x"))
+            _make(target, what)
+    if stage.name == "export":  # a COG path
+        data["output"] = str(tmp / "out" / "map.tif")
+    return data
+
+
+def _cases() -> list[tuple[str, int]]:
+    return [(s.name, i) for s in STAGES for i in range(len(VARIANTS.get(s.name, [{}])))]
+
+
+def _stage(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
+
+
+def test_every_input_field_of_every_stage_is_in_the_matrix(tmp_path: Path) -> None:
+    for stage in STAGES:
+        named: set[str] = set()
+        for i, variant in enumerate(VARIANTS.get(stage.name, [{}])):
+            cfg = stage.config.from_dict(_settings(stage, variant, tmp_path / f"{stage.name}{i}"))
+            named |= {n for n in stage.config.inputs if getattr(cfg, n, None)}
+        assert named == set(stage.config.inputs), (
+            f"{stage.name}: inputs {set(stage.config.inputs) - named} are in no VARIANTS entry"
+        )
+        assert stage.config.outputs, f"{stage.name} declares no outputs for the guard"
+
+
+def _refused(stage: Stage, settings: dict[str, Any]) -> str:
+    """The message with which the stage refuses ``settings`` before doing any work."""
+    try:
+        cfg = stage.config.from_dict(settings)
+        guard.check(cfg)
+    except (ConfigError, OutputError) as exc:
+        return str(exc)
+    raise AssertionError(f"{stage.name} accepted {settings}")
+
+
+@pytest.mark.parametrize("spelling", ["dotdot", "symlink", "inside"])
+@pytest.mark.parametrize(("stage_name", "variant"), _cases())
+def test_an_output_that_is_an_input_is_refused_however_spelled(
+    stage_name: str, variant: int, spelling: str, tmp_path: Path
+) -> None:
+    stage = _stage(stage_name)
+    cls = stage.config
+    base = _settings(stage, VARIANTS.get(stage_name, [{}])[variant], tmp_path)
+    before = _snapshot(tmp_path)
+    pairs = [
+        (out, name) for out in cls.outputs for name in cls.inputs if base.get(name) is not None
+    ]
+    for out_field, in_field in pairs:
+        value = base[in_field]
+        path = Path(value[0] if isinstance(value, list) else value)
+        if "*" in str(path):
+            path = path.parent
+        if spelling == "dotdot":
+            aliased = str(path.parent / "sub" / ".." / path.name)
+        elif spelling == "symlink":
+            link = tmp_path / f"link_{out_field}_{in_field}"
+            if not link.exists():
+                link.symlink_to(path)
+            aliased = str(link)
+        else:  # an output inside the input, through '..'
+            suffix = Path(base.get(out_field) or "x.gpkg").suffix
+            aliased = str(path / "x" / ".." / f"inner{suffix}")
+            if not _is_store(cls.inputs[in_field]) and in_field != "tiles":
+                continue  # nothing lies inside a file
+        message = _refused(stage, {**base, out_field: aliased})
+        # Refused by the guard, or (an output of a fixed form, e.g. a .gpkg) for its form.
+        assert "destroy what it reads" in message or f"'{out_field}'" in message, message
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("stage_name", "variant"), _cases())
+def test_existing_outputs_need_overwrite_and_overwrite_replaces_only_what_w2w_made(
+    stage_name: str, variant: int, tmp_path: Path
+) -> None:
+    stage = _stage(stage_name)
+    base = _settings(stage, VARIANTS.get(stage_name, [{}])[variant], tmp_path)
+    targets = [t for t in stage.config.from_dict(base).output_targets() if t.kind != "folder"]
+    assert targets
+    for t in targets:
+        where = Path(t.url)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        # Made by w2w: refused without overwrite unless the stage resumes it.
+        if t.kind == "file":
+            where.write_bytes(b"old output")
+        else:
+            where.mkdir()
+            marker = "zarr.json" if t.kind == "store" else outputs.RUN_FILE
+            content = json.dumps(W2W_STORE) if t.kind == "store" else "{}"
+            (where / marker).write_text(content)
+        before = _snapshot(tmp_path)
+        cfg = stage.config.from_dict(base)
+        if t.resumable:
+            guard.check(cfg)
+        else:
+            with pytest.raises(OutputError, match="exists already; pass --overwrite"):
+                guard.check(cfg)
+        assert _snapshot(tmp_path) == before
+        _remove(where)
+        # Not made by w2w: a folder of user files, or a folder where a file goes.
+        where.mkdir()
+        (where / "notes.txt").write_text("mine")
+        before = _snapshot(tmp_path)
+        with pytest.raises(OutputError, match="folder|not a store made by w2w|no w2w"):
+            guard.check(stage.config.from_dict({**base, "overwrite": True}))
+        assert _snapshot(tmp_path) == before
+        _remove(where)
+
+
+def _remove(p: Path) -> None:
+    import shutil
+
+    if p.is_dir():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
+# -- the examples of the kind ------------------------------------------------------------------
+
+
+def test_ingest_refuses_an_output_that_holds_its_tiles_list_files_or_stac_assets(
+    tmp_path: Path,
+) -> None:
+    ingest = _stage("ingest")
+    grid = {"crs": "EPSG:32613", "resolution": 10, "bounds": "0,0,100,100", "overwrite": True}
+    state = tmp_path / "state"
+    (state / "tiles").mkdir(parents=True)
+    (state / "tiles" / "a.tif").write_bytes(b"tile")
+    (state / "done.zarr").mkdir()
+    (state / "done.zarr" / "zarr.json").write_text(json.dumps(W2W_STORE))
+    glob = str(state / "tiles" / "*.tif")
+    msg = _refused(ingest, {"tiles": [glob], "output": str(state), **grid})
+    assert "holds the input tile" in msg
+    # A list file naming tiles elsewhere: the output may not hold them.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "b.tif").write_bytes(b"tile")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{other / 'b.tif'}\n")
+    msg = _refused(ingest, {"tiles": [f"@{listing}"], "output": str(other), **grid})
+    assert "holds the input tile" in msg and "b.tif" in msg
+    # A STAC document whose assets lie in the output.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "b1.tif").write_bytes(b"band")
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "i",
+        "geometry": None,
+        "properties": {"datetime": "2024-01-01T00:00:00Z"},
+        "links": [],
+        "assets": {"b1": {"href": "../data/b1.tif", "type": "image/tiff"}},
+    }
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "item.json").write_text(json.dumps(item))
+    msg = _refused(
+        ingest, {"tiles": [str(tmp_path / "cat" / "item.json")], "output": str(data), **grid}
+    )
+    assert "holds the input STAC asset" in msg
+    assert (state / "tiles" / "a.tif").exists() and (other / "b.tif").exists()
+
+
+def test_a_killed_overwrite_of_a_run_is_rolled_back_by_the_next_command(tmp_path: Path) -> None:
+    from w2w.train.config import TrainConfig
+
+    runs = tmp_path / "runs"
+    (runs / "r1").mkdir(parents=True)
+    (runs / "r1" / outputs.RUN_FILE).write_text('{"old": true}')
+    (runs / "r1" / "model.safetensors").write_bytes(b"old bundle")
+    # A process sets the old run aside, starts the new one in its place, and is killed.
+    code = (
+        "import os, sys; from w2w.core.outputs import set_aside; "
+        f"set_aside({str(runs / 'r1')!r}); os.makedirs({str(runs / 'r1')!r}); "
+        f"open({str(runs / 'r1' / 'partial')!r}, 'w').close(); os._exit(9)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 9
+    assert not (runs / "r1" / outputs.RUN_FILE).exists()
+    cfg = TrainConfig(scene=str(tmp_path / "s.zarr"), storage_path=str(runs), run_name="r1")
+    guard.check(cfg)
+    assert (runs / "r1" / "model.safetensors").read_bytes() == b"old bundle"
+    assert not (runs / "r1" / "partial").exists()
+    assert sorted(p.name for p in runs.iterdir()) == ["r1"]
+
+
+def test_swap_and_staging_leftovers_of_dead_processes_are_settled(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "from w2w.core.outputs import staging_tag; print(staging_tag())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    out = tmp_path / "m.zarr"
+    # Killed between the two renames of a swap: the old store comes back.
+    (tmp_path / f".m.zarr.w2w-swap-{dead}").mkdir()
+    (tmp_path / f".m.zarr.w2w-swap-{dead}" / "old").write_text("old")
+    (tmp_path / f".m.zarr.w2w-tmp-{dead}").mkdir()  # a staging store of the dead process
+    live = tmp_path / f".m.zarr.w2w-tmp-{outputs.staging_tag()}"  # this process's: kept
+    live.mkdir()
+    outputs.recover(str(out))
+    assert (out / "old").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.zarr", live.name])
+    # Killed after the swap: the new one stays, the old one goes.
+    (tmp_path / f".m.zarr.w2w-swap-{dead}").mkdir()
+    outputs.recover(str(out))
+    assert (out / "old").exists()
+    assert not (tmp_path / f".m.zarr.w2w-swap-{dead}").exists()
+
+
+def test_nothing_is_published_from_an_input_that_changed_while_read(tmp_path: Path) -> None:
+    from w2w.export.config import ExportConfig
+
+    mosaic = tmp_path / "m.zarr"
+    _make(mosaic, "mosaic")
+    cfg = ExportConfig(input=str(mosaic), output=str(tmp_path / "map.tif"))
+    (tmp_path / "map.tif").write_bytes(b"old map")
+    staged = tmp_path / "work" / "map.tif"
+    staged.parent.mkdir()
+    staged.write_bytes(b"new map")
+    changed = pytest.raises(pins.InputChangedError, match=r"m\.zarr changed while it was being")
+    with changed, pins.pinned(cfg):
+        other = {**W2W_STORE, "attributes": {"w2w": {"kind": "mosaic", "identity": "b"}}}
+        (mosaic / "zarr.json").write_text(json.dumps(other))  # another command's mosaic
+        outputs.publish_files([(str(tmp_path / "map.tif"), staged)])
+    assert (tmp_path / "map.tif").read_bytes() == b"old map"
+    # Unchanged inputs publish as before.
+    with pins.pinned(cfg):
+        outputs.publish_files([(str(tmp_path / "map.tif"), staged)])
+    assert (tmp_path / "map.tif").read_bytes() == b"new map"
+
+
+# -- bad input: errors, never internal errors --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rest", "expected"),
+    [("error", None), ("unlabelled", [0, 1, 1, 2, 0, 1]), ("keep", [1, 1, 1, 2, 5, 1])],
+)
+def test_codes_the_label_map_does_not_name_are_an_error_unless_told(
+    rest: str, expected: list[int] | None
+) -> None:
+    from w2w.core.grid import Window
+    from w2w.ingest.labels import LabelCodes
+
+    codes = LabelCodes.from_map({2: 1, 3: 1, 6: 1, 4: 2}, None, 0, "labels.tif", rest)
+    raw = np.array([[1, 2, 3, 4, 5, 6]], dtype=np.int16)
+    if expected is None:
+        with pytest.raises(InputError, match=r"codes \[1, 5\] that --label-map does not name"):
+            codes.apply(raw, Window(0, 0, 1, 6))
+    else:
+        assert codes.apply(raw, Window(0, 0, 1, 6)).ravel().tolist() == expected
+
+
+def test_a_resolution_in_the_wrong_unit_is_refused_before_any_allocation() -> None:
+    from w2w.ingest.target import snapped_grid
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="check --resolution"):
+        snapped_grid("EPSG:32613", 0.001, (300_000.0, 3_000_000.0, 800_000.0, 3_500_000.0))
+    assert time.perf_counter() - t0 < 5
+
+
+def test_label_map_rest_reaches_the_ingest_of_a_raster(tmp_path: Path) -> None:
+    from w2w.ingest import IngestConfig, ingest
+
+    img = write_tif(tmp_path / "img.tif", np.full((2, 64, 64), 100, dtype=np.uint16))
+    lab = np.ones((64, 64), dtype=np.uint8)
+    lab[:, 32:] = 5
+    write_tif(tmp_path / "lab.tif", lab)
+    cfg = {
+        "images": [str(img)],
+        "label": str(tmp_path / "lab.tif"),
+        "label_map": "1=1",
+        "output": str(tmp_path / "s.zarr"),
+        "engine": "local",
+        "chunk": 32,
+        "block": 64,
+    }
+    with pytest.raises(InputError, match=r"codes \[5\]"):
+        ingest(IngestConfig.from_dict(cfg), progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+    done = ingest(IngestConfig.from_dict({**cfg, "label_map_rest": "unlabelled"}), progress=False)
+    assert done.class_histogram == {1: 64 * 32}
+
+
+# -- resources checked before work -------------------------------------------------------------
+
+
+def test_requests_the_cluster_cannot_meet_are_refused_with_the_numbers(ray_session: None) -> None:
+    from w2w.core.resources import Request, require
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"4 inference actors of 1 CPU each do not fit"):
+        require(Request("inference actors", 4, 1.0, spare_cpus=0.5))
+    with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):
+        require(Request("inference actors", 1, 1.0, 1.0))
+    with pytest.raises(ConfigError, match="leave less than the 1 CPU"):
+        require(Request("training workers", 2, 1.0, spare_cpus=1.0))
+    require(Request("inference actors", 1, 1.0, spare_cpus=0.5))
+    assert time.perf_counter() - t0 < 60
+
+
+def test_waiting_for_an_autoscaler_says_so_and_gives_up(
+    ray_session: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from w2w.core.resources import Request, require
+
+    monkeypatch.setenv("W2W_WAIT_FOR_NODES", "1")
+    logger = logging.getLogger("w2w")
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    with pytest.raises(ConfigError, match="after waiting 1 s for new nodes"):
+        require(Request("training workers", 1, 1.0, 1.0))
+    assert "waiting for the autoscaler" in caplog.text
+
+
+def test_predict_and_train_refuse_what_the_cluster_cannot_run(
+    tiny_run, synthetic_scene: str, tmp_path: Path
+) -> None:
+    from w2w.predict import PredictConfig, predict
+    from w2w.train import train
+
+    bundle = tiny_run[1].bundle
+    for bad, message in [({"actors": 4}, "4 inference actors"), ({"use_gpu": True}, "no GPU")]:
+        cfg = PredictConfig(scene=synthetic_scene, bundle=bundle, output=str(tmp_path / "m.zarr"))
+        with pytest.raises(ConfigError, match=message):
+            predict(cfg.replace(**bad), progress=False)
+        assert not (tmp_path / "m.zarr").exists() or not os.listdir(tmp_path / "m.zarr")
+    cfg = tiny_run[0].replace(
+        storage_path=str(tmp_path / "runs"), cache_chips="no", epochs=1
+    )  # two 1-CPU workers on 2 CPUs, chips streamed from the store
+    with pytest.raises(ConfigError, match="leave one CPU for them"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# -- vector inputs: the storage layer, and bad input that is an error, never internal -----------
+
+
+def _geojson(path: Path, features: list[tuple[dict[str, Any] | None, dict[str, Any]]]) -> str:
+    doc = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "EPSG:32613"}},
+        "features": [
+            {"type": "Feature", "properties": props, "geometry": geom} for geom, props in features
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def _box(x: float, y: float, size: float = 100.0) -> dict[str, Any]:
+    ring = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+def test_a_label_field_of_class_names_is_mapped_through_classes_or_refused(
+    tmp_path: Path,
+) -> None:
+    from w2w.ingest.vectors import read_vector_labels
+
+    path = _geojson(
+        tmp_path / "labels.geojson",
+        [
+            (_box(300000, 3400000), {"cover": "Forest "}),
+            (None, {"cover": "water"}),  # no geometry: left out, its value with it
+            (_box(300200, 3400000), {"cover": None}),  # no value: unlabelled
+            (_box(300400, 3400000), {"cover": "water"}),
+        ],
+    )
+    labels = read_vector_labels(path, "cover", "EPSG:32613", classes={1: "forest", 2: "water"})
+    assert len(labels.geometries) == 3
+    assert labels.values[0] == 1 and np.isnan(labels.values[1]) and labels.values[2] == 2
+    with pytest.raises(InputError, match=r"class names \(water\) that --classes does not name"):
+        read_vector_labels(path, "cover", "EPSG:32613", classes={1: "forest"})
+
+
+def test_a_self_intersecting_boundary_is_repaired_not_an_internal_error(tmp_path: Path) -> None:
+    from w2w.ingest.vectors import read_aoi
+
+    x, y = 300000, 3400000
+    bowtie = {"type": "Polygon", "coordinates": [[[x, y], [x + 100, y + 100], [x + 100, y],
+                                                  [x, y + 100], [x, y]]]}  # fmt: skip
+    aoi = read_aoi(_geojson(tmp_path / "aoi.geojson", [(bowtie, {})]), "EPSG:32613")
+    assert aoi.area() == pytest.approx(5000.0)
+
+
+def test_vector_reads_on_object_storage_use_the_storage_layers_endpoint(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from w2w.core import storage
+    from w2w.ingest.vectors import read_aoi
+
+    local = _geojson(tmp_path / "aoi.geojson", [(_box(300000, 3400000), {})])
+    url = f"{s3_bucket}/in/aoi.geojson"
+    storage.atomic_put_file(local, url)
+    assert read_aoi(url, "EPSG:32613").area() == pytest.approx(10_000.0)
+    # A dead endpoint: an error naming the file within the timeout, not a hang.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("W2W_IO_TIMEOUT", "1")
+    monkeypatch.setenv("W2W_IO_RETRIES", "0")
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=r"aoi\.geojson"):
+        read_aoi(url, "EPSG:32613")
+    assert time.perf_counter() - t0 < 30
+
+
+# -- verify: every block as its writer wrote it ---------------------------------------------------
+
+
+def _mosaic(url: Path, grid: Any, seed: int) -> None:
+    from w2w.core.classes import ClassInfo
+    from w2w.core.store import MosaicStore
+
+    m = MosaicStore.create(
+        str(url),
+        grid,
+        block=64,
+        classes=[ClassInfo(1, "a", (0, 0, 0)), ClassInfo(2, "b", (9, 9, 9))],
+    )
+    rng = np.random.default_rng(seed)
+    for w in m.tiling.windows():
+        m.write("class", w, rng.integers(1, 3, (w.height, w.width), dtype=np.uint8))
+        m.write("confidence", w, rng.integers(100, 255, (w.height, w.width), dtype=np.uint8))
+        m.mark_block_done(w, w.size)
+    m.mark_complete()
+
+
+def test_verify_finds_chunks_copied_in_from_another_mosaic_of_the_scene(tmp_path: Path) -> None:
+    import shutil
+
+    from affine import Affine
+    from rasterio.crs import CRS
+    from typer.testing import CliRunner
+
+    from w2w.cli import app
+    from w2w.core.grid import Grid
+
+    wkt = CRS.from_epsg(32613).to_wkt()
+    grid = Grid(wkt, Affine(10.0, 0.0, 300_000.0, 0.0, -10.0, 3_401_280.0), 128, 128)
+    _mosaic(tmp_path / "a.zarr", grid, 1)
+    _mosaic(tmp_path / "b.zarr", grid, 2)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["verify", str(tmp_path / "a.zarr")])
+    assert ok.exit_code == 0, ok.output
+    chunk = Path("class") / "c" / "1" / "0"
+    shutil.copyfile(tmp_path / "b.zarr" / chunk, tmp_path / "a.zarr" / chunk)
+    bad = runner.invoke(app, ["verify", str(tmp_path / "a.zarr")])
+    assert bad.exit_code != 0
+    assert "1 block(s) differ from what their writer wrote" in bad.output
+    assert "(row 64, col 0)" in bad.output
+
+
+def test_predict_does_not_resume_over_a_scene_rewritten_in_place(
+    tiny_run, synthetic_scene: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    from w2w.predict import PredictConfig, predict
+
+    scene = tmp_path / "scene.zarr"
+    shutil.copytree(synthetic_scene, scene)
+    cfg = PredictConfig(
+        scene=str(scene), bundle=tiny_run[1].bundle, output=str(tmp_path / "m.zarr"), block=128
+    )
+    first = predict(cfg.replace(max_blocks=1), progress=False)
+    assert first.blocks_written == 1
+    chunks = scene / "image" / "c"
+    a, b = sorted(p for p in chunks.rglob("*") if p.is_file())[:2]
+    shutil.copyfile(b, a)  # a chunk rewritten in place: the metadata says nothing
+    with pytest.raises(InputError, match=r"is not as it was when mosaic .* was started"):
+        predict(cfg, progress=False)
+
+
+# -- STAC and VRT tiles ------------------------------------------------------------------------
+
+TILE_GRID = {
+    "crs": "EPSG:32613",
+    "resolution": 10.0,
+    "bounds": "300000,3499360,300640,3500000",
+    "resampling": "nearest",
+    "engine": "local",
+    "chunk": 32,
+    "block": 64,
+}
+
+
+def _item(assets: dict[str, str], datetime: str | None = "2024-06-01T17:00:00Z") -> dict:
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "t",
+        "geometry": None,
+        "properties": {"datetime": datetime},
+        "links": [],
+        "assets": {
+            k: {"href": v, "type": "image/tiff; application=geotiff"} for k, v in assets.items()
+        },
+    }
+
+
+def test_a_multi_band_stac_asset_gives_every_band(tmp_path: Path) -> None:
+    from w2w.core.store import SceneStore
+    from w2w.ingest import IngestConfig, ingest
+
+    data = np.arange(3 * 64 * 64, dtype=np.uint16).reshape(3, 64, 64) % 1000 + 1
+    write_tif(tmp_path / "rgb.tif", data, nodata=0)
+    (tmp_path / "item.json").write_text(json.dumps(_item({"visual": "rgb.tif"})))
+    ingest(
+        IngestConfig.from_dict(
+            {
+                "tiles": [str(tmp_path / "item.json")],
+                "output": str(tmp_path / "s.zarr"),
+                **TILE_GRID,
+            }
+        ),
+        progress=False,
+    )
+    scene = SceneStore.open(str(tmp_path / "s.zarr"))
+    assert scene.info.band_names == ("visual_1", "visual_2", "visual_3")
+    np.testing.assert_array_equal(scene.read_image(scene.grid.full_window), data)
+
+
+def test_stac_items_without_a_date_and_vrts_without_their_sources_are_errors(
+    tmp_path: Path,
+) -> None:
+    from w2w.ingest import IngestConfig, ingest
+
+    write_tif(tmp_path / "a.tif", np.ones((1, 64, 64), dtype=np.uint16), nodata=0)
+    (tmp_path / "item.json").write_text(json.dumps(_item({"b": "a.tif"}, datetime=None)))
+    out = str(tmp_path / "s.zarr")
+    with pytest.raises(InputError, match="is not valid STAC.*needs a datetime"):
+        ingest(
+            IngestConfig.from_dict(
+                {"tiles": [str(tmp_path / "item.json")], "output": out, **TILE_GRID}
+            ),
+            progress=False,
+        )
+    vrt = tmp_path / "t.vrt"
+    vrt.write_text(
+        '<VRTDataset rasterXSize="64" rasterYSize="64"><SRS>EPSG:32613</SRS>'
+        "<GeoTransform>300000, 10, 0, 3500000, 0, -10</GeoTransform>"
+        '<VRTRasterBand dataType="UInt16" band="1"><SimpleSource>'
+        '<SourceFilename relativeToVRT="1">gone.tif</SourceFilename><SourceBand>1</SourceBand>'
+        "</SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    with pytest.raises(InputError, match=r"reads from .*gone\.tif, which does not exist"):
+        ingest(
+            IngestConfig.from_dict({"tiles": [str(vrt)], "output": out, **TILE_GRID}),
+            progress=False,
+        )
+    assert not (tmp_path / "s.zarr").exists()
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 2 MiB tmpfs the test mounts (root only; skipped elsewhere), unmounted after."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_an_error_and_leaves_the_old_output(small_disk: Path) -> None:
+    from typer.testing import CliRunner
+
+    from w2w.cli import app
+
+    runner = CliRunner()
+    out = small_disk / "s.zarr"
+    args = ["synth", str(out), "--format", "store", "--engine", "local", "--chunk", "64"]
+    first = runner.invoke(app, [*args, "--size", "64", "--block", "64"])
+    assert first.exit_code == 0, first.output
+    before = _snapshot(small_disk)
+    full = runner.invoke(app, [*args, "--size", "1536", "--block", "512", "--overwrite"])
+    assert full.exit_code != 0
+    assert "error: no space left on the device" in full.output, full.output
+    assert "internal error" not in full.output
+    assert _snapshot(small_disk) == before  # the old store as it was, no leftovers
+    assert sorted(p.name for p in small_disk.iterdir()) == ["s.zarr"]
+
+
+def test_the_docs_name_only_tests_that_exist() -> None:
+    import re
+
+    root = Path(__file__).parents[1]
+    text = (root / "docs" / "errors.md").read_text() + (root / "docs" / "design.md").read_text()
+    named = set(re.findall(r"(test_[a-z0-9_]+)(?![a-z0-9_]|\.py)", text))
+    defined = {
+        m
+        for p in (root / "tests").glob("test_*.py")
+        for m in re.findall(r"def (test_\w+)\(", p.read_text())
+    }
+    assert len(named & defined) >= 20
+    assert not named - defined, f"the docs name tests that do not exist: {sorted(named - defined)}"

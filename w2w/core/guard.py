@@ -1,0 +1,178 @@
+"""The one output guard every stage passes through, applied by the stage registry.
+
+Before a stage runs (:func:`check`), with nothing written yet:
+
+1. every input and every output is resolved once to its real location: local paths with
+   ``..`` and symlinks resolved (:func:`os.path.realpath`), URLs with ``.``, ``..`` and
+   repeated slashes collapsed. A stage names its inputs (globs, list files and STAC hrefs
+   expanded) and its outputs through its config (:meth:`StageConfig.input_locations`,
+   :meth:`StageConfig.output_targets`), so a new stage or a new output option is guarded
+   without code of its own;
+2. an output that is an input, lies inside one or holds one is refused;
+3. a half-done publish left at an output by a killed run is finished or rolled back, and
+   staging leftovers of dead processes are removed (:func:`w2w.core.outputs.recover`);
+4. an existing output needs ``overwrite``, and ``overwrite`` replaces only what w2w made: a
+   store must be a w2w store, a run folder a w2w run, a file a file (never a folder).
+   Outputs a stage resumes (a training run, an unfinished mosaic) may exist without it: the
+   stage compares their recorded content identity with its inputs'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from w2w.core import storage
+from w2w.core.errors import OutputError
+
+if TYPE_CHECKING:
+    from w2w.core.config import StageConfig
+
+#: What an output is: a Zarr store, one file, a training run's folder, or a folder that
+#: only holds the stage's files (never replaced whole, so only checked for overlap).
+OutputKind = Literal["store", "file", "run", "folder"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One output of a stage: what it is (for messages), where, and of which kind."""
+
+    what: str
+    url: str
+    kind: OutputKind
+    #: The stage picks up an existing one where it left off (after checking it is its own).
+    resumable: bool = False
+
+
+def real_location(url: str) -> str:
+    """Where ``url`` really is: a local path with ``~``, ``..`` and symlinks resolved (of the
+    part that exists), or a URL with ``.``, ``..`` and repeated slashes collapsed."""
+    text = str(url)
+    if storage.is_remote(text):
+        scheme, _, rest = text.partition("://")
+        bucket, _, key = rest.partition("/")
+        key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+        return f"{scheme.lower()}://{bucket}" + (f"/{key}" if key and key != "." else "")
+    return os.path.realpath(os.path.expanduser(text))
+
+
+def relation(output: str, path: str) -> str | None:
+    """How an output's real location relates to an input's: 'is', 'lies inside', 'holds'."""
+    if output == path:
+        return "is"
+    if output.startswith(path.rstrip("/") + "/"):
+        return "lies inside"
+    if path.startswith(output.rstrip("/") + "/"):
+        return "holds"
+    return None
+
+
+def overlap_problem(cfg: StageConfig, *, expand: bool) -> str | None:
+    """The first output that is, lies inside or holds an input of ``cfg``, described; or None.
+
+    ``expand`` also looks through globs, list files and STAC documents (it reads them)."""
+    inputs = [(what, real_location(u)) for what, u in cfg.input_locations(expand=expand)]
+    for target in cfg.output_targets():
+        out = real_location(target.url)
+        for what, path in inputs:
+            rel = relation(out, path)
+            if rel:
+                return (
+                    f"{target.what} {target.url} {rel} the input {what}"
+                    + (f" ({path})" if path != out else "")
+                    + "; the stage would destroy what it reads: give another output path"
+                )
+    return None
+
+
+def check(cfg: StageConfig) -> None:
+    """The guard (see the module notes); raises :class:`OutputError` naming the output."""
+    from w2w.core.outputs import recover
+
+    problem = overlap_problem(cfg, expand=True)
+    if problem:
+        raise OutputError(problem)
+    overwrite = bool(getattr(cfg, "overwrite", False))
+    for target in cfg.output_targets():
+        if target.kind == "folder":
+            _check_folder_slot(target)
+            continue
+        recover(target.url)
+        if not storage.exists(target.url):
+            continue
+        made_by_w2w(target)  # a folder of user files is never replaced nor resumed
+        if not overwrite and not target.resumable:
+            raise OutputError(
+                f"{target.what} {target.url} exists already; pass --overwrite to replace it or "
+                "choose another path"
+            )
+
+
+def _check_folder_slot(target: Target) -> None:
+    if not storage.is_remote(target.url) and os.path.isfile(target.url):
+        raise OutputError(
+            f"{target.what} {target.url} is a file; it should be a folder: choose another path"
+        )
+
+
+def made_by_w2w(target: Target) -> None:
+    """Refuse an existing output that is not of the kind w2w makes there (a user's folder
+    where a store, a run or a file should go)."""
+    url = target.url
+    if target.kind == "file":
+        if _is_dir(url):
+            raise OutputError(
+                f"{target.what} {url} is a folder; w2w writes a file there and will not "
+                "replace a folder: remove it or choose another path"
+            )
+        return
+    if not _is_dir(url):
+        raise OutputError(
+            f"{target.what} {url} is a file; w2w writes a folder there and will not replace "
+            "it: remove it or choose another path"
+        )
+    if target.kind == "store" and not _is_w2w_store(url):
+        raise OutputError(
+            f"{target.what} {url} exists and is not a store made by w2w; w2w replaces only "
+            "what it made: remove it or choose another path"
+        )
+    if target.kind == "run" and not _is_w2w_run(url):
+        raise OutputError(
+            f"{target.what} {url} exists and holds no w2w training run; w2w replaces only "
+            "what it made: choose another --run-name or --storage-path"
+        )
+
+
+def _is_dir(url: str) -> bool:
+    if storage.is_remote(url):
+        try:
+            return bool(storage.filesystem(url).isdir(url))
+        except Exception as exc:  # noqa: BLE001 - object-store errors
+            raise storage.remote_error(url, exc) from None
+    return os.path.isdir(url)
+
+
+def _is_w2w_store(url: str) -> bool:
+    meta = storage.join(url, "zarr.json")
+    if not storage.exists(meta):
+        return _empty(url)
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        attrs = json.loads(storage.read_bytes(meta)).get("attributes", {})
+        return isinstance(attrs.get("w2w"), dict) and "kind" in attrs["w2w"]
+    return False
+
+
+def _is_w2w_run(url: str) -> bool:
+    from w2w.core.outputs import RUN_FILE
+
+    return storage.exists(storage.join(url, RUN_FILE)) or _empty(url)
+
+
+def _empty(url: str) -> bool:
+    if storage.is_remote(url):
+        return not storage.filesystem(url).ls(url, detail=False)
+    return not os.listdir(url)
