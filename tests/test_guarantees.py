@@ -62,11 +62,12 @@ def _make(path: Path, what: str) -> None:
         path.write_bytes(b"input")
 
 
-def _snapshot(root: Path) -> dict[str, bytes]:
+def _snapshot(root: Path, *, hidden: bool = False) -> dict[str, bytes]:
+    """Every file (content) and folder under ``root``; hidden ones too with ``hidden``."""
     return {
         str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"/"
         for p in sorted(root.rglob("*"))
-        if not p.name.startswith((".", "link_"))
+        if not p.name.startswith("link_") and (hidden or not p.name.startswith("."))
     }
 
 
@@ -207,6 +208,19 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p)
     else:
         p.unlink()
+
+
+def test_the_python_api_runs_stages_through_the_same_rules(tmp_path: Path) -> None:
+    import w2w
+    import w2w.ingest.run  # binds the name w2w.ingest to the package: it answers calls too
+
+    img = write_tif(tmp_path / "img.tif", np.ones((1, 32, 32), dtype=np.uint16))
+    out = tmp_path / "s.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not a store made by w2w"):
+        w2w.ingest(w2w.IngestConfig(images=[str(img)], output=str(out), overwrite=True))
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 # -- the examples of the kind ------------------------------------------------------------------
@@ -699,3 +713,54 @@ def test_the_docs_name_only_tests_that_exist() -> None:
     }
     assert len(named & defined) >= 20
     assert not named - defined, f"the docs name tests that do not exist: {sorted(named - defined)}"
+
+
+# -- every stage on a full disk (slow: one small demo run, then each stage once more) -------------
+
+
+@pytest.fixture(scope="module")
+def demo_stages(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every stage's config from a small demo run that has run (the inputs each stage reads)."""
+    from w2w.pipeline import demo_config, run_pipeline, stage_configs
+
+    cfg = demo_config(str(tmp_path_factory.mktemp("demo")), size=256, epochs=1)
+    run_pipeline(cfg, progress=False)
+    return stage_configs(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])
+def test_every_stage_on_a_full_disk_says_so_and_damages_nothing(
+    stage: Stage, demo_stages: dict[str, Any], small_disk: Path
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from w2w.cli import app
+
+    cfg = demo_stages[stage.name]
+    moved = {
+        name: str(small_disk / Path(getattr(cfg, name)).name)
+        for name in stage.config.outputs
+        if getattr(cfg, name, None)
+    }
+    cfg = cfg.replace(**moved)
+    # An earlier output of the same name, which must come through whole; then the disk full.
+    for t in cfg.output_targets():
+        if t.kind == "file":
+            Path(t.url).write_bytes(b"an earlier output")
+    stat = os.statvfs(small_disk)
+    free = stat.f_bavail * stat.f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * max(0, free - 16 * 1024))
+    before = _snapshot(small_disk, hidden=True)
+    settings = small_disk.parent / f"{stage.name}.yaml"
+    settings.write_text(yaml.safe_dump(cfg.to_dict()))
+    done = CliRunner().invoke(app, ["--quiet", stage.name, "--config", str(settings)])
+    assert done.exit_code != 0, done.output
+    assert "no space left on the device" in done.output, done.output
+    assert "internal error" not in done.output
+    after = _snapshot(small_disk, hidden=True)
+    assert {k: after.get(k) for k in before} == before  # nothing there before was changed
+    resumable = [t.url for t in cfg.output_targets() if t.resumable]
+    extra = [k for k in after if k not in before]
+    assert all(any(str(small_disk / k).startswith(r) for r in resumable) for k in extra), extra

@@ -9,7 +9,9 @@ The stages, each a config class and a function that runs it::
     predict(PredictConfig(scene="scene.zarr", bundle=report.bundle, output="mosaic.zarr"))
 
 and :func:`open_scene` / :func:`open_mosaic` to read stores as xarray Datasets with their
-CRS. Names are loaded on first use: ``import w2w`` imports neither torch nor Ray.
+CRS. The functions run a stage as its command does, through the stage registry's rules
+(output guard, publish protocol, pinned inputs, resource checks). Names are loaded on first
+use: ``import w2w`` imports neither torch nor Ray.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -23,21 +25,16 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
+    from w2w.api import evaluate, export, ingest, predict, sieve, synthesize, train
     from w2w.core.store.dataset import open_mosaic, open_scene
     from w2w.evaluate.config import EvaluateConfig
-    from w2w.evaluate.run import evaluate
     from w2w.export.config import ExportConfig
-    from w2w.export.run import export
     from w2w.ingest.config import IngestConfig
-    from w2w.ingest.run import ingest
-    from w2w.ingest.synth import SynthConfig, synthesize
+    from w2w.ingest.synth import SynthConfig
     from w2w.pipeline import PipelineConfig, demo_config, run_pipeline
     from w2w.predict.config import PredictConfig
-    from w2w.predict.run import predict
     from w2w.sieve.config import SieveConfig
-    from w2w.sieve.run import sieve
     from w2w.train.config import TrainConfig
-    from w2w.train.run import train
 
 __all__ = [
     "EvaluateConfig",
@@ -68,19 +65,19 @@ __getattr__, __dir__ = lazy_exports(
         "open_scene": ".core.store.dataset",
         "open_mosaic": ".core.store.dataset",
         "SynthConfig": ".ingest.synth",
-        "synthesize": ".ingest.synth",
+        "synthesize": ".api",
         "IngestConfig": ".ingest.config",
-        "ingest": ".ingest.run",
+        "ingest": ".api",
         "TrainConfig": ".train.config",
-        "train": ".train.run",
+        "train": ".api",
         "PredictConfig": ".predict.config",
-        "predict": ".predict.run",
+        "predict": ".api",
         "SieveConfig": ".sieve.config",
-        "sieve": ".sieve.run",
+        "sieve": ".api",
         "ExportConfig": ".export.config",
-        "export": ".export.run",
+        "export": ".api",
         "EvaluateConfig": ".evaluate.config",
-        "evaluate": ".evaluate.run",
+        "evaluate": ".api",
         "PipelineConfig": ".pipeline",
         "demo_config": ".pipeline",
         "run_pipeline": ".pipeline",

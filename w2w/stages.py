@@ -57,14 +57,19 @@ class Stage:
             raise TypeError(f"{self.config_path} is not a StageConfig")
         return cls
 
-    def run(self, cfg: StageConfig, *, progress: bool = True) -> StageSummary:
-        """Run the stage through the rules every stage passes: the output guard first
-        (:mod:`w2w.core.guard`), its input stores pinned while it reads them
-        (:mod:`w2w.core.pins`); then summarise what it did."""
+    def execute(self, cfg: StageConfig, *, progress: bool = True) -> Any:
+        """Run the stage through the rules every stage passes -- the output guard first
+        (:mod:`w2w.core.guard`), its inputs pinned while it reads them (:mod:`w2w.core.pins`)
+        -- and return its own report."""
+        if not isinstance(cfg, self.config):
+            raise TypeError(f"the {self.name} stage takes a {self.config.__name__}")
         guard.check(cfg)
         with pins.pinned(cfg):
-            result = _load(self.run_path)(cfg, progress=progress)
-        return self.summarize(result)
+            return _load(self.run_path)(cfg, progress=progress)
+
+    def run(self, cfg: StageConfig, *, progress: bool = True) -> StageSummary:
+        """Run the stage (:meth:`execute`) and summarise what it did."""
+        return self.summarize(self.execute(cfg, progress=progress))
 
 
 def _load(path: str) -> Any:

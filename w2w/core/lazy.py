@@ -28,3 +28,22 @@ def lazy_exports(
         return sorted(exports)
 
     return getattr_, dir_
+
+
+def make_callable(module_name: str, target: str) -> None:
+    """Let the package ``module_name`` be called as the function ``target`` ("module:name").
+
+    ``w2w.ingest`` is both a stage package and, in the documented API, the function that runs
+    the stage (``w2w.ingest(cfg)``); once the package is imported Python binds the name to the
+    package, so the package itself answers a call by running the function.
+    """
+    import sys
+    import types
+
+    module_path, _, name = target.partition(":")
+
+    class _CallablePackage(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return getattr(importlib.import_module(module_path), name)(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = _CallablePackage

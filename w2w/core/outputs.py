@@ -98,7 +98,7 @@ def replace_store(output: str, *, overwrite: bool) -> Iterator[str]:
     try:
         yield work
     except BaseException:
-        cleanup(f"removing the unfinished {work}", storage.remove_tree, work)
+        cleanup(f"removing the unfinished {work}", _remove_until_gone, work)
         raise
     move_into_place(work, output)
 
@@ -202,6 +202,21 @@ def recover(output: str) -> None:
             name.startswith(f"{p.name}.w2w-staged-") and _maker_gone(name)
         ):
             _remove_path(q)
+
+
+def _remove_until_gone(url: str) -> None:
+    """Remove a staging tree a failure left; a write still in flight in another thread (a
+    store's I/O pool) can recreate a file just after, so look again a few times."""
+    import time
+
+    for _ in range(20):
+        storage.remove_tree(url)
+        if storage.is_remote(url) or not os.path.exists(url):
+            time.sleep(0.05)
+            if storage.is_remote(url) or not os.path.exists(url):
+                return
+        time.sleep(0.1)
+    raise OSError(f"{url} could not be removed")
 
 
 def _aside_name(output: str) -> str:

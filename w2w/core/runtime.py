@@ -133,6 +133,16 @@ def _w2w_error_in_text(text: str) -> W2WError | None:
     return found
 
 
+def user_error(exc: BaseException) -> W2WError | None:
+    """The error a user can act on inside ``exc`` (already unwrapped from Ray's): a w2w error,
+    or a full or read-only disk (as an exception, or named in a worker's traceback text)."""
+    from w2w.core.errors import from_os_error
+
+    if isinstance(exc, W2WError):
+        return exc
+    return from_os_error(exc) or _os_error_in_text(str(exc))
+
+
 def _os_error_in_text(text: str) -> W2WError | None:
     """A full disk named in a worker's traceback (Ray passes some causes on as text only)."""
     from w2w.core.errors import DiskFullError
@@ -163,11 +173,7 @@ def raise_from_worker(exc: BaseException, what: str) -> None:
     """Re-raise a Ray task or actor failure on the driver: a worker's W2WError as itself,
     anything else as a StageFailedError naming the stage and the cause (not Ray's advice)."""
     inner = unwrap_ray_error(exc)
-    if isinstance(inner, W2WError):
-        raise inner from None
-    from w2w.core.errors import from_os_error
-
-    known = from_os_error(inner) or _os_error_in_text(str(inner))
+    known = user_error(inner)
     if known is not None:
         raise known from None
     raise StageFailedError(f"{what} failed on a Ray worker: {cause_line(str(inner))}") from exc

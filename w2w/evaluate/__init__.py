@@ -6,7 +6,7 @@ result, its JSON and Markdown forms).
 
 from typing import TYPE_CHECKING
 
-from w2w.core.lazy import lazy_exports
+from w2w.core.lazy import lazy_exports, make_callable
 
 if TYPE_CHECKING:
     from w2w.evaluate.config import EvaluateConfig
@@ -24,3 +24,6 @@ __getattr__, __dir__ = lazy_exports(
         "evaluate": ".run",
     },
 )
+
+# ``w2w.evaluate(cfg)`` runs the stage through the registry, as its command does (w2w.api).
+make_callable(__name__, "w2w.api:evaluate")

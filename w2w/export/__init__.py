@@ -8,7 +8,7 @@ polygons, merged across block borders), :mod:`.run` (the set of files, published
 
 from typing import TYPE_CHECKING
 
-from w2w.core.lazy import lazy_exports
+from w2w.core.lazy import lazy_exports, make_callable
 
 if TYPE_CHECKING:
     from w2w.export.config import ExportConfig, export_targets
@@ -25,3 +25,6 @@ __getattr__, __dir__ = lazy_exports(
         "export_targets": ".config",
     },
 )
+
+# ``w2w.export(cfg)`` runs the stage through the registry, as its command does (w2w.api).
+make_callable(__name__, "w2w.api:export")

@@ -7,7 +7,7 @@ write, resume, coverage check).
 
 from typing import TYPE_CHECKING
 
-from w2w.core.lazy import lazy_exports
+from w2w.core.lazy import lazy_exports, make_callable
 
 if TYPE_CHECKING:
     from w2w.predict.config import PredictConfig
@@ -23,3 +23,6 @@ __getattr__, __dir__ = lazy_exports(
         "predict": ".run",
     },
 )
+
+# ``w2w.predict(cfg)`` runs the stage through the registry, as its command does (w2w.api).
+make_callable(__name__, "w2w.api:predict")

@@ -59,7 +59,7 @@ which is nodata; elsewhere confidence is copied.
 
 from typing import TYPE_CHECKING
 
-from w2w.core.lazy import lazy_exports
+from w2w.core.lazy import lazy_exports, make_callable
 
 if TYPE_CHECKING:
     from w2w.sieve.config import SieveConfig
@@ -75,3 +75,6 @@ __getattr__, __dir__ = lazy_exports(
         "sieve": ".run",
     },
 )
+
+# ``w2w.sieve(cfg)`` runs the stage through the registry, as its command does (w2w.api).
+make_callable(__name__, "w2w.api:sieve")

@@ -7,7 +7,7 @@
 
 from typing import TYPE_CHECKING
 
-from w2w.core.lazy import lazy_exports
+from w2w.core.lazy import lazy_exports, make_callable
 
 if TYPE_CHECKING:
     from w2w.train.config import TrainConfig
@@ -29,3 +29,6 @@ __getattr__, __dir__ = lazy_exports(
         "validate": ".worker",
     },
 )
+
+# ``w2w.train(cfg)`` runs the stage through the registry, as its command does (w2w.api).
+make_callable(__name__, "w2w.api:train")

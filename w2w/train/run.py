@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from w2w.core import storage
-from w2w.core.errors import StageFailedError, W2WError
+from w2w.core.errors import StageFailedError
 from w2w.core.outputs import cleanup
 from w2w.core.plots import plot_confusion, plot_learning_curves
 from w2w.core.resources import Request, require
@@ -203,14 +203,15 @@ def _ray_filesystem(url: str) -> Any:
 def _training_error(exc: BaseException) -> Exception:
     """The user-facing error for a failed ``fit()``: a worker's W2WError as is, else the last
     line of the worker's traceback."""
-    from w2w.core.runtime import cause_line, unwrap_ray_error
+    from w2w.core.runtime import cause_line, unwrap_ray_error, user_error
 
     inner = unwrap_ray_error(exc)
-    if isinstance(inner, W2WError):
-        return inner
+    known = user_error(inner)
+    if known is not None:
+        return known
     for cause in (getattr(inner, "worker_failures", None) or {}).values():
-        found = unwrap_ray_error(cause)
-        if isinstance(found, W2WError):
+        found = user_error(unwrap_ray_error(cause))
+        if found is not None:
             return found
     return StageFailedError(f"training failed: {cause_line(str(inner))}")
 
