@@ -50,6 +50,7 @@ class DiskFullError(OutputError):
 
 #: errno values of a file system that cannot take more data.
 _FULL = {28, 122}  # ENOSPC, EDQUOT
+_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "Free disk space available")
 
 
 def from_os_error(exc: BaseException) -> W2WError | None:
@@ -60,6 +61,11 @@ def from_os_error(exc: BaseException) -> W2WError | None:
     seen = 0
     cur: BaseException | None = exc
     while cur is not None and seen < 10:
+        if any(text in str(cur) for text in _FULL_TEXTS):  # GDAL's, which carry no errno
+            return DiskFullError(
+                "no space left on the device being written; free space there or choose an "
+                "output on a larger disk (what was written before is unchanged)"
+            )
         if isinstance(cur, OSError) and cur.errno is not None:
             where = f" writing {cur.filename}" if cur.filename else ""
             if cur.errno in _FULL:

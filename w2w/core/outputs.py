@@ -279,11 +279,12 @@ def publish_files(files: list[tuple[str, Path]]) -> None:
         for dest, path in files:
             storage.ensure_writable_dir(Path(dest).parent)
             staged = f"{dest}.w2w-staged-{token}"
+            # Listed first, so that a copy cut short (a full disk) is cleaned up too.
+            entries.append({"dest": dest, "staged": staged, "old": f"{dest}.w2w-old-{token}"})
             if Path(path).parent == Path(dest).parent:
                 os.replace(path, staged)  # already beside its destination: move it
             else:
                 shutil.copyfile(path, staged)
-            entries.append({"dest": dest, "staged": staged, "old": f"{dest}.w2w-old-{token}"})
         _write_journal(journal, entries)
     except BaseException:
         for e in entries:
@@ -318,5 +319,9 @@ def _journal(first_destination: str) -> str:
 
 def _write_journal(journal: str, entries: list[dict[str, str]]) -> None:
     tmp = f"{journal}.part"
-    Path(tmp).write_text(json.dumps(entries))
-    os.replace(tmp, journal)
+    try:
+        Path(tmp).write_text(json.dumps(entries))
+        os.replace(tmp, journal)
+    except BaseException:
+        cleanup(f"removing {tmp}", _remove, tmp)
+        raise

@@ -17,12 +17,13 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from w2w.core.errors import InputError, OutputError, StorageError
+from w2w.core.errors import DiskFullError, InputError, OutputError, StorageError, W2WError
 
 REMOTE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "memory://")
 
@@ -229,6 +230,33 @@ def atomic_put_file(local_path: str | Path, url: str | Path) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
     return dest
+
+
+#: Free space under which a failed write is taken as a full disk: a GDAL write fails with
+#: "Write error" and no errno, so the disk is looked at when the write fails.
+FULL_BELOW_BYTES = 4 << 20
+
+
+@contextlib.contextmanager
+def writing_to(folder: str | Path) -> Iterator[None]:
+    """Writes into local ``folder`` inside the block: a failure while the folder's file system
+    has (almost) no space left is reported as the full disk it is, not as the writer's error."""
+    try:
+        yield
+    except W2WError:
+        raise
+    except Exception as exc:
+        if not is_remote(folder):
+            try:
+                st = os.statvfs(folder)
+            except OSError:
+                raise exc from None
+            if st.f_bavail * st.f_frsize < FULL_BELOW_BYTES:
+                raise DiskFullError(
+                    f"no space left on the device of {folder}; free space there or choose an "
+                    "output on a larger disk (what was written before is unchanged)"
+                ) from exc
+        raise
 
 
 def ensure_writable_dir(folder: str | Path) -> None:

@@ -116,7 +116,7 @@ def export(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     grid = mosaic.grid
     factors = overview_factors(grid.height, grid.width, cfg.blocksize)
     env = {"GDAL_CACHEMAX": cfg.cache_mb, "GDAL_NUM_THREADS": "ALL_CPUS"}
-    with scratch(cfg) as work, rasterio.Env(**env):
+    with scratch(cfg) as work, storage.writing_to(work), rasterio.Env(**env):
         stage, rasters = _make_rasters(mosaic, work, cfg, targets, factors, progress=progress)
         cog_path = rasters["cog"]
         assert cog_path is not None

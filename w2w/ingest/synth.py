@@ -407,6 +407,26 @@ def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> SynthOut
         "BIGTIFF": "IF_SAFER",
     }
     tmp = [t.with_name(f".{t.name}.part") for t in targets]
+    try:
+        with storage.writing_to(folder):
+            _write_parts(cfg, grid, profile, tmp, progress=progress)
+    except BaseException:
+        for t in tmp:
+            t.unlink(missing_ok=True)
+        raise
+    publish_files([(str(final), t) for t, final in zip(tmp, targets, strict=True)])
+    return SynthOutputs(
+        images=tuple(str(t) for t in targets[:-1]),
+        label=str(targets[-1]),
+        store=None,
+        grid=grid,
+    )
+
+
+def _write_parts(
+    cfg: SynthConfig, grid: Grid, profile: dict[str, Any], tmp: list[Path], *, progress: bool
+) -> None:
+    """Write the image GeoTIFF(s) and the labels, block by block, under their staging names."""
     band_count = 1 if cfg.separate_bands else len(BAND_NAMES)
     image_dsts = [
         rasterio.open(p, "w", **profile, count=band_count, dtype="uint16", nodata=NODATA)
@@ -437,13 +457,6 @@ def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> SynthOut
     finally:
         for dst in [*image_dsts, label_dst]:
             dst.close()
-    publish_files([(str(final), t) for t, final in zip(tmp, targets, strict=True)])
-    return SynthOutputs(
-        images=tuple(str(t) for t in targets[:-1]),
-        label=str(targets[-1]),
-        store=None,
-        grid=grid,
-    )
 
 
 class _WindowedReader:

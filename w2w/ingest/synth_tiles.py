@@ -119,13 +119,17 @@ def _warp_tile(image: Path, grid: Grid, window: Window, epsg: int, path: Path) -
             "compress": "deflate",
         }
         tmp = path.with_name(f".{path.name}.part")
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-            # When the pixels were seen (GDAL's imagery metadata), as a sensor's file has it.
-            dst.update_tags(ns="IMAGERY", ACQUISITIONDATETIME=ACQUIRED[epsg])
-            for b, name in enumerate(src.descriptions, start=1):
-                if name:
-                    dst.set_band_description(b, name)
+        try:
+            with storage.writing_to(path.parent), rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(data)
+                # When the pixels were seen (GDAL's imagery metadata), as a sensor's file has it.
+                dst.update_tags(ns="IMAGERY", ACQUISITIONDATETIME=ACQUIRED[epsg])
+                for b, name in enumerate(src.descriptions, start=1):
+                    if name:
+                        dst.set_band_description(b, name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(path)
 
 
