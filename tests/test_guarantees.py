@@ -223,6 +223,19 @@ def test_the_python_api_runs_stages_through_the_same_rules(tmp_path: Path) -> No
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_pipeline_refuses_a_later_stages_output_before_the_first_stage_runs(
+    tmp_path: Path,
+) -> None:
+    from w2w.pipeline import demo_config, run_pipeline
+
+    cfg = demo_config(str(tmp_path), size=64)
+    cfg = cfg.replace(export={**cfg.export, "overwrite": False})
+    (tmp_path / "landcover.tif").write_bytes(b"last year's map")
+    with pytest.raises(OutputError, match=r"landcover\.tif exists already"):
+        run_pipeline(cfg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["landcover.tif"]
+
+
 # -- the examples of the kind ------------------------------------------------------------------
 
 
@@ -768,3 +781,54 @@ def test_every_stage_on_a_full_disk_says_so_and_damages_nothing(
     assert all(any(e.startswith(r) or r.startswith(e + "/") for r in resumable) for e in extra), (
         extra
     )
+
+
+def _targets_snapshot(cfg: Any) -> dict[str, dict[str, bytes]]:
+    """What each output of ``cfg`` holds now (visible files; a missing one as empty)."""
+    out: dict[str, dict[str, bytes]] = {}
+    for t in cfg.output_targets():
+        p = Path(t.url)
+        if t.kind == "folder":
+            continue
+        if p.is_dir():
+            out[t.url] = _snapshot(p)
+        elif p.is_file():
+            out[t.url] = {"": p.read_bytes()}
+        else:
+            out[t.url] = {}
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])
+def test_ctrl_c_ends_every_stage_within_seconds_and_keeps_the_old_output(
+    stage: Stage, demo_stages: dict[str, Any], tmp_path: Path
+) -> None:
+    import signal
+
+    import yaml
+
+    cfg = demo_stages[stage.name]
+    settings = tmp_path / f"{stage.name}.yaml"
+    settings.write_text(yaml.safe_dump(cfg.to_dict()))
+    before = _targets_snapshot(cfg)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "w2w.cli", "--quiet", stage.name, "--config", str(settings)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8.0)  # past start-up (imports, Ray), into the stage's work
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"w2w {stage.name} did not end within 30 s of Ctrl-C") from None
+    assert time.monotonic() - sent < 30
+    if proc.returncode != 0:  # interrupted (not finished first): the old output as it was
+        assert "internal error" not in err, err
+        assert _targets_snapshot(cfg) == before

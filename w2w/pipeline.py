@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from w2w.core import storage
+from w2w.core import guard, storage
 from w2w.core.config import PathStr, StageConfig, load_yaml
 from w2w.core.errors import ConfigError
 from w2w.stages import STAGE_NAMES, stage_named
@@ -154,6 +154,8 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> PipelineResul
     configs = stage_configs(cfg)
     if not configs:
         raise ConfigError("the pipeline has no stages; add sections such as 'ingest:' and 'train:'")
+    for stage_cfg in configs.values():  # every output, before the first stage runs
+        guard.check_outputs(stage_cfg, settle=False)
     result = PipelineResult()
     for name, stage_cfg in configs.items():
         log.info("stage %s", name)

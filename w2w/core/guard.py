@@ -91,17 +91,26 @@ def overlap_problem(cfg: StageConfig, *, expand: bool) -> str | None:
 
 def check(cfg: StageConfig) -> None:
     """The guard (see the module notes); raises :class:`OutputError` naming the output."""
-    from w2w.core.outputs import recover
-
     problem = overlap_problem(cfg, expand=True)
     if problem:
         raise OutputError(problem)
+    check_outputs(cfg, settle=True)
+
+
+def check_outputs(cfg: StageConfig, *, settle: bool) -> None:
+    """The guard's rules for existing outputs (see the module notes); with ``settle``, what a
+    killed run left at each output is settled first. ``w2w pipeline`` runs this for every
+    stage before the first one starts (without ``settle``), so that a later stage's output is
+    refused before hours of earlier work."""
+    from w2w.core.outputs import recover
+
     overwrite = bool(getattr(cfg, "overwrite", False))
     for target in cfg.output_targets():
         if target.kind == "folder":
             _check_folder_slot(target)
             continue
-        recover(target.url)
+        if settle:
+            recover(target.url)
         if not storage.exists(target.url):
             continue
         made_by_w2w(target)  # a folder of user files is never replaced nor resumed
