@@ -829,6 +829,7 @@ def test_ctrl_c_ends_every_stage_within_seconds_and_keeps_the_old_output(
         proc.communicate()
         raise AssertionError(f"w2w {stage.name} did not end within 30 s of Ctrl-C") from None
     assert time.monotonic() - sent < 30
+    print(f"{stage.name}: exit {proc.returncode} {time.monotonic() - sent:.1f} s after Ctrl-C")
     if proc.returncode != 0:  # interrupted (not finished first): the old output as it was
         assert "internal error" not in err, err
         assert _targets_snapshot(cfg) == before
