@@ -17,10 +17,13 @@ never finished); an old output moved aside by a swap is deleted when the new one
 put back when it is not; staging leftovers of processes that are gone are removed (a staging
 name carries its maker's host and process id, so a live command's work is never touched).
 
-Object storage has no atomic rename: there a new store is built under its staging name and
-copied over the old prefix only once complete (the old one is removed just before the copy); a
-failure during the copy leaves the complete new store under its staging name, which a re-run
-publishes. Files are single PUTs, the describing one (the STAC Item) last.
+Object storage has no atomic rename: there too a new store is built under its staging prefix,
+and only once it is complete is the old prefix removed and the new one copied over it. A
+failure while building leaves the old store as it was (the staging prefix is removed); a
+failure during that copy leaves the complete new store under its staging prefix (for
+``predict --overwrite`` a re-run publishes it; other stages build again). Files are single
+PUTs, the describing one (the STAC Item) last: a failure in between leaves new data files
+beside the previous Item until the command is run again.
 """
 
 from __future__ import annotations
@@ -84,23 +87,24 @@ def _maker_gone(name: str) -> bool:
 def replace_store(output: str, *, overwrite: bool) -> Iterator[str]:
     """Yield a location to build a new store for ``output``, moved into place on success.
 
-    Local stores are built under a hidden temporary name beside ``output`` and swapped in
-    only when complete, so a failure never damages an existing store. On object storage
-    (no atomic rename) the store is built in place after every input check has passed.
+    The store is built under a hidden staging name beside ``output`` and put in place only
+    when complete (:func:`publish_store`), so a failure never damages an existing store; a
+    failed build's staging store is removed.
     """
     if storage.exists(output) and not overwrite:
         raise OutputError(f"output store {output} exists already; pass --overwrite to replace it")
     if storage.is_remote(output):
-        yield output
-        return
-    storage.ensure_writable_dir(Path(output).parent)
-    work = str(Path(output).with_name(f".{Path(output).name}.w2w-tmp-{staging_tag()}"))
+        parent, _, name = output.rstrip("/").rpartition("/")
+        work = f"{parent}/.{name}.w2w-tmp-{staging_tag()}"
+    else:
+        storage.ensure_writable_dir(Path(output).parent)
+        work = str(Path(output).with_name(f".{Path(output).name}.w2w-tmp-{staging_tag()}"))
     try:
         yield work
     except BaseException:
         cleanup(f"removing the unfinished {work}", _remove_until_gone, work)
         raise
-    move_into_place(work, output)
+    publish_store(work, output)
 
 
 def move_into_place(work_url: str, output: str) -> None:
