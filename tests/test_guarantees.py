@@ -833,3 +833,97 @@ def test_ctrl_c_ends_every_stage_within_seconds_and_keeps_the_old_output(
     if proc.returncode != 0:  # interrupted (not finished first): the old output as it was
         assert "internal error" not in err, err
         assert _targets_snapshot(cfg) == before
+
+
+# -- object storage that stalls or is gone, for every stage's inputs and outputs (slow) ---------
+
+
+def _endpoint(kind: str) -> Any:
+    """A loopback 'S3 endpoint' that accepts connections and never answers (stalled), or a
+    port nothing listens on (gone)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    if kind == "gone":
+        server.close()
+        return f"http://127.0.0.1:{port}", None
+    server.listen(256)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{port}", server
+
+
+def _on_s3(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_on_s3(v) for v in value]
+    return f"s3://stalled/{Path(value).name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["stalled", "gone"])
+def test_every_stage_ends_in_seconds_when_object_storage_stalls_or_is_gone(
+    kind: str, demo_stages: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every stage with its inputs on the endpoint (each variant), and with its outputs there
+    (its inputs local, from a demo run): one error line within the timeout, never a hang."""
+    import yaml
+
+    runs: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        for i, variant in enumerate(VARIANTS.get(stage.name, [{}])):
+            base = _settings(stage, variant, tmp_path / f"{stage.name}{i}")
+            reads = {k: _on_s3(v) for k, v in base.items() if k in stage.config.inputs}
+            if reads:
+                runs[f"{stage.name} {i} reads"] = (stage, {**base, **reads})
+        cfg = demo_stages[stage.name]
+        writes = {n: _on_s3(getattr(cfg, n)) for n in stage.config.outputs if getattr(cfg, n)}
+        runs[f"{stage.name} writes"] = (stage, {**cfg.to_dict(), **writes})
+    url, server = _endpoint(kind)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+        "AWS_ENDPOINT_URL": url,
+        "W2W_IO_TIMEOUT": "2",
+        "W2W_IO_RETRIES": "1",
+    }
+    procs = {}
+    started = time.monotonic()
+    for name, (stage, settings) in runs.items():
+        path = tmp_path / f"{name.replace(' ', '-')}.yaml"
+        path.write_text(yaml.safe_dump(settings))
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "w2w.cli", "--quiet", stage.name, "--config", str(path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        results = {}
+        for name, proc in procs.items():
+            _, err = proc.communicate(timeout=600)
+            results[name] = (proc.returncode, err, time.monotonic() - started)
+    finally:
+        for proc in procs.values():
+            proc.kill()
+        if server is not None:
+            server.close()
+    for name, (code, err, seconds) in results.items():
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code != 0, (name, err)
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
+        # Each request waits at most 2 s, tried twice; a command makes a few requests before
+        # it knows the storage is unreachable, and the commands share 2 cores.
+        assert seconds < 240, (name, seconds, err)

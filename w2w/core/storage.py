@@ -177,6 +177,19 @@ def remote_error(url: str, exc: BaseException) -> StorageError:
     return StorageError(f"{url}: object storage request failed ({text})")
 
 
+def glob(pattern: str) -> list[str]:
+    """The paths or URLs matching a glob pattern, sorted (object-storage errors as one line)."""
+    import glob as globlib
+
+    if not is_remote(pattern):
+        return sorted(normalize(p) for p in globlib.glob(pattern))
+    protocol = pattern.split("://", 1)[0]
+    try:
+        return sorted(f"{protocol}://{p}" for p in filesystem(pattern).glob(pattern))
+    except Exception as exc:  # noqa: BLE001 - object-store errors
+        raise remote_error(pattern, exc) from None
+
+
 def read_bytes(url: str | Path) -> bytes:
     """The content of a local file or object, with a clear error when it is missing."""
     u = normalize(url)

@@ -11,7 +11,6 @@ mosaic of the whole state is ever built.
 from __future__ import annotations
 
 import datetime as dt
-import glob as globlib
 import logging
 import math
 from dataclasses import dataclass
@@ -87,11 +86,7 @@ def expand(entries: list[str]) -> list[str]:
 
 
 def _glob(pattern: str) -> list[str]:
-    if storage.is_remote(pattern):
-        protocol = pattern.split("://", 1)[0]
-        fs = storage.filesystem(pattern)
-        return sorted(f"{protocol}://{p}" for p in fs.glob(pattern))
-    return sorted(storage.normalize(p) for p in globlib.glob(pattern))
+    return storage.glob(pattern)
 
 
 def inspect_asset(path: str, band: int | None = None) -> list[Asset]:
