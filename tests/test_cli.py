@@ -137,3 +137,14 @@ def test_progress_is_logged_in_tenths_without_a_terminal() -> None:
     assert lines[0].startswith("predict: 2 of 20 (10%)") and lines[-1].startswith(
         "predict: 20 of 20"
     )
+
+
+def test_verify_refuses_an_engine_it_does_not_have(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from w2w.cli import app
+
+    done = CliRunner().invoke(app, ["verify", str(tmp_path / "m.zarr"), "--engine", "bogus"])
+    assert done.exit_code == 2
+    flat = " ".join(done.output.replace("│", " ").split())
+    assert "'bogus' is not one of 'auto', 'ray', 'local'" in flat

@@ -9,6 +9,7 @@ non-zero exit; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import logging
@@ -246,6 +247,14 @@ def info(
             out.print(f"  class {c.id} {c.name}")
 
 
+class VerifyEngine(enum.StrEnum):
+    """Where ``w2w verify`` reads the blocks."""
+
+    auto = "auto"
+    ray = "ray"
+    local = "local"
+
+
 def _print_sources(scene: Any) -> None:
     """What a scene was made from: tiles, dates, boundary, and the blocks it skipped."""
     source = scene.info.source
@@ -272,8 +281,9 @@ def _print_sources(scene: Any) -> None:
 def verify(
     store: Annotated[str, typer.Argument(help="A mosaic (from predict or sieve) or a scene.")],
     engine: Annotated[
-        str, typer.Option(help="'ray' (parallel tasks), 'local' (this process) or 'auto'.")
-    ] = "auto",
+        VerifyEngine,
+        typer.Option(help="'ray' (parallel tasks), 'local' (this process) or 'auto'."),
+    ] = VerifyEngine.auto,
 ) -> None:
     """Check a store: a mosaic for holes (every block finished, every valid input pixel
     classified), a scene for missing or changed chunks (every block as ingested)."""
@@ -285,7 +295,7 @@ def verify(
     except StorageError:
         raise
     except W2WError:
-        report: Any = verify_coverage(store, engine=engine, contents=True)
+        report: Any = verify_coverage(store, engine=engine.value, contents=True)
         fix = (
             "its blocks changed after they were written: predict it again with --overwrite, "
             "or restore it from a good copy"
@@ -293,7 +303,7 @@ def verify(
             else "re-run `w2w predict` on it: it predicts blocks that are unfinished or have holes"
         )
     else:
-        report = verify_scene(store, engine=engine)
+        report = verify_scene(store, engine=engine.value)
         fix = "copy the store again from a good copy, or ingest it again"
     if not report.ok:
         raise StageFailedError(f"{store}: {report.describe()}; {fix}")
