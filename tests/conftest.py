@@ -102,6 +102,32 @@ def _w2w_logger_as_it_was() -> Iterator[None]:
     logger.handlers[:], logger.level, logger.propagate = state[0], state[1], state[2]
 
 
+@contextlib.contextmanager
+def stalled_endpoint_at() -> Iterator[str]:
+    """An 'S3 endpoint' on loopback that accepts every connection and never answers."""
+    import threading
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(256)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
 # -- Ray -------------------------------------------------------------------------------------
 
 

@@ -12,19 +12,21 @@ a stage added later (or an input or output option added to one) is covered witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import write_tif
+from tests.conftest import free_ports, stalled_endpoint_at, write_tif
 from w2w.core import guard, outputs, pins
 from w2w.core.errors import ConfigError, InputError, OutputError
 from w2w.stages import STAGES, Stage
@@ -838,31 +840,15 @@ def test_ctrl_c_ends_every_stage_within_seconds_and_keeps_the_old_output(
 # -- object storage that stalls or is gone, for every stage's inputs and outputs (slow) ---------
 
 
-def _endpoint(kind: str) -> Any:
-    """A loopback 'S3 endpoint' that accepts connections and never answers (stalled), or a
-    port nothing listens on (gone)."""
-    import socket
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    if kind == "gone":
-        server.close()
-        return f"http://127.0.0.1:{port}", None
-    server.listen(256)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            held.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    return f"http://127.0.0.1:{port}", server
+@contextlib.contextmanager
+def _endpoint(kind: str) -> Iterator[str]:
+    """A loopback 'S3 endpoint' that stalls (accepts, never answers) or is gone (a port
+    nothing listens on)."""
+    if kind == "stalled":
+        with stalled_endpoint_at() as url:
+            yield url
+        return
+    yield f"http://127.0.0.1:{free_ports(1)[0]}"
 
 
 def _on_s3(value: Any) -> Any:
@@ -878,9 +864,7 @@ def test_every_stage_ends_in_seconds_when_object_storage_stalls_or_is_gone(
 ) -> None:
     """Every stage with its inputs on the endpoint (each variant), and with its outputs there
     (its inputs local, from a demo run): one error line within the timeout, never a hang."""
-    import yaml
-
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[str, tuple[Stage, dict[str, Any]]] = {}
     for stage in STAGES:
         for i, variant in enumerate(VARIANTS.get(stage.name, [{}])):
             base = _settings(stage, variant, tmp_path / f"{stage.name}{i}")
@@ -890,11 +874,27 @@ def test_every_stage_ends_in_seconds_when_object_storage_stalls_or_is_gone(
         cfg = demo_stages[stage.name]
         writes = {n: _on_s3(getattr(cfg, n)) for n in stage.config.outputs if getattr(cfg, n)}
         runs[f"{stage.name} writes"] = (stage, {**cfg.to_dict(), **writes})
-    url, server = _endpoint(kind)
+    with _endpoint(kind) as url:
+        results = _run_all(runs, url, tmp_path)
+    for name, (code, err, seconds) in results.items():
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code != 0, (name, err)
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
+        # Each request waits at most 2 s, tried twice; a command makes a few requests before
+        # it knows the storage is unreachable, and the commands share 2 cores.
+        assert seconds < 240, (name, seconds, err)
+
+
+def _run_all(
+    runs: dict[str, tuple[Stage, dict[str, Any]]], endpoint: str, tmp_path: Path
+) -> dict[str, tuple[int, str, float]]:
+    """Run each ``w2w STAGE --config`` at once against ``endpoint``: (exit, stderr, seconds)."""
+    import yaml
+
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(__file__).parents[1]),
-        "AWS_ENDPOINT_URL": url,
+        "AWS_ENDPOINT_URL": endpoint,
         "W2W_IO_TIMEOUT": "2",
         "W2W_IO_RETRIES": "1",
     }
@@ -910,20 +910,12 @@ def test_every_stage_ends_in_seconds_when_object_storage_stalls_or_is_gone(
             stderr=subprocess.PIPE,
             text=True,
         )
+    results = {}
     try:
-        results = {}
         for name, proc in procs.items():
             _, err = proc.communicate(timeout=600)
             results[name] = (proc.returncode, err, time.monotonic() - started)
     finally:
         for proc in procs.values():
             proc.kill()
-        if server is not None:
-            server.close()
-    for name, (code, err, seconds) in results.items():
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert code != 0, (name, err)
-        assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
-        # Each request waits at most 2 s, tried twice; a command makes a few requests before
-        # it knows the storage is unreachable, and the commands share 2 cores.
-        assert seconds < 240, (name, seconds, err)
+    return results

@@ -4,15 +4,15 @@ line saying so, instead of hanging."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import stalled_endpoint_at
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT, RETRIES = 2, 1
@@ -21,25 +21,8 @@ TIMEOUT, RETRIES = 2, 1
 @pytest.fixture
 def stalled_endpoint() -> Iterator[str]:
     """An 'S3 endpoint' on loopback that accepts every connection and never answers."""
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", 0))
-    server.listen(128)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            held.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    server.close()
-    for conn in held:
-        conn.close()
+    with stalled_endpoint_at() as url:
+        yield url
 
 
 def test_every_command_fails_within_its_timeout_on_a_stalled_endpoint(

@@ -93,12 +93,9 @@ def replace_store(output: str, *, overwrite: bool) -> Iterator[str]:
     """
     if storage.exists(output) and not overwrite:
         raise OutputError(f"output store {output} exists already; pass --overwrite to replace it")
-    if storage.is_remote(output):
-        parent, _, name = output.rstrip("/").rpartition("/")
-        work = f"{parent}/.{name}.w2w-tmp-{staging_tag()}"
-    else:
+    if not storage.is_remote(output):
         storage.ensure_writable_dir(Path(output).parent)
-        work = str(Path(output).with_name(f".{Path(output).name}.w2w-tmp-{staging_tag()}"))
+    work = hidden_beside(output, f"tmp-{staging_tag()}")
     try:
         yield work
     except BaseException:
@@ -113,7 +110,7 @@ def move_into_place(work_url: str, output: str) -> None:
     pins.check()
     backup = None
     if os.path.exists(output):
-        backup = str(Path(output).with_name(f".{Path(output).name}.w2w-swap-{staging_tag()}"))
+        backup = hidden_beside(output, f"swap-{staging_tag()}")
         os.replace(output, backup)
     os.replace(work_url, output)
     if backup:
@@ -123,10 +120,7 @@ def move_into_place(work_url: str, output: str) -> None:
 def beside(output: str, tag: str) -> str:
     """A hidden location beside ``output`` for building its replacement; the same ``tag``
     (e.g. the new content's identity) gives the same location, so a re-run resumes there."""
-    if storage.is_remote(output):
-        parent, _, name = output.rpartition("/")
-        return f"{parent}/.{name}.w2w-new-{tag}"
-    return str(Path(output).with_name(f".{Path(output).name}.w2w-new-{tag}"))
+    return hidden_beside(output, f"new-{tag}")
 
 
 def publish_store(work: str, output: str) -> None:
@@ -223,20 +217,19 @@ def _remove_until_gone(url: str) -> None:
     raise OSError(f"{url} could not be removed")
 
 
+def hidden_beside(output: str, suffix: str) -> str:
+    """``.NAME.w2w-SUFFIX`` in the folder (or prefix) of ``output``: where w2w keeps what it
+    stages or sets aside for that output."""
+    parent, _, name = output.rstrip("/").rpartition("/")
+    return f"{parent}/.{name}.w2w-{suffix}"
+
+
 def _aside_name(output: str) -> str:
-    if storage.is_remote(output):
-        parent, _, name = output.rstrip("/").rpartition("/")
-        return f"{parent}/.{name}.w2w-old-{staging_tag()}"
-    p = Path(output)
-    return str(p.with_name(f".{p.name}.w2w-old-{staging_tag()}"))
+    return hidden_beside(output, f"old-{staging_tag()}")
 
 
 def _aside_journal(output: str) -> str:
-    if storage.is_remote(output):
-        parent, _, name = output.rstrip("/").rpartition("/")
-        return f"{parent}/.{name}.w2w-aside.json"
-    p = Path(output)
-    return str(p.with_name(f".{p.name}.w2w-aside.json"))
+    return hidden_beside(output, "aside.json")
 
 
 def _remove(url: str) -> None:
