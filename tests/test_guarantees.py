@@ -919,3 +919,17 @@ def _run_all(
         for proc in procs.values():
             proc.kill()
     return results
+
+
+def test_a_cluster_with_an_autoscaler_waits_for_nodes_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from w2w.core import resources
+
+    monkeypatch.delenv("W2W_WAIT_FOR_NODES", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resources.wait_for_nodes() == 0  # no autoscaler: refuse at once
+    (tmp_path / "ray_bootstrap_config.yaml").write_text("cluster_name: w2w\n")  # as `ray up`
+    assert resources.wait_for_nodes() == resources.AUTOSCALER_WAIT_S
+    monkeypatch.setenv("W2W_WAIT_FOR_NODES", "0")
+    assert resources.wait_for_nodes() == 0

@@ -5,8 +5,10 @@ on two CPUs) and waits for it without a word, for ever. Before a stage starts it
 training workers it calls :func:`require` with what it asks for: each unit (actor, worker) must
 fit on one live node, all of them together on the cluster, with the CPUs its other tasks need
 (reads, writes, the chip pipeline) left over. What does not fit is refused at once, with the
-numbers. On a cluster whose autoscaler adds nodes, ``W2W_WAIT_FOR_NODES`` (seconds) makes the
-check wait that long for them instead, saying so every 30 s.
+numbers -- unless an autoscaler can add nodes: on a cluster started with ``ray up`` (its head
+node holds the autoscaler's ``ray_bootstrap_config.yaml``) the check waits up to
+:data:`AUTOSCALER_WAIT_S` for them, saying so every 30 s, and then gives up with the numbers.
+``W2W_WAIT_FOR_NODES`` (seconds; 0: refuse at once) sets the wait anywhere.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from w2w.core.errors import ConfigError
 
@@ -22,7 +25,21 @@ log = logging.getLogger("w2w")
 
 #: Seconds to wait for an autoscaler to add nodes (``W2W_WAIT_FOR_NODES``; 0: refuse at once).
 WAIT_ENV = "W2W_WAIT_FOR_NODES"
+#: The wait where an autoscaler runs and the environment says nothing: GPU instances take a
+#: few minutes to start, spot capacity longer.
+AUTOSCALER_WAIT_S = 1800.0
+#: Where ``ray up`` puts the autoscaler's config on the head node (where a job's driver runs).
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 REPORT_EVERY_S = 30.0
+
+
+def wait_for_nodes() -> float:
+    """Seconds to wait for nodes a request needs: ``W2W_WAIT_FOR_NODES`` if set, else
+    :data:`AUTOSCALER_WAIT_S` on a cluster with an autoscaler, else 0."""
+    given = os.environ.get(WAIT_ENV)
+    if given is not None and given.strip():
+        return float(given)
+    return AUTOSCALER_WAIT_S if Path(BOOTSTRAP_CONFIG).expanduser().exists() else 0.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +97,7 @@ def live_nodes() -> list[dict[str, float]]:
 def require(req: Request) -> None:
     """Refuse ``req`` at once if the cluster cannot meet it (or, with ``W2W_WAIT_FOR_NODES``,
     once that long has passed without new nodes); see the module notes."""
-    wait = float(os.environ.get(WAIT_ENV, "0") or 0)
+    wait = wait_for_nodes()
     start = time.monotonic()
     last_report: float | None = None
     while True:
