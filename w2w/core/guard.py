@@ -19,15 +19,14 @@ Before a stage runs (:func:`check`), with nothing written yet:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from w2w.core import storage
-from w2w.core.errors import OutputError
+from w2w.core.errors import InputError, OutputError, StorageError
 
 if TYPE_CHECKING:
     from w2w.core.config import StageConfig
@@ -165,14 +164,28 @@ def _is_dir(url: str) -> bool:
     return os.path.isdir(url)
 
 
+def w2w_attributes(url: str) -> dict[str, Any] | None:
+    """The ``w2w`` attributes in the group metadata (``zarr.json``) of the store at ``url``,
+    read without opening the store; None where there is no such file or no such entry
+    (object-storage failures raise :class:`StorageError`)."""
+    try:
+        raw = storage.read_bytes(storage.join(url, "zarr.json"))
+    except StorageError:
+        raise
+    except InputError:
+        return None
+    try:
+        attrs = json.loads(raw).get("attributes", {}).get("w2w")
+    except (ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
 def _is_w2w_store(url: str) -> bool:
-    meta = storage.join(url, "zarr.json")
-    if not storage.exists(meta):
+    if not storage.exists(storage.join(url, "zarr.json")):
         return _empty(url)
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        attrs = json.loads(storage.read_bytes(meta)).get("attributes", {})
-        return isinstance(attrs.get("w2w"), dict) and "kind" in attrs["w2w"]
-    return False
+    attrs = w2w_attributes(url)
+    return attrs is not None and "kind" in attrs
 
 
 def _is_w2w_run(url: str) -> bool:

@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -69,17 +70,15 @@ def staging_tag() -> str:
 def _maker_gone(name: str) -> bool:
     """Whether the process named in a staging name (see :func:`staging_tag`) is gone; names
     without one (older w2w) and other hosts' are taken as live, and left alone."""
-    import re
-
     m = re.search(r"h([0-9a-f]{8})p(\d+)-", name)
     if not m or m.group(1) != _HOST:
         return False
     try:
-        os.kill(int(m.group(2)), 0)
+        os.kill(int(m.group(2)), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
-    except PermissionError:
-        return False
+    except PermissionError:  # it exists, as another user's
+        pass
     return False
 
 
@@ -143,10 +142,7 @@ def set_aside(output: str) -> str:
     output back if this process is killed first."""
     aside = _aside_name(output)
     storage.atomic_write_bytes(_aside_journal(output), json.dumps({"aside": aside}).encode())
-    if storage.is_remote(output):
-        storage.filesystem(output).mv(output, aside, recursive=True)
-    else:
-        os.replace(output, aside)
+    _move(output, aside)
     return aside
 
 
@@ -162,11 +158,16 @@ def restore(aside: str, output: str) -> None:
     if storage.exists(aside):
         if storage.exists(output):
             storage.remove_tree(output)
-        if storage.is_remote(output):
-            storage.filesystem(output).mv(aside, output, recursive=True)
-        else:
-            os.replace(aside, output)
+        _move(aside, output)
     _remove(_aside_journal(output))
+
+
+def _move(src: str, dst: str) -> None:
+    """Rename a folder or prefix (object storage: copied and deleted, not atomic)."""
+    if storage.is_remote(src):
+        storage.filesystem(src).mv(src, dst, recursive=True)
+    else:
+        os.replace(src, dst)
 
 
 def recover(output: str) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from w2w.core import storage
 from w2w.core.errors import InputError
+from w2w.core.guard import w2w_attributes
 
 if TYPE_CHECKING:
     from w2w.core.config import StageConfig
@@ -46,26 +47,14 @@ _current: contextvars.ContextVar[tuple[Pin, ...]] = contextvars.ContextVar("w2w_
 def version(url: str) -> str | None:
     """What identifies the content at ``url`` now: a store's w2w metadata, a local file's size
     and modification time (None for what is neither, e.g. a remote plain file)."""
-    meta = storage.join(url, "zarr.json")
-    if storage.is_remote(url):
-        try:
-            raw = storage.read_bytes(meta)
-        except InputError:
-            return None
-    else:
-        if os.path.isfile(url):
-            st = os.stat(url)
-            return f"file:{st.st_size}:{st.st_mtime_ns}"
-        try:
-            with open(meta, "rb") as f:
-                raw = f.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+    if not storage.is_remote(url) and os.path.isfile(url):
+        st = os.stat(url)
+        return f"file:{st.st_size}:{st.st_mtime_ns}"
     try:
-        attrs = json.loads(raw).get("attributes", {}).get("w2w")
-    except (ValueError, AttributeError):
+        attrs = w2w_attributes(url)
+    except InputError:  # unreadable now (object storage failing): not pinned
         return None
-    if not isinstance(attrs, dict):
+    if attrs is None:
         return None
     text = json.dumps(attrs, sort_keys=True, separators=(",", ":"))
     return "store:" + hashlib.sha256(text.encode()).hexdigest()
