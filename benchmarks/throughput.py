@@ -273,7 +273,7 @@ def chips_to_trainer(
     from ray.train.torch import TorchTrainer
 
     from w2w.train import TrainConfig
-    from w2w.train.run import data_config, training_chips
+    from w2w.train.run import data_config, should_cache, training_chips
 
     cfg = TrainConfig.from_dict({"scene": store, "batch_size": batch})
     report = out / "chips-to-trainer.json"
@@ -283,7 +283,7 @@ def chips_to_trainer(
         train_loop_config={"epochs": epochs, "batch": batch, "report": str(report.absolute())},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
         run_config=RunConfig(name="chips", storage_path=str((out / "runs").absolute())),
-        datasets={"train": training_chips(cfg, plan)},
+        datasets={"train": training_chips(cfg, plan, cache=should_cache(cfg, plan))},
         dataset_config=data_config(cfg),
     )
     trainer.fit()

@@ -53,10 +53,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     plan = prepare(cfg, progress=progress)  # checks every input before Ray starts
     ensure_ray()
     quiet_ray_data()
-    _require_resources(cfg, plan)
+    # Decided once: the resource check and the dataset must agree on it.
+    cache = should_cache(cfg, plan)
+    _require_resources(cfg, cache=cache)
     aside = claim_run(cfg, plan)
     try:
-        report = _fit(cfg, plan)
+        report = _fit(cfg, plan, cache=cache)
     except BaseException:
         cleanup("putting the previous run back", release_run, cfg, aside, succeeded=False)
         raise
@@ -64,7 +66,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     return report
 
 
-def _fit(cfg: TrainConfig, plan: TrainPlan) -> TrainReport:
+def _fit(cfg: TrainConfig, plan: TrainPlan, *, cache: bool) -> TrainReport:
     """Run the trainer over the plan's chips and make the bundle of its best checkpoint."""
     from ray.train.torch import TorchTrainer
 
@@ -78,7 +80,7 @@ def _fit(cfg: TrainConfig, plan: TrainPlan) -> TrainReport:
         },
         scaling_config=_scaling(cfg),
         run_config=_run_config(cfg),
-        datasets={"train": training_chips(cfg, plan)},
+        datasets={"train": training_chips(cfg, plan, cache=cache)},
         dataset_config=data_config(cfg),
     )
     try:
@@ -90,14 +92,14 @@ def _fit(cfg: TrainConfig, plan: TrainPlan) -> TrainReport:
     return finish(cfg, plan, result)
 
 
-def training_chips(cfg: TrainConfig, plan: TrainPlan) -> Any:
-    """The Ray Data dataset of training chips (materialised when it fits the object store).
+def training_chips(cfg: TrainConfig, plan: TrainPlan, *, cache: bool) -> Any:
+    """The Ray Data dataset of training chips (materialised in Ray's object store with
+    ``cache``, see :func:`should_cache`).
 
     Ray Data hands out blocks as their reads finish unless asked to keep their order; the
     order decides the batches, so it must be fixed for a seed to give the same model. A
     dataset keeps the context it was made in.
     """
-    import ray
     from ray.data import DataContext
 
     context = DataContext.get_current()
@@ -105,7 +107,7 @@ def training_chips(cfg: TrainConfig, plan: TrainPlan) -> Any:
     context.execution_options.preserve_order = cfg.reproducible
     try:
         ds = chip_dataset(list(plan.train_rows), plan.reader, batch_size=max(4, cfg.batch_size))
-        if _should_cache(cfg, plan, ray):
+        if cache:
             ds = ds.materialize()
     finally:
         context.execution_options.preserve_order = before
@@ -123,23 +125,20 @@ def data_config(cfg: TrainConfig) -> Any:
     return DataConfig(datasets_to_split=["train"], execution_options=ingest_options)
 
 
-def _require_resources(cfg: TrainConfig, plan: TrainPlan) -> None:
+def _require_resources(cfg: TrainConfig, *, cache: bool) -> None:
     """Refuse training the cluster cannot run: workers that do not fit, or that reserve every
     CPU while the chips stream from the store (their read tasks would never start)."""
-    import ray
-
     w = cfg.workers
-    cached = _should_cache(cfg, plan, ray)
     require(
         Request(
             "training workers",
             w.num_workers,
             w.cpus_per_worker,
             w.gpus_per_worker if w.use_gpu else 0.0,
-            spare_cpus=0.0 if cached else 1.0,
+            spare_cpus=0.0 if cache else 1.0,
             fix="use fewer --workers or workers.cpus_per_worker"
             + (", or run without --gpu" if w.use_gpu else "")
-            + ("" if cached else " (the chips stream from the store: leave one CPU for them)"),
+            + ("" if cache else " (the chips stream from the store: leave one CPU for them)"),
         )
     )
 
@@ -177,7 +176,11 @@ def _run_config(cfg: TrainConfig) -> Any:
     )
 
 
-def _should_cache(cfg: TrainConfig, plan: TrainPlan, ray: Any) -> bool:
+def should_cache(cfg: TrainConfig, plan: TrainPlan) -> bool:
+    """Whether the training chips are kept in Ray's object store (``cache_chips``; auto: when
+    they fit in a third of the free store), decided once per run."""
+    import ray
+
     if cfg.cache_chips != "auto":
         return cfg.cache_chips == "yes"
     nbytes = len(plan.train_rows) * (len(plan.bands) * 4 + 1) * cfg.chips.size**2
