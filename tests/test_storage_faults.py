@@ -108,3 +108,21 @@ def test_every_command_fails_within_its_timeout_on_a_stalled_endpoint(
         assert seconds < 60, (name, seconds, err)
     stalled = [n for n, (_, err, _) in results.items() if "did not answer" in err]
     assert len(stalled) >= len(commands) - 1, {n: r[1] for n, r in results.items()}
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        ('Read timeout on endpoint URL: "http://127.0.0.1:40371/bucket/x.json"', "did not answer"),
+        ('Connect timeout on endpoint URL: "http://s3.local:4403/b/k403"', "did not answer"),
+        ("An error occurred (403) when calling the HeadObject operation: Forbidden", "denied"),
+        ("An error occurred (AccessDenied) when calling the PutObject operation", "denied"),
+        ("Unable to locate credentials", "no credentials"),
+    ],
+)
+def test_storage_errors_are_told_apart_by_their_cause_not_by_digits_in_a_url(
+    message: str, says: str
+) -> None:
+    from w2w.core.storage import remote_error
+
+    assert says in str(remote_error("s3://bucket/x", OSError(message)))

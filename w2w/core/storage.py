@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -157,16 +158,20 @@ def exists(url: str | Path) -> bool:
         raise remote_error(u, exc) from None
 
 
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
 def remote_error(url: str, exc: BaseException) -> StorageError:
     """A clear error for a failed object-store access, naming the likely fix."""
     text = f"{type(exc).__name__}: {exc}"
-    lowered = text.lower()
+    # Classify on the message without its URLs: an endpoint's port or a key may hold "403".
+    lowered = _URL.sub("<url>", text).lower()
     if "credential" in lowered or "nocredentials" in lowered or "unable to locate" in lowered:
         return StorageError(
             f"{url}: no credentials for object storage ({text}); set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run on an instance with an IAM role"
         )
-    if "accessdenied" in lowered or "forbidden" in lowered or "403" in lowered:
+    if "accessdenied" in lowered or "forbidden" in lowered or re.search(r"\b403\b", lowered):
         return StorageError(f"{url}: access denied ({text}); check the bucket policy / IAM role")
     if "timeout" in lowered or "timed out" in lowered:
         return StorageError(
