@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,14 +93,17 @@ def s3_bucket(s3_server: str) -> str:
 @pytest.fixture(autouse=True)
 def _w2w_logger_as_it_was() -> Iterator[None]:
     """Put the 'w2w' logger back after each test: a command run in-process (CliRunner) routes
-    it to the console and stops it propagating, which would hide its records from later
-    tests' ``caplog``."""
+    it to the console and stops it propagating, and a ``logging.config.dictConfig`` (a
+    library's) disables loggers that exist; either would hide its records from later tests'
+    ``caplog``."""
     import logging
 
     logger = logging.getLogger("w2w")
     state = (list(logger.handlers), logger.level, logger.propagate)
+    logger.disabled = False  # a logging.config.dictConfig elsewhere may have disabled it
     yield
     logger.handlers[:], logger.level, logger.propagate = state[0], state[1], state[2]
+    logger.disabled = False
 
 
 @contextlib.contextmanager
@@ -126,6 +130,91 @@ def stalled_endpoint_at() -> Iterator[str]:
         yield f"http://127.0.0.1:{server.getsockname()[1]}"
     finally:
         server.close()
+
+
+class StallingProxy:
+    """A TCP proxy on loopback in front of an S3 endpoint: it forwards every request until one
+    matches ``when(method, path)``; from then on it forwards nothing more and answers
+    nothing, on that connection and on every later one -- an endpoint that stalls part-way
+    through a command. :meth:`release` lets later connections through again."""
+
+    _REQUEST = re.compile(rb"^(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n")
+
+    def __init__(self, upstream: str, when: Callable[[str, str], bool]) -> None:
+        import threading
+
+        self.upstream = upstream.split("://", 1)[1].split(":")
+        self.when = when
+        self.stalled = threading.Event()
+        self.requests: list[tuple[str, str]] = []
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(256)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def release(self) -> None:
+        """Stop stalling: later connections are forwarded (held ones stay silent)."""
+        self.when = lambda method, path: False
+        self.stalled.clear()
+
+    def close(self) -> None:
+        self.server.close()
+        for s in self._held:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self._held.append(client)
+            if self.stalled.is_set():
+                continue  # accepted, never answered
+            upstream = socket.create_connection((self.upstream[0], int(self.upstream[1])))
+            self._held.append(upstream)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                return
+            if requests:
+                m = self._REQUEST.match(data)
+                if m:
+                    method, path = m.group(1).decode(), m.group(2).decode()
+                    self.requests.append((method, path))
+                    if self.when(method, path):
+                        self.stalled.set()
+            if self.stalled.is_set():
+                return  # hold both sockets open, silent
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+
+@contextlib.contextmanager
+def stalling_proxy(upstream: str, when: Callable[[str, str], bool]) -> Iterator[StallingProxy]:
+    """A :class:`StallingProxy` in front of ``upstream`` for the length of the block."""
+    proxy = StallingProxy(upstream, when)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 # -- Ray -------------------------------------------------------------------------------------

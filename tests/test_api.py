@@ -78,6 +78,34 @@ def test_stage_commands_show_every_setting_with_its_default() -> None:
         assert "--bundle" in out and "-m" in out, name
 
 
+@pytest.mark.parametrize("flag", ["--help", "--help-all"])
+def test_every_stage_help_is_readable_at_80_columns(flag: str) -> None:
+    """Every option name whole (in the short help, the sections' names are listed), lines
+    within 80 columns, one default format, no value placeholder on a flag."""
+    import re
+
+    from w2w.cli.options import stage_params
+    from w2w.stages import STAGES
+
+    for stage in STAGES:
+        result = runner.invoke(app, [stage.name, flag], terminal_width=80, env={"COLUMNS": "80"})
+        out = result.output
+        assert result.exit_code == 0, out
+        assert max(len(line) for line in out.splitlines()) <= 80, (stage.name, out)
+        assert "…" not in out and "[default: (" not in out, (stage.name, out)
+        for p in stage_params(stage):
+            if p.name in stage.arguments:
+                assert re.search(rf"^  {p.name}(\.\.\.)? ", out, re.M), (stage.name, p.name)
+                continue
+            name = "--" + p.name.replace("_", "-")
+            assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", out), (stage.name, name)
+            assert not re.search(rf"{re.escape(name)}/--no-\S+ <", out), (stage.name, name)
+    short = runner.invoke(app, ["train", "--help"], terminal_width=80).output
+    assert len(short.splitlines()) < 80  # sections are named, --help-all describes them
+    every = runner.invoke(app, ["train", "--help-all"], terminal_width=80).output
+    assert "Chips options:" in every and "chip edge in pixels" in every
+
+
 def _field(cls, path: str):
     from w2w.cli.options import _field_at
 

@@ -317,3 +317,104 @@ def test_cli_evaluate(case, tmp_path: Path) -> None:
     assert (tmp_path / "r" / "evaluation.md").exists()
     bad = runner.invoke(app, [*args, "--split", "test", "--overwrite", "--engine", "local"])
     assert bad.exit_code == 2 and "needs the model bundle" in bad.stderr
+
+
+# -- the per-pixel baseline beside the evaluation ----------------------------------------------
+
+
+def test_spectral_indices_come_from_band_names() -> None:
+    from w2w.evaluate.baseline import features, index_bands
+
+    # Sentinel-2 ids (the synthetic state's) and STAC common names give the same indices.
+    s2 = index_bands(list(BAND_NAMES))  # B02 B03 B04 B08 B11 B12
+    assert s2 == {"ndvi": (3, 2), "ndwi": (1, 3), "mndwi": (1, 4), "nbr": (3, 5), "ndbi": (4, 3)}
+    assert index_bands(["Blue", "green", "RED", "nir08", "swir16", "swir22"]) == s2
+    # Landsat's bare band numbers are read by no index (B4 is red on one sensor, NIR on another).
+    assert index_bands(["B1", "B2", "B3", "B4", "B5", "B7"]) == {}
+    values = np.array([[100.0, 300.0], [200.0, 100.0], [0.0, 0.0], [0.0, 0.0]])
+    got = features(values, {"nd": (1, 0)})
+    np.testing.assert_allclose(got[:, :4], values.T)
+    np.testing.assert_allclose(got[:, 4], [(200 - 100) / 300, (100 - 300) / 400])
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (7, 2), (12, 12), (40, 10), (10, 60)])
+def test_mcnemar_matches_the_textbook_formulas(b: int, c: int) -> None:
+    import math
+
+    from w2w.evaluate.baseline import mcnemar
+
+    got = mcnemar(b, c)
+    n = b + c
+    if n == 0:
+        p = 1.0
+    elif n < 25:  # exact: twice the smaller tail of Binomial(n, 1/2), at most 1
+        tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+        p = min(1.0, 2 * tail)
+    else:  # chi-square, 1 degree of freedom, continuity-corrected
+        p = math.erfc(math.sqrt((abs(b - c) - 1) ** 2 / n / 2))
+    assert got["p_value"] == pytest.approx(p, rel=1e-9)
+    assert got["better"] == ("neither" if p >= 0.05 else ("network" if b > c else "baseline"))
+
+
+def test_every_evaluation_with_a_split_has_the_baseline_on_the_same_pixels(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The baseline is scored on exactly the map's pixels (its matrix has the same total;
+    the discordant pairs account for the difference in correct pixels), and it is a real
+    model: on the synthetic state, whose classes differ in their spectra, it comes within a
+    few points of a gradient-boosted model fitted here on the whole training split."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from w2w.evaluate.baseline import features, index_bands
+
+    scene = make_scene(tmp_path / "scene.zarr", 160, 160, seed=5)
+    table = scene.info.classes
+    full = scene.grid.full_window
+    labels = scene.read_label(full)
+    plan = make_split(
+        scene.grid, 16, 16, SplitConfig(block_chips=2, val_fraction=0.0, test_fraction=0.4)
+    )
+    mapped = noisy_map(labels, rng, flip=0.3)
+    mosaic_url = str(tmp_path / "m.zarr")
+    make_mosaic(mosaic_url, scene.grid, mapped, table, block=64)
+    bundle = make_bundle(str(tmp_path / "model.safetensors"), table, plan)
+    cfg = EvaluateConfig(
+        mosaic=mosaic_url,
+        scene=scene.url,
+        bundle=bundle,
+        output=str(tmp_path / "r"),
+        engine="local",
+    )
+    result = evaluate(cfg, progress=False)
+    base = result.baseline
+    b_matrix = np.asarray(base["accuracy"]["confusion_matrix"])
+    assert b_matrix.sum() == result.matrix.sum() > 0
+    pairs = base["mcnemar"]
+    assert pairs["network_only_correct"] - pairs["baseline_only_correct"] == np.trace(
+        result.matrix
+    ) - np.trace(b_matrix)
+    assert base["training_pixels"] == base["sampled_pixels"]  # under the cap: every pixel
+    report = json.loads(Path(result.json).read_text())
+    assert report["baseline"]["mcnemar"] == pairs
+    assert "Against a per-pixel baseline" in Path(result.markdown).read_text()
+
+    # The same model fitted here, from the whole scene in memory.
+    image = scene.read_image(full)
+    lut = np.full(256, -1)
+    for i, c in enumerate(table):
+        lut[c.id] = i
+    valid = scene.valid_mask(image)
+    train = (labels != 0) & valid & plan.pixel_mask(full, "train")
+    test = (labels != 0) & plan.pixel_mask(full, "test") & (lut[mapped] >= 0)
+    x = features(image.reshape(image.shape[0], -1), index_bands(list(BAND_NAMES)))
+    model = HistGradientBoostingClassifier(max_iter=300, early_stopping=True, random_state=0)
+    model.fit(x[train.ravel()], lut[labels][train])
+    reference_oa = float((model.predict(x[test.ravel()]) == lut[labels][test]).mean())
+    assert base["accuracy"]["overall_accuracy"] == pytest.approx(reference_oa, abs=0.03)
+    assert reference_oa > 0.6
+
+    off = evaluate(cfg.replace(baseline=False, output=str(tmp_path / "o")), progress=False)
+    assert "off" in off.baseline["skipped"]
+    np.testing.assert_array_equal(off.matrix, result.matrix)
+    every = evaluate(cfg.replace(split="all", output=str(tmp_path / "a")), progress=False)
+    assert "split" in every.baseline["skipped"]

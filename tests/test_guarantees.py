@@ -330,6 +330,94 @@ def test_swap_and_staging_leftovers_of_dead_processes_are_settled(tmp_path: Path
     assert not (tmp_path / f".m.zarr.w2w-swap-{dead}").exists()
 
 
+def test_staging_left_on_object_storage_by_dead_processes_is_removed(s3_bucket: str) -> None:
+    """A build that failed where even its clean-up could not reach the endpoint leaves its
+    staging prefix; the next run's guard removes it (a live process's is kept)."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "from w2w.core.outputs import staging_tag; print(staging_tag())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    from w2w.core import storage
+
+    live = outputs.staging_tag()
+    for tag in (dead, live):
+        storage.atomic_write_bytes(f"{s3_bucket}/.m.zarr.w2w-tmp-{tag}/zarr.json", b"{}")
+    storage.atomic_write_bytes(f"{s3_bucket}/m.zarr/zarr.json", b"{}")
+    outputs.recover(f"{s3_bucket}/m.zarr")
+    left = sorted(p.rsplit("/", 1)[-1] for p in storage.filesystem(s3_bucket).ls(s3_bucket))
+    assert left == sorted(["m.zarr", f".m.zarr.w2w-tmp-{live}"])
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing after it runs, nothing cleans up."""
+
+
+@pytest.mark.parametrize("step", ["before-swap", "mid-swap", "after-swap"])
+def test_a_file_set_killed_while_published_is_settled_whatever_the_order_of_its_files(
+    step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard settles a stage's outputs together: a set's journal (beside its first file)
+    is finished before staged files beside the other files are taken for leftovers."""
+    from w2w.core import crashpoints
+
+    names = ["fig.png", "report.md", "report.json"]
+    for n in names:
+        (tmp_path / n).write_text(f"old {n}")
+    staged = tmp_path / "staging"
+    staged.mkdir()
+    for n in names:
+        (staged / n).write_text(f"new {n}")
+
+    def die(at: str, *_: str) -> None:
+        if at == step:
+            raise _Killed
+
+    monkeypatch.setattr(crashpoints, "reached", die)
+    with pytest.raises(_Killed):
+        outputs.publish_files([(str(tmp_path / n), staged / n) for n in names])
+    monkeypatch.setattr(crashpoints, "reached", lambda *_: None)
+    monkeypatch.setattr(outputs, "_maker_gone", lambda name: True)  # as if this process died
+    outputs.recover(*(str(tmp_path / n) for n in reversed(names)))  # the JSON first
+    got = {n: (tmp_path / n).read_text() for n in names}
+    want = "old" if step == "before-swap" else "new"
+    assert got == {n: f"{want} {n}" for n in names}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names, "staging"])
+
+
+@pytest.mark.parametrize("step", ["before-swap", "mid-swap", "after-swap"])
+def test_a_run_replaced_in_place_and_killed_keeps_the_old_run_or_the_finished_new_one(
+    step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed before the new run finished, the old run comes back; killed once it had
+    finished (its bundle already published beside), the new run stays."""
+    from w2w.core import crashpoints
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "state").write_text("old")
+
+    def die(at: str, *where: str) -> None:
+        if at == step and where == (str(run),):  # the run's steps, not its journal's
+            raise _Killed
+
+    def replace_the_run() -> None:
+        aside = outputs.set_aside(str(run))
+        run.mkdir()
+        (run / "state").write_text("new")
+        outputs.discard_aside(aside, str(run))
+
+    monkeypatch.setattr(crashpoints, "reached", die)
+    with pytest.raises(_Killed):
+        replace_the_run()
+    monkeypatch.setattr(crashpoints, "reached", lambda *_: None)
+    monkeypatch.setattr(outputs, "_maker_gone", lambda name: True)  # as if this process died
+    outputs.recover(str(run))
+    assert (run / "state").read_text() == ("new" if step == "after-swap" else "old")
+    assert sorted(p.name for p in run.parent.iterdir()) == ["r1"]
+
+
 def test_nothing_is_published_from_an_input_that_changed_while_read(tmp_path: Path) -> None:
     from w2w.export.config import ExportConfig
 
@@ -933,3 +1021,209 @@ def test_a_cluster_with_an_autoscaler_waits_for_nodes_by_default(
     assert resources.wait_for_nodes() == resources.AUTOSCALER_WAIT_S
     monkeypatch.setenv("W2W_WAIT_FOR_NODES", "0")
     assert resources.wait_for_nodes() == 0
+
+
+# -- every stage killed at three points of its publish, then run again (slow) ----------------
+
+
+def _state_of(url: str) -> Any:
+    """What a published path holds now: a folder's visible files, a file's bytes, or None."""
+    p = Path(url)
+    if p.is_dir():
+        return _snapshot(p)
+    return p.read_bytes() if p.is_file() else None
+
+
+def _state_in(tree: dict[str, bytes], root: Path, url: str) -> Any:
+    """What :func:`_state_of` gave for ``url`` when ``tree`` (a snapshot of ``root``) was taken."""
+    rel = os.path.relpath(url, root)
+    if rel in tree:
+        return tree[rel]
+    inside = {k[len(rel) + 1 :]: v for k, v in tree.items() if k.startswith(rel + "/")}
+    return inside or None
+
+
+def _leftovers(cfg: Any) -> list[str]:
+    """Staging and set-aside names beside ``cfg``'s outputs (a mosaic's resumable build,
+    ``.NAME.w2w-new-*``, is meant to stay)."""
+    folders = {Path(t.url).parent for t in cfg.output_targets() if t.kind != "folder"}
+    return sorted(
+        str(q)
+        for f in folders
+        if f.is_dir()
+        for q in f.iterdir()
+        if ".w2w-" in q.name and ".w2w-new-" not in q.name
+    )
+
+
+def _run_stage(stage: Stage, settings: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``w2w STAGE --config SETTINGS`` in its own process group, which is killed after it
+    ended (a run killed by SIGKILL leaves its Ray processes behind)."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "w2w.cli", "--quiet", stage.name, "--config", str(settings)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _kill_points(events: list[list[str]]) -> list[int]:
+    """Three points of a traced run to kill it at: the first, the first mid-swap (or the
+    middle one) and the last."""
+    n = len(events)
+    mids = [i + 1 for i, e in enumerate(events) if e[1] == "mid-swap"]
+    return sorted({1, mids[0] if mids else (n + 1) // 2, n})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])
+def test_every_stage_killed_at_three_points_of_its_publish_leaves_the_old_output_or_the_new(
+    stage: Stage, demo_stages: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each stage, re-run over its demo outputs, is traced through the publish protocol
+    (:mod:`w2w.core.crashpoints`), then SIGKILLed at three of the points it passed. After
+    each kill, what the next run's guard settles must leave every published unit (a store,
+    a run, a file set) whole: the old one before its swap began, the new one after it ended,
+    one or the other in between, never a mix and no staging leftovers; then the stage is run
+    again to the end. Stages run in the registry's order, each over the new outputs of the
+    stages before it (a stage run alone may find its inputs made by another model)."""
+    import signal
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from w2w.cli import app
+
+    cfg = demo_stages[stage.name].replace(overwrite=True)
+    settings = tmp_path / f"{stage.name}.yaml"
+    settings.write_text(yaml.safe_dump(cfg.to_dict()))
+    trace = tmp_path / "trace"
+    done = _run_stage(stage, settings, W2W_CRASH_TRACE=str(trace))
+    assert done.returncode == 0, done.stderr
+    events = [line.split() for line in trace.read_text().splitlines()]
+    assert events, f"{stage.name} published nothing through the publish protocol"
+    # The protocol's own records (a journal, ``.NAME.w2w-*``) are not outputs.
+    units = list(dict.fromkeys(tuple(e[2:]) for e in events if ".w2w-" not in e[2]))
+    # A unit inside another (a run's own files) goes with the outer one when it is rolled back.
+    units = [u for u in units if not any(o != u and u[0].startswith(o[0] + "/") for o in units)]
+    traced = {url: _state_of(url) for u in units for url in u}
+    print(f"{stage.name}: {len(events)} points, killed at {_kill_points(events)}: {events}")
+    seen = []
+    for n in _kill_points(events):
+        before = {url: _state_of(url) for u in units for url in u}
+        killed = _run_stage(stage, settings, W2W_CRASH_AT=str(n))
+        assert killed.returncode == -signal.SIGKILL, (n, events[n - 1], killed.stderr)
+        guard.check_outputs(cfg, settle=True)  # what the next run's guard does first
+        assert not _leftovers(cfg), (n, events[n - 1], _leftovers(cfg))
+        for t in cfg.output_targets():
+            if t.kind == "store" and Path(t.url).exists():
+                whole = CliRunner().invoke(app, ["--quiet", "verify", t.url, "--engine", "local"])
+                assert whole.exit_code == 0, (n, t.url, whole.output)
+        seen.append((n, before, {url: _state_of(url) for url in before}))
+    again = _run_stage(stage, settings)
+    assert again.returncode == 0, again.stderr
+    assert not _leftovers(cfg)
+    # Only what differs between two whole runs (what carries its time of making) tells the
+    # old from the new; the rest is the same either way.
+    stamped = {url for url in traced if traced[url] != _state_of(url)}
+    for n, before, after in seen:
+        for unit in units:
+            steps = [e[1] for e in events[:n] if tuple(e[2:]) == unit]
+            changed = [after[url] != before[url] for url in unit if url in stamped]
+            where = (stage.name, n, events[n - 1], unit, steps)
+            assert all(after[url] is not None or before[url] is None for url in unit), where
+            if "after-swap" in steps:
+                assert all(changed), where  # the new one, whole
+            elif not steps or steps[-1] == "before-swap":
+                assert not any(changed), where  # the old one, as it was
+            else:  # killed between the renames: rolled back, or a journalled set finished
+                assert all(changed) or not any(changed), where
+
+
+# -- object storage that stalls while a stage publishes (slow) ---------------------------------
+
+
+def _keys(bucket: str, prefix: str) -> dict[str, str]:
+    """Every object under ``prefix`` and its ETag, read from the server directly."""
+    import boto3
+
+    from tests.conftest import S3_ENDPOINT
+
+    client = boto3.client("s3", endpoint_url=S3_ENDPOINT)
+    out: dict[str, str] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({o["Key"]: o["ETag"] for o in page.get("Contents", [])})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])
+def test_every_stage_whose_endpoint_stalls_as_it_publishes_fails_in_time_and_keeps_the_old(
+    stage: Stage, demo_stages: dict[str, Any], s3_bucket: str, tmp_path: Path
+) -> None:
+    """Each stage writes its outputs to the loopback S3 server through a proxy; run again
+    with ``--overwrite``, the proxy stalls at the first request that would change a final
+    output (a write, a copy or a delete of its keys). The stage must end within its I/O
+    timeouts with one error line, leave the old output as it was, and a run once the
+    endpoint answers again must finish and leave no staging behind."""
+    import yaml
+
+    from tests.conftest import S3_ENDPOINT, stalling_proxy
+
+    bucket = s3_bucket.removeprefix("s3://")
+    cfg = demo_stages[stage.name]
+    moved = {
+        n: f"{s3_bucket}/{stage.name}/{Path(getattr(cfg, n)).name}"
+        for n in stage.config.outputs
+        if getattr(cfg, n, None)
+    }
+    settings = tmp_path / f"{stage.name}.yaml"
+    settings.write_text(yaml.safe_dump({**cfg.to_dict(), **moved, "overwrite": True}))
+    finals = [
+        "/" + t.url.removeprefix("s3://")
+        for t in cfg.replace(**moved).output_targets()
+        if t.kind != "folder"
+    ]
+
+    def publishing(method: str, path: str) -> bool:
+        if method not in ("PUT", "POST", "DELETE"):
+            return False
+        if path.startswith((f"/{bucket}?delete", f"/{bucket}/?delete")):
+            return True  # a bulk delete: of old outputs, or of a run being set aside
+        return any(path == f or path.startswith((f + "/", f + "?")) for f in finals)
+
+    env = {"W2W_IO_TIMEOUT": "2", "W2W_IO_RETRIES": "1"}
+    with stalling_proxy(S3_ENDPOINT, publishing) as proxy:
+        proxy.release()
+        first = _run_stage(stage, settings, AWS_ENDPOINT_URL=proxy.url, **env)
+        if first.returncode != 0:  # a stage that cannot write there says so in one line
+            lines = [ln for ln in first.stderr.splitlines() if ln.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error:"), first.stderr
+            pytest.skip(f"{stage.name} does not write to object storage: {lines[0]}")
+        old = {k: v for k, v in _keys(bucket, stage.name).items() if ".w2w-" not in k}
+        proxy.when = publishing
+        started = time.monotonic()
+        stalled = _run_stage(stage, settings, AWS_ENDPOINT_URL=proxy.url, **env)
+        seconds = time.monotonic() - started
+        assert proxy.stalled.is_set(), f"{stage.name} never published: {proxy.requests[-5:]}"
+        lines = [ln for ln in stalled.stderr.splitlines() if ln.strip()]
+        assert stalled.returncode != 0 and len(lines) == 1, stalled.stderr
+        assert lines[0].startswith("error:") and "internal error" not in lines[0], lines
+        assert seconds < 240, (seconds, lines)
+        now = {k: v for k, v in _keys(bucket, stage.name).items() if ".w2w-" not in k}
+        assert now == old  # the stalled request never reached the server: nothing changed
+        proxy.release()
+        again = _run_stage(stage, settings, AWS_ENDPOINT_URL=proxy.url, **env)
+    assert again.returncode == 0, again.stderr
+    left = [k for k in _keys(bucket, stage.name) if ".w2w-" in k and ".w2w-new-" not in k]
+    assert not left, left

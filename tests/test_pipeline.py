@@ -34,6 +34,7 @@ def test_small_demo_runs_every_stage(tmp_path: Path, ray_session: None) -> None:
         "evaluation report",
         "validation: mIoU",
         "test split: mIoU",
+        "per-pixel baseline, same pixels: mIoU",
     ):
         assert name in out, out
     cog = tmp_path / "demo" / "landcover.tif"
@@ -87,6 +88,7 @@ def test_default_demo_maps_the_synthetic_state_well(tmp_path: Path, ray_session:
     # Six classes: chance is a mean IoU under 0.1.
     assert result.metrics["val_miou"] > 0.6, result.metrics
     assert result.metrics["test_miou"] > 0.6, result.metrics
+    assert result.metrics["test_baseline_miou"] > 0.3, result.metrics  # beside it, same pixels
 
 
 def test_check_validates_every_stage_and_runs_nothing(tmp_path: Path) -> None:

@@ -84,3 +84,45 @@ def test_geotiffs_and_store_hold_the_same_scene(tmp_path: Path, ray_session: Non
     assert store.info.classes, "the class table is recorded"
     for c in store.info.classes:
         assert c.name == CLASSES[c.id][0]
+
+
+def test_synth_tiles_replace_an_earlier_set_whole(tmp_path: Path) -> None:
+    """A smaller state over a larger one's folder: no tile of the earlier state stays (a glob
+    of ``tiles/*.tif`` would mix the two), and the folder records what it holds."""
+    import json
+
+    from w2w.core.errors import OutputError
+    from w2w.core.guard import check
+    from w2w.core.outputs import FILESET_FILE
+
+    def make(size: int, overwrite: bool) -> SynthConfig:
+        cfg = SynthConfig(
+            output=str(tmp_path / "state"),
+            height=size,
+            width=size,
+            tiles=True,
+            tile_size=64,
+            tile_overlap=8,
+            engine="local",
+            overwrite=overwrite,
+        )
+        check(cfg)
+        synthesize(cfg, progress=False)
+        return cfg
+
+    make(160, overwrite=False)
+    tiles = tmp_path / "state" / "tiles"
+    assert len(list(tiles.glob("*.tif"))) == 9
+    small = make(96, overwrite=True)
+    names = sorted(p.name for p in tiles.glob("*.tif"))
+    assert len(names) == 4 and json.loads((tiles / FILESET_FILE).read_text())["tiles"] == names
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [
+        "boundary.gpkg",
+        "image.tif",
+        "labels.gpkg",
+        "labels.tif",
+        "tiles",
+    ]
+    (tiles / FILESET_FILE).unlink()  # a folder of someone else's tiles is not replaced
+    with pytest.raises(OutputError, match="not written by w2w"):
+        check(small)

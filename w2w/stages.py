@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from w2w.core import guard, pins
+from w2w.core import crashpoints, guard, pins
 from w2w.core.config import StageConfig
 
 
@@ -64,6 +64,7 @@ class Stage:
         if not isinstance(cfg, self.config):
             raise TypeError(f"the {self.name} stage takes a {self.config.__name__}")
         guard.check(cfg)
+        crashpoints.arm()
         with pins.pinned(cfg):
             return _load(self.run_path)(cfg, progress=progress)
 
@@ -192,6 +193,17 @@ def _evaluate(r: Any) -> StageSummary:
     ]
     if r.excluded["map_nodata"]:
         lines.append(f"reference pixels left as nodata in the map: {r.excluded['map_nodata']:,}")
+    base = r.baseline or {}
+    if "accuracy" in base:
+        test = base["mcnemar"]
+        lines.append(
+            f"per-pixel baseline, same pixels: overall accuracy "
+            f"{base['accuracy']['overall_accuracy']:.4f}, mean IoU "
+            f"{base['accuracy']['mean_iou']:.4f}; McNemar p = {test['p_value']:.3g}, better: "
+            f"{test['better']}"
+        )
+    elif base.get("skipped"):
+        lines.append(f"per-pixel baseline: none ({base['skipped']})")
     unit = r.area_unit
     lines += [
         f"  {a.name}: mapped {a.mapped_area:,.1f} {unit}, estimated "
@@ -203,6 +215,9 @@ def _evaluate(r: Any) -> StageSummary:
         f"{r.split}_kappa": r.kappa,
         f"{r.split}_miou": r.mean_iou,
     }
+    if "accuracy" in base:
+        metrics[f"{r.split}_baseline_oa"] = base["accuracy"]["overall_accuracy"]
+        metrics[f"{r.split}_baseline_miou"] = base["accuracy"]["mean_iou"]
     return StageSummary({"evaluation report": r.markdown}, metrics, tuple(lines))
 
 

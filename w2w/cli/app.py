@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 
+from w2w.cli.help import StageCommand
 from w2w.cli.options import command_for
 from w2w.core.config import StageConfig
 from w2w.core.errors import StageFailedError, StorageError, W2WError, from_os_error
@@ -35,6 +36,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help (click's): it wraps at any width and never cuts an option name short.
+    rich_markup_mode=None,
 )
 
 _state: dict[str, bool] = {"debug": False}
@@ -67,14 +70,13 @@ def _main(
         float | None,
         typer.Option(
             help="Seconds an object-storage request may wait before it is retried "
-            "(W2W_IO_TIMEOUT).",
-            show_default="60",
+            "(W2W_IO_TIMEOUT).  [default: 60]",
         ),
     ] = None,
     io_retries: Annotated[
         int | None,
         typer.Option(
-            help="Retries of a failed object-storage request (W2W_IO_RETRIES).", show_default="3"
+            help="Retries of a failed object-storage request (W2W_IO_RETRIES).  [default: 3]"
         ),
     ] = None,
 ) -> None:
@@ -137,7 +139,9 @@ def _run_stage(stage: Stage, cfg: StageConfig) -> None:
 
 
 for _stage in STAGES:
-    app.command(_stage.name, help=_stage.help)(handle_errors(command_for(_stage, _run_stage)))
+    app.command(_stage.name, help=_stage.help, cls=StageCommand)(
+        handle_errors(command_for(_stage, _run_stage))
+    )
 
 
 # -- inspecting stores and bundles ------------------------------------------------------------
@@ -322,6 +326,11 @@ def _print_pipeline(result: Any) -> None:
             oa = m.get(f"{split}_oa")
             label = {"val": "validation", "test": "test split", "all": "all labels"}[split]
             out.print(f"{label}: mIoU {m[f'{split}_miou']:.3f}, OA {oa:.3f}")
+        if m.get(f"{split}_baseline_miou") is not None:
+            out.print(
+                f"  per-pixel baseline, same pixels: mIoU {m[f'{split}_baseline_miou']:.3f}, "
+                f"OA {m[f'{split}_baseline_oa']:.3f}"
+            )
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     out.print(f"time: {timing} (total {sum(result.seconds.values()):.0f} s)")
 

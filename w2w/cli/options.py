@@ -24,6 +24,7 @@ from pydantic import BeforeValidator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from w2w.cli.help import HelpAllOpt
 from w2w.core.config import StageConfig, load_yaml
 from w2w.core.errors import ConfigError
 from w2w.stages import Stage
@@ -233,12 +234,16 @@ def command_for(stage: Stage, run: Callable[[Stage, StageConfig], None]) -> Call
 
     def command(**values: Any) -> None:
         config = values.pop("config", None)
+        values.pop("help_all", None)
         run(stage, build_config(stage, config, given_values(params, values)))
 
     config_param = inspect.Parameter(
         "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt
     )
-    signature = [p.parameter for p in params] + [config_param]
+    help_all = inspect.Parameter(
+        "help_all", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=HelpAllOpt
+    )
+    signature = [p.parameter for p in params] + [config_param, help_all]
     command.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in signature}
     command.__name__ = stage.name

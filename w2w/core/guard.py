@@ -12,7 +12,8 @@ Before a stage runs (:func:`check`), with nothing written yet:
 3. a half-done publish left at an output by a killed run is finished or rolled back, and
    staging leftovers of dead processes are removed (:func:`w2w.core.outputs.recover`);
 4. an existing output needs ``overwrite``, and ``overwrite`` replaces only what w2w made: a
-   store must be a w2w store, a run folder a w2w run, a file a file (never a folder).
+   store must be a w2w store, a run folder a w2w run, a folder w2w writes whole its record
+   of what it holds (``w2w-files.json``), a file a file (never a folder).
    Outputs a stage resumes (a training run, an unfinished mosaic) may exist without it: the
    stage compares their recorded content identity with its inputs'.
 """
@@ -31,9 +32,10 @@ from w2w.core.errors import InputError, OutputError, StorageError
 if TYPE_CHECKING:
     from w2w.core.config import StageConfig
 
-#: What an output is: a Zarr store, one file, a training run's folder, or a folder that
-#: only holds the stage's files (never replaced whole, so only checked for overlap).
-OutputKind = Literal["store", "file", "run", "folder"]
+#: What an output is: a Zarr store, one file, a training run's folder, a folder w2w writes
+#: whole (``fileset``: synthetic tiles), or a folder that only holds the stage's files (never
+#: replaced whole, so only checked for overlap).
+OutputKind = Literal["store", "file", "run", "fileset", "folder"]
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,15 @@ def check_outputs(cfg: StageConfig, *, settle: bool) -> None:
     from w2w.core.outputs import recover
 
     overwrite = bool(getattr(cfg, "overwrite", False))
-    for target in cfg.output_targets():
+    targets = cfg.output_targets()
+    for target in targets:
         if target.kind == "folder":
             _check_folder_slot(target)
+    if settle:  # all at once: a file set's journal before the staged files it lists
+        recover(*(t.url for t in targets if t.kind != "folder"))
+    for target in targets:
+        if target.kind == "folder":
             continue
-        if settle:
-            recover(target.url)
         if not storage.exists(target.url):
             continue
         made_by_w2w(target)  # a folder of user files is never replaced nor resumed
@@ -147,6 +152,11 @@ def made_by_w2w(target: Target) -> None:
         raise OutputError(
             f"{target.what} {url} exists and is not a store made by w2w; w2w replaces only "
             "what it made: remove it or choose another path"
+        )
+    if target.kind == "fileset" and not _is_w2w_fileset(url):
+        raise OutputError(
+            f"{target.what} {url} exists and was not written by w2w (it has no "
+            f"{_fileset_file()}); w2w replaces only what it made: remove it or choose another path"
         )
     if target.kind == "run" and not _is_w2w_run(url):
         raise OutputError(
@@ -192,6 +202,16 @@ def _is_w2w_run(url: str) -> bool:
     from w2w.core.outputs import RUN_FILE
 
     return storage.exists(storage.join(url, RUN_FILE)) or _empty(url)
+
+
+def _fileset_file() -> str:
+    from w2w.core.outputs import FILESET_FILE
+
+    return FILESET_FILE
+
+
+def _is_w2w_fileset(url: str) -> bool:
+    return storage.exists(storage.join(url, _fileset_file())) or _empty(url)
 
 
 def _empty(url: str) -> bool:

@@ -7,15 +7,16 @@ complete, the old one removed last; a half-done publish found later is finished 
 * A **file set** (a COG, its sidecars and STAC Item) is staged beside its destinations with a
   journal and then moved in (:func:`publish_files`).
 * A **training run** is built in place of the old one, which waits aside with a journal
-  (:func:`set_aside`) until the new run finished (:func:`discard_aside`), or comes back
-  (:func:`restore`).
+  (:func:`set_aside`) until the new run finished (:func:`discard_aside`, which marks the
+  journal done before it deletes the old one), or comes back (:func:`restore`).
 
 A command killed at any point leaves either the old output or the new one, plus leftovers that
-:func:`recover` (run by the output guard before every stage, on each of its outputs) settles:
+:func:`recover` (run by the output guard before every stage, on all of its outputs) settles:
 a file-set journal is finished; an output set aside under a journal is put back (the new one
-never finished); an old output moved aside by a swap is deleted when the new one is in place,
-put back when it is not; staging leftovers of processes that are gone are removed (a staging
-name carries its maker's host and process id, so a live command's work is never touched).
+never finished), or deleted when the journal says the new one had finished; an old output
+moved aside by a swap is deleted when the new one is in place, put back when it is not;
+staging leftovers of processes that are gone are removed (a staging name carries its maker's
+host and process id, so a live command's work is never touched).
 
 Object storage has no atomic rename: there too a new store is built under its staging prefix,
 and only once it is complete is the old prefix removed and the new one copied over it. A
@@ -40,13 +41,15 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from w2w.core import pins, storage
+from w2w.core import crashpoints, pins, storage
 from w2w.core.errors import OutputError
 
 log = logging.getLogger("w2w")
 
 #: The record a training run keeps in its folder (what defines it, for resuming).
 RUN_FILE = "w2w-run.json"
+#: The record in a folder of files that w2w writes whole (synthetic tiles): what it holds.
+FILESET_FILE = "w2w-files.json"
 
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 
@@ -107,12 +110,15 @@ def move_into_place(work_url: str, output: str) -> None:
     """Replace ``output`` by the finished store at ``work_url`` (local paths only); the old
     output is moved aside first and deleted only once the new one is in place."""
     pins.check()
+    crashpoints.reached("before-swap", output)
     backup = None
     if os.path.exists(output):
         backup = hidden_beside(output, f"swap-{staging_tag()}")
         os.replace(output, backup)
+        crashpoints.reached("mid-swap", output)
     os.replace(work_url, output)
     if backup:
+        crashpoints.reached("after-swap", output)
         shutil.rmtree(backup, ignore_errors=True)
 
 
@@ -128,10 +134,13 @@ def publish_store(work: str, output: str) -> None:
         move_into_place(work, output)
         return
     pins.check()
+    crashpoints.reached("before-swap", output)
     fs = storage.filesystem(output)
     if storage.exists(output):
         storage.remove_tree(output)
+        crashpoints.reached("mid-swap", output)
     fs.copy(work, output, recursive=True)
+    crashpoints.reached("after-swap", output)
     storage.remove_tree(work)
 
 
@@ -142,15 +151,21 @@ def set_aside(output: str) -> str:
     output back if this process is killed first."""
     aside = _aside_name(output)
     storage.atomic_write_bytes(_aside_journal(output), json.dumps({"aside": aside}).encode())
+    crashpoints.reached("before-swap", output)
     _move(output, aside)
+    crashpoints.reached("mid-swap", output)
     return aside
 
 
 def discard_aside(aside: str, output: str) -> None:
-    """The replacement of ``output`` is complete: delete the old one set aside, then its
-    journal."""
+    """The replacement of ``output`` is complete: say so in the journal (from then on
+    :func:`recover` finishes the discard instead of putting the old one back), delete the old
+    one set aside, then the journal."""
+    journal = _aside_journal(output)
+    storage.atomic_write_bytes(journal, json.dumps({"aside": aside, "done": True}).encode())
+    crashpoints.reached("after-swap", output)
     storage.remove_tree(aside)
-    _remove(_aside_journal(output))
+    _remove(journal)
 
 
 def restore(aside: str, output: str) -> None:
@@ -170,37 +185,77 @@ def _move(src: str, dst: str) -> None:
         os.replace(src, dst)
 
 
-def recover(output: str) -> None:
-    """Settle what a killed publish left at ``output`` (see the module notes); does nothing
-    where nothing was left. Runs before a stage writes ``output``."""
-    output = storage.normalize(output)
+def recover(*outputs: str) -> None:
+    """Settle what a killed publish left at ``outputs`` (see the module notes); does nothing
+    where nothing was left. Runs before a stage writes them, on all of a stage's outputs at
+    once: every journal is settled first -- a file set's journal lies beside its first file
+    and lists staged files beside the others -- and only then are leftovers removed."""
+    urls = [storage.normalize(o) for o in outputs]
+    for output in urls:
+        _settle_journals(output)
+    for output in urls:
+        if storage.is_remote(output):
+            _remove_remote_leftovers(output)
+        else:
+            _remove_leftovers(Path(output))
+
+
+def _remove_remote_leftovers(output: str) -> None:
+    """On object storage: remove the staging prefixes (``.NAME.w2w-tmp-*``) of processes of
+    this host that are gone -- a build that failed where even its clean-up could not reach
+    the endpoint leaves one."""
+    parent, _, name = output.rstrip("/").rpartition("/")
+    scheme = output.split("://", 1)[0]
+    fs = storage.filesystem(output)
+    try:
+        entries = fs.ls(parent, detail=False, refresh=True)
+    except FileNotFoundError:
+        return
+    except Exception as exc:  # noqa: BLE001 - object-store errors
+        raise storage.remote_error(parent, exc) from None
+    for entry in entries:
+        leaf = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        if leaf.startswith(f".{name}.w2w-tmp-") and _maker_gone(leaf):
+            storage.remove_tree(f"{scheme}://{str(entry).rstrip('/')}")
+
+
+def _settle_journals(output: str) -> None:
     journal = _aside_journal(output)
-    if storage.exists(journal):  # a replacement was being built in place: it never finished
-        aside = json.loads(storage.read_bytes(journal))["aside"]
-        if not _maker_gone(aside.rsplit("/", 1)[-1]):
+    if storage.exists(journal):  # a replacement was being built in place
+        record = json.loads(storage.read_bytes(journal))
+        aside = record["aside"]
+        if record.get("done"):  # it had finished: the old one goes
+            storage.remove_tree(aside)
+            _remove(journal)
+        elif not _maker_gone(aside.rsplit("/", 1)[-1]):
             raise OutputError(
                 f"{output} is being replaced by another w2w command (see {journal}); wait for "
                 "it to finish, or if none runs any more, remove that file and run again"
             )
-        restore(aside, output)
-    if storage.is_remote(output):
-        return
-    recover_files(output)
-    p = Path(output)
+        else:
+            restore(aside, output)
+    if not storage.is_remote(output):
+        recover_files(output)
+
+
+def _remove_leftovers(p: Path) -> None:
+    """Settle a swap killed between its renames; remove staging left by dead processes."""
     if not p.parent.is_dir():
         return
     prefix = f".{p.name}.w2w-"
     for q in p.parent.iterdir():
         name = q.name
-        if name.startswith(f".{p.name}.w2w-swap-") and _maker_gone(name):
+        if name.startswith(prefix + "swap-") and _maker_gone(name):
             if p.exists():
-                _remove_path(q)  # the swap finished: the old output goes last
+                remove_path(q)  # the swap finished: the old output goes last
             else:
                 os.replace(q, p)  # killed between the two renames: the old one comes back
-        elif (name.startswith(prefix + "tmp-") and _maker_gone(name)) or (
-            name.startswith(f"{p.name}.w2w-staged-") and _maker_gone(name)
+        elif _maker_gone(name) and (
+            name.startswith((prefix + "tmp-", f"{p.name}.w2w-staged-"))
+            # a record of the protocol's own (a journal) written atomically beside it
+            or (name.startswith(f".{prefix}") and ".w2w-tmp-" in name)
         ):
-            _remove_path(q)
+            remove_path(q)
 
 
 def _remove_until_gone(url: str) -> None:
@@ -242,7 +297,8 @@ def _remove(url: str) -> None:
             os.remove(url)
 
 
-def _remove_path(p: Path) -> None:
+def remove_path(p: Path) -> None:
+    """Remove a local file or folder, if present."""
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     else:
@@ -252,7 +308,8 @@ def _remove_path(p: Path) -> None:
 
 def publish_files(files: list[tuple[str, Path]]) -> None:
     """Publish a set of finished local files (``(destination, file)``, in order; put the file
-    that describes the others, e.g. a STAC Item, last) as one set.
+    that describes the others, e.g. a STAC Item, last) as one set. An entry may be a folder,
+    replaced whole (local destinations only).
 
     Locally the set is all-or-nothing: every file is first copied beside its destination
     under a staged name, and a journal lists them; then old files are moved aside, the staged
@@ -281,12 +338,15 @@ def publish_files(files: list[tuple[str, Path]]) -> None:
             entries.append({"dest": dest, "staged": staged, "old": f"{dest}.w2w-old-{token}"})
             if Path(path).parent == Path(dest).parent:
                 os.replace(path, staged)  # already beside its destination: move it
+            elif Path(path).is_dir():
+                shutil.copytree(path, staged)
             else:
                 shutil.copyfile(path, staged)
+        crashpoints.reached("before-swap", *(dest for dest, _ in files))
         _write_journal(journal, entries)
     except BaseException:
         for e in entries:
-            cleanup(f"removing {e['staged']}", _remove, e["staged"])
+            cleanup(f"removing {e['staged']}", remove_path, Path(e["staged"]))
         raise
     recover_files(files[0][0])
 
@@ -301,12 +361,13 @@ def recover_files(first_destination: str) -> None:
     for e in entries:  # old files aside (kept until every new one is in place)
         if os.path.exists(e["staged"]) and os.path.exists(e["dest"]):
             os.replace(e["dest"], e["old"])
+    crashpoints.reached("mid-swap", *(e["dest"] for e in entries))
     for e in entries:
         if os.path.exists(e["staged"]):
             os.replace(e["staged"], e["dest"])
+    crashpoints.reached("after-swap", *(e["dest"] for e in entries))
     for e in entries:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(e["old"])
+        remove_path(Path(e["old"]))
     os.remove(journal)
 
 

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,7 +227,8 @@ def atomic_write_bytes(url: str | Path, data: bytes) -> str:
 
 def atomic_put_file(local_path: str | Path, url: str | Path) -> str:
     """Copy a finished local file to ``url`` atomically; returns the normalised destination."""
-    from w2w.core import pins  # nothing is published from inputs that changed meanwhile
+    from w2w.core import crashpoints, pins  # nothing published from inputs changed meanwhile
+    from w2w.core.outputs import staging_tag
 
     pins.check()
     dest = normalize(url)
@@ -240,10 +240,14 @@ def atomic_put_file(local_path: str | Path, url: str | Path) -> str:
         return dest
     folder = Path(dest).parent
     ensure_writable_dir(folder)
-    tmp = folder / f".{Path(dest).name}.{uuid.uuid4().hex[:8]}.part"
+    # Named as the publish protocol names staging (its maker's host and pid), so that what a
+    # killed process leaves is removed by the next run's guard (outputs.recover).
+    tmp = folder / f".{Path(dest).name}.w2w-tmp-{staging_tag()}"
     try:
         shutil.copyfile(local_path, tmp)
+        crashpoints.reached("before-swap", dest)
         os.replace(tmp, dest)
+        crashpoints.reached("after-swap", dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)

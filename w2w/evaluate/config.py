@@ -36,6 +36,11 @@ class EvaluateConfig(StageConfig):
     )
     output: PathStr = Field(description="folder (or s3:// prefix) for the report files")
     engine: Engine = engine_field()
+    baseline: bool = Field(
+        default=True,
+        description="also fit a per-pixel gradient-boosted model on the training split and "
+        "score it on the same pixels as the map, with McNemar's test of the difference",
+    )
     allow_incomplete: bool = Field(
         default=False, description="evaluate a mosaic whose prediction did not finish"
     )

@@ -89,6 +89,8 @@ class EvaluationResult:
     grid: str = ""
     accuracy: dict[str, Any] = field(default_factory=dict, repr=False)
     pixel_area_m2: float | None = None
+    #: The per-pixel baseline on the same pixels (:mod:`w2w.evaluate.baseline`), or why not.
+    baseline: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready report (``evaluation.json``)."""
@@ -136,6 +138,7 @@ class EvaluationResult:
                 "reference_pixels": self.reference_pixels,
                 "excluded": self.excluded,
                 "accuracy": self.accuracy,
+                "baseline": self.baseline,
                 "area": area,
                 "warnings": list(self.warnings),
             }
@@ -153,6 +156,7 @@ def build_result(
     inputs: dict[str, Any],
     files: dict[str, str],
     warnings: list[str],
+    baseline: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """The evaluation from the summed counts: ``matrix`` (reference x map), ``mapped_all``
     (pixels of each stored map value over the whole mosaic) and the excluded pixels."""
@@ -199,6 +203,7 @@ def build_result(
         grid=grid.describe(),
         accuracy=accuracy,
         pixel_area_m2=pixel_m2,
+        baseline=baseline or {},
     )
 
 
@@ -244,6 +249,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     :meth:`EvaluationResult.to_json`)."""
     lines = [
         *_md_headline(report),
+        *_md_baseline(report.get("baseline") or {}, report["accuracy"]),
         *_md_per_class(report["accuracy"]),
         *_md_confusion(report["accuracy"]),
         *_md_areas(report["area"], report["accuracy"]["class_names"]),
@@ -287,6 +293,45 @@ def _md_headline(report: dict[str, Any]) -> list[str]:
     ]
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    return lines
+
+
+def _md_baseline(base: dict[str, Any], acc: dict[str, Any]) -> list[str]:
+    """The map beside the per-pixel baseline on the same pixels."""
+    if not base:
+        return []
+    lines = ["## Against a per-pixel baseline", ""]
+    if "accuracy" not in base:
+        return [*lines, f"No baseline: {base.get('skipped')}.", ""]
+    b, test = base["accuracy"], base["mcnemar"]
+    verdict = {
+        "network": "the map is better than the baseline",
+        "baseline": "**the baseline is better than the map**",
+        "neither": "no significant difference",
+    }[test["better"]]
+    lines += [
+        f"{base['model']} on {', '.join(base['features'])}; fitted on "
+        f"{base['sampled_pixels']:,} of the {base['training_pixels']:,} labelled pixels of "
+        "the training split, scored on the same pixels as the map.",
+        "",
+        "| Metric | Map | Baseline |",
+        "|---|---:|---:|",
+        f"| Overall accuracy | {_pct(acc['overall_accuracy'])} | {_pct(b['overall_accuracy'])} |",
+        f"| Kappa | {_num(acc['kappa'])} | {_num(b['kappa'])} |",
+        f"| Mean IoU | {_num(acc['mean_iou'])} | {_num(b['mean_iou'])} |",
+    ]
+    lines += [
+        f"| IoU {name} | {_num(acc['per_class'][name]['iou'])} | "
+        f"{_num(b['per_class'][name]['iou'])} |"
+        for name in acc["class_names"]
+    ]
+    lines += [
+        "",
+        f"McNemar's test ({test['method']}): {test['network_only_correct']:,} pixels only the "
+        f"map got right, {test['baseline_only_correct']:,} only the baseline; "
+        f"p = {test['p_value']:.3g}: {verdict}. {base['note']}",
+        "",
+    ]
     return lines
 
 

@@ -39,7 +39,7 @@ from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, ClassInfo
 from w2w.core.errors import ConfigError, InputError, OutputError
 from w2w.core.grid import Window
-from w2w.core.metrics import confusion
+from w2w.core.metrics import confusion, summary
 from w2w.core.outputs import publish_files
 from w2w.core.plots import plot_confusion
 from w2w.core.provenance import find_bundle_hash
@@ -47,6 +47,7 @@ from w2w.core.runtime import run_blocks
 from w2w.core.split import SplitPlan
 from w2w.core.store import MosaicStore, SceneStore
 from w2w.core.store.integrity import short
+from w2w.evaluate.baseline import BASELINE_NOTE, Baseline, fit, mcnemar
 from w2w.evaluate.config import EvaluateConfig, report_targets
 from w2w.evaluate.report import EvaluationResult, Excluded, build_result, markdown_report
 
@@ -62,11 +63,20 @@ class BlockCounts:
     map_nodata: int = 0  # reference pixels the map left as nodata (255)
     map_unknown: int = 0  # reference pixels whose map value is not in the class table
     label_unknown: int = 0  # labelled pixels (in the split) whose id is not in the table
+    #: The per-pixel baseline on the same pixels as ``matrix`` (reference x baseline), and
+    #: the discordant pairs: pixels only the map got right, only the baseline got right.
+    baseline: np.ndarray | None = None
+    discordant: np.ndarray | None = None
 
     @classmethod
-    def zeros(cls, n_classes: int) -> BlockCounts:
+    def zeros(cls, n_classes: int, *, baseline: bool = False) -> BlockCounts:
         """Empty sums for ``n_classes`` classes."""
-        return cls(np.zeros((n_classes, n_classes), np.int64), np.zeros(256, np.int64))
+        return cls(
+            np.zeros((n_classes, n_classes), np.int64),
+            np.zeros(256, np.int64),
+            baseline=np.zeros((n_classes, n_classes), np.int64) if baseline else None,
+            discordant=np.zeros(2, np.int64) if baseline else None,
+        )
 
     def add(self, other: BlockCounts) -> None:
         """Add another block's sums to these."""
@@ -75,6 +85,9 @@ class BlockCounts:
         self.map_nodata += other.map_nodata
         self.map_unknown += other.map_unknown
         self.label_unknown += other.label_unknown
+        if self.baseline is not None and other.baseline is not None:
+            self.baseline += other.baseline
+            self.discordant += other.discordant  # type: ignore[operator]
 
 
 class BlockCounter:
@@ -91,8 +104,10 @@ class BlockCounter:
         split_plan: SplitPlan | None = None,
         split: str = "all",
         chip_codes: np.ndarray | None = None,
+        baseline: Baseline | None = None,
     ) -> None:
         self.mosaic_url = mosaic_url
+        self.baseline = baseline
         self.scene_url = scene_url
         self.class_ids = list(class_ids)
         self.unlabelled = unlabelled
@@ -119,10 +134,18 @@ class BlockCounter:
             cls = np.full((window.height, window.width), CLASS_NODATA, dtype=np.uint8)
         else:
             cls = mosaic.read_class(window)
-        return self.count(cls, scene.read_label(window), window)
+        image = scene.read_image(window) if self.baseline is not None else None
+        return self.count(cls, scene.read_label(window), window, image)
 
-    def count(self, cls: np.ndarray, label: np.ndarray, window: Window) -> BlockCounts:
-        """The sums for map classes ``cls`` and labels ``label`` of ``window``."""
+    def count(
+        self,
+        cls: np.ndarray,
+        label: np.ndarray,
+        window: Window,
+        image: np.ndarray | None = None,
+    ) -> BlockCounts:
+        """The sums for map classes ``cls`` and labels ``label`` of ``window`` (and, with
+        the scene's ``image`` there, the baseline's on the same pixels)."""
         lut = self.lookup()
         k = len(self.class_ids)
         map_idx = lut[cls]
@@ -133,13 +156,37 @@ class BlockCounter:
         if self.split != "all" and self.split_plan is not None:
             scored &= self.split_plan.pixel_mask(window, self.split, codes=self.chip_codes)  # type: ignore[arg-type]
         reference = scored & (ref_idx >= 0)
+        compared = reference & (map_idx >= 0)
+        base = None, None
+        if self.baseline is not None and image is not None:
+            base = self._baseline_counts(image, compared, ref_idx, map_idx, k)
         return BlockCounts(
-            matrix=confusion(ref_idx, map_idx, k, mask=reference & (map_idx >= 0)),
+            baseline=base[0],
+            discordant=base[1],
+            matrix=confusion(ref_idx, map_idx, k, mask=compared),
             mapped=np.bincount(cls.ravel(), minlength=256).astype(np.int64),
             map_nodata=int((reference & (cls == CLASS_NODATA)).sum()),
             map_unknown=int((reference & (map_idx < 0) & (cls != CLASS_NODATA)).sum()),
             label_unknown=int((scored & (ref_idx < 0)).sum()),
         )
+
+    def _baseline_counts(
+        self,
+        image: np.ndarray,
+        compared: np.ndarray,
+        ref_idx: np.ndarray,
+        map_idx: np.ndarray,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The baseline's confusion matrix on the ``compared`` pixels, and the discordant
+        pairs (only the map right, only the baseline right) there."""
+        assert self.baseline is not None
+        pred = self.baseline.predict(image, compared)
+        ref, net = ref_idx[compared], map_idx[compared]
+        net_ok, base_ok = net == ref, pred == ref
+        matrix = confusion(ref, pred, k)
+        pairs = np.array([(net_ok & ~base_ok).sum(), (~net_ok & base_ok).sum()], np.int64)
+        return matrix, pairs
 
 
 def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
@@ -187,7 +234,9 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
         split=split,
         chip_codes=plan.chip_codes() if plan is not None else None,
     )
-    totals = BlockCounts.zeros(len(classes))
+    fitted, skipped = _fit_baseline(cfg, scene, counter, split, plan, progress=progress)
+    counter.baseline = fitted
+    totals = BlockCounts.zeros(len(classes), baseline=fitted is not None)
     for counts in run_blocks(
         counter, mosaic.blocks(), engine=cfg.engine, what="evaluate", progress=progress
     ):
@@ -209,6 +258,7 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
         inputs=inputs,
         files=targets,
         warnings=warnings,
+        baseline=_baseline_report(fitted, skipped, totals, [c.name for c in classes]),
     )
     for w in result.warnings:
         log.warning(w)
@@ -221,6 +271,48 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
         # One set, the JSON last: a reader never finds a report beside another's figure.
         publish_files([(targets[k], staged[k]) for k in ("figure", "markdown", "json")])
     return result
+
+
+# -- the per-pixel baseline -----------------------------------------------------------------
+
+
+def _fit_baseline(
+    cfg: EvaluateConfig,
+    scene: SceneStore,
+    counter: BlockCounter,
+    split: str,
+    plan: SplitPlan | None,
+    *,
+    progress: bool,
+) -> tuple[Baseline | None, str | None]:
+    """The baseline fitted on the training split, or None and why not."""
+    if not cfg.baseline:
+        return None, "turned off (--no-baseline)"
+    if plan is None or split not in ("test", "val"):
+        return None, (
+            "needs the bundle's spatial split, to fit on its training pixels and score on "
+            "held-out ones; evaluate with --bundle and --split test"
+        )
+    log.info("fitting the per-pixel baseline on the training split")
+    fitted = fit(scene, counter.lookup(), plan, engine=cfg.engine, progress=progress)
+    if fitted is None:
+        return None, "the training split has no labelled pixels of two or more classes"
+    return fitted, None
+
+
+def _baseline_report(
+    fitted: Baseline | None, skipped: str | None, totals: BlockCounts, names: list[str]
+) -> dict[str, Any]:
+    """The report's ``baseline`` section: the baseline's accuracy on the map's pixels and
+    McNemar's test of the difference."""
+    if fitted is None or totals.baseline is None or totals.discordant is None:
+        return {"skipped": skipped}
+    return {
+        **fitted.describe(),
+        "accuracy": summary(totals.baseline, names),
+        "mcnemar": mcnemar(int(totals.discordant[0]), int(totals.discordant[1])),
+        "note": BASELINE_NOTE,
+    }
 
 
 # -- checks ---------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from w2w.core import storage
 from w2w.core.config import Engine, PathStr, StageConfig, engine_field, overwrite_field
 from w2w.core.grid import Grid, Window
 from w2w.core.guard import OutputKind, Target
-from w2w.core.outputs import publish_files, replace_store
+from w2w.core.outputs import cleanup, publish_files, remove_path, replace_store, staging_tag
 from w2w.core.runtime import run_blocks
 from w2w.ingest.build import build_store
 
@@ -122,6 +122,8 @@ class SynthConfig(StageConfig):
         if self.tiles:
             names += ["boundary.gpkg", "labels.gpkg"]
         files = [Target("output file", storage.join(self.output, n), "file") for n in names]
+        if self.tiles:
+            files.append(Target("tiles folder", storage.join(self.output, "tiles"), "fileset"))
         return [Target("output folder", self.output, "folder"), *files]
 
     @model_validator(mode="before")
@@ -360,25 +362,50 @@ def synthesize(cfg: SynthConfig, *, progress: bool = True) -> SynthOutputs:
                 what_nodata="the synthetic scene has no valid pixel; make it larger",
             )
         return SynthOutputs(images=(), label=None, store=out, grid=grid)
-    written = _write_geotiffs(cfg, grid, progress=progress)
-    if not cfg.tiles:
-        return written
-    from w2w.ingest.synth_tiles import write_tiles
-
-    made = write_tiles(
-        Path(written.images[0]),
-        Path(str(written.label)),
-        grid,
-        Path(cfg.output),
-        size=cfg.tile_size,
-        overlap=cfg.tile_overlap,
-        seed=cfg.seed,
-        inside=state_mask(cfg, grid.full_window) if cfg.fill_box else None,
+    folder = Path(cfg.output)
+    staged = _write_geotiffs(cfg, grid, progress=progress)
+    made = SynthOutputs(
+        images=tuple(dest for dest, _ in staged[:-1]),
+        label=staged[-1][0],
+        store=None,
+        grid=grid,
     )
-    return replace(written, tiles=made.tiles, boundary=made.boundary, vector_labels=made.labels)
+    try:
+        if cfg.tiles:
+            from w2w.ingest.synth_tiles import tile_windows, write_tiles
+
+            staged += write_tiles(
+                staged[0][1],
+                staged[-1][1],
+                grid,
+                folder,
+                size=cfg.tile_size,
+                overlap=cfg.tile_overlap,
+                seed=cfg.seed,
+                inside=state_mask(cfg, grid.full_window) if cfg.fill_box else None,
+            )
+            tiles = tuple(
+                str(folder / "tiles" / f"tile_{i:02d}_{j:02d}.tif")
+                for i, j, _ in tile_windows(grid, cfg.tile_size, cfg.tile_overlap)
+            )
+            made = replace(
+                made,
+                tiles=tiles,
+                boundary=str(folder / "boundary.gpkg"),
+                vector_labels=str(folder / "labels.gpkg"),
+            )
+    except BaseException:
+        for _, path in staged:
+            cleanup(f"removing {path}", remove_path, path)
+        raise
+    # One set: the GeoTIFFs, the tiles folder (replaced whole) and the vector files.
+    publish_files([(dest, path) for dest, path in staged])
+    return made
 
 
-def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> SynthOutputs:
+def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> list[tuple[str, Path]]:
+    """The image GeoTIFF(s) and the labels, written under staging names beside where they go;
+    ``(destination, staged)``, the labels last."""
     if storage.is_remote(cfg.output):
         raise ValueError(
             "synthetic GeoTIFFs are written to a local folder; use format=store for s3://"
@@ -406,7 +433,8 @@ def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> SynthOut
         "predictor": 2,
         "BIGTIFF": "IF_SAFER",
     }
-    tmp = [t.with_name(f".{t.name}.part") for t in targets]
+    tag = staging_tag()
+    tmp = [t.with_name(f".{t.name}.w2w-tmp-{tag}.tif") for t in targets]
     try:
         with storage.writing_to(folder):
             _write_parts(cfg, grid, profile, tmp, progress=progress)
@@ -414,13 +442,7 @@ def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> SynthOut
         for t in tmp:
             t.unlink(missing_ok=True)
         raise
-    publish_files([(str(final), t) for t, final in zip(tmp, targets, strict=True)])
-    return SynthOutputs(
-        images=tuple(str(t) for t in targets[:-1]),
-        label=str(targets[-1]),
-        store=None,
-        grid=grid,
-    )
+    return [(str(final), t) for t, final in zip(tmp, targets, strict=True)]
 
 
 def _write_parts(

@@ -13,7 +13,7 @@ From the state written as GeoTIFFs on its own grid (:mod:`w2w.ingest.synth`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,6 @@ from w2w.core.grid import Grid, Window
 ZONES = (32612, 32613)
 #: The synthetic acquisition time of each zone's tiles: two passes two days apart.
 ACQUIRED = {ZONES[0]: "2024-06-28T17:41:00Z", ZONES[1]: "2024-06-30T17:29:00Z"}
-
-
-@dataclass(frozen=True)
-class TileOutputs:
-    """Where the tiles, the boundary and the vector labels were written."""
-
-    tiles: tuple[str, ...]
-    boundary: str
-    labels: str
 
 
 def tile_windows(grid: Grid, size: int, overlap: int) -> list[tuple[int, int, Window]]:
@@ -58,23 +49,38 @@ def write_tiles(
     overlap: int,
     seed: int,
     inside: np.ndarray | None = None,
-) -> TileOutputs:
+) -> list[tuple[str, Path]]:
     """Cut the state's imagery into tiles in two zones; write its boundary (the outline of
-    ``inside``, default: of the labelled area) and labels."""
-    tiles_dir = folder / "tiles"
+    ``inside``, default: of the labelled area) and labels.
+
+    Everything is written under staging names beside where it goes in ``folder``, and
+    returned as ``(destination, staged)`` for :func:`w2w.core.outputs.publish_files`: the
+    ``tiles`` folder is one entry, replaced whole, so tiles of an earlier, other-sized state
+    never stay beside the new ones; its record (``FILESET_FILE``) lists them."""
+    from w2w.core.outputs import FILESET_FILE, staging_tag
+
+    tag = staging_tag()
+    tiles_dir = folder / f".tiles.w2w-tmp-{tag}"
     storage.ensure_writable_dir(tiles_dir)
-    paths = []
+    names = []
     for i, j, window in tile_windows(grid, size, overlap):
         centre = window.col + window.width / 2
         epsg = ZONES[0] if centre < grid.width / 2 else ZONES[1]
-        path = tiles_dir / f"tile_{i:02d}_{j:02d}.tif"
-        _warp_tile(image, grid, window, epsg, path)
-        paths.append(str(path))
-    boundary = folder / "boundary.gpkg"
-    labels = folder / "labels.gpkg"
+        name = f"tile_{i:02d}_{j:02d}.tif"
+        _warp_tile(image, grid, window, epsg, tiles_dir / name)
+        names.append(name)
+    (tiles_dir / FILESET_FILE).write_text(
+        json.dumps({"made_by": "w2w synth", "tiles": names}, indent=2) + "\n"
+    )
+    boundary = folder / f".boundary.gpkg.w2w-tmp-{tag}.gpkg"
+    labels = folder / f".labels.gpkg.w2w-tmp-{tag}.gpkg"
     _write_boundary(truth, grid, boundary, inside)
     _write_labels(truth, grid, labels, seed)
-    return TileOutputs(tuple(paths), str(boundary), str(labels))
+    return [
+        (str(folder / "tiles"), tiles_dir),
+        (str(folder / "boundary.gpkg"), boundary),
+        (str(folder / "labels.gpkg"), labels),
+    ]
 
 
 def _warp_tile(image: Path, grid: Grid, window: Window, epsg: int, path: Path) -> None:
@@ -118,40 +124,33 @@ def _warp_tile(image: Path, grid: Grid, window: Window, epsg: int, path: Path) -
             "blockysize": 256,
             "compress": "deflate",
         }
-        tmp = path.with_name(f".{path.name}.part")
-        try:
-            with storage.writing_to(path.parent), rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(data)
-                # When the pixels were seen (GDAL's imagery metadata), as a sensor's file has it.
-                dst.update_tags(ns="IMAGERY", ACQUISITIONDATETIME=ACQUIRED[epsg])
-                for b, name in enumerate(src.descriptions, start=1):
-                    if name:
-                        dst.set_band_description(b, name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(path)
+        with storage.writing_to(path.parent), rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            # When the pixels were seen (GDAL's imagery metadata), as a sensor's file has it.
+            dst.update_tags(ns="IMAGERY", ACQUISITIONDATETIME=ACQUIRED[epsg])
+            for b, name in enumerate(src.descriptions, start=1):
+                if name:
+                    dst.set_band_description(b, name)
 
 
-def _write_vector(path: Path, geoms: list[Any], values: list[int] | None, crs: str) -> None:
+def _write_vector(
+    path: Path, layer: str, geoms: list[Any], values: list[int] | None, crs: str
+) -> None:
     import pyogrio.raw
     import shapely
 
-    tmp = path.with_name(f".{path.name}.part.gpkg")
-    tmp.unlink(missing_ok=True)
     fields = ["class"] if values is not None else []
     data = [np.asarray(values, dtype=np.int32)] if values is not None else []
     pyogrio.raw.write(
-        str(tmp),
+        str(path),
         shapely.to_wkb(np.asarray(geoms, dtype=object)),
         data,
         fields,
         driver="GPKG",
         geometry_type="Unknown",
         crs=crs,
-        layer=path.stem,
+        layer=layer,
     )
-    tmp.replace(path)
 
 
 def _write_boundary(truth: Path, grid: Grid, path: Path, inside: np.ndarray | None) -> None:
@@ -168,7 +167,7 @@ def _write_boundary(truth: Path, grid: Grid, path: Path, inside: np.ndarray | No
     polys = [shapely.geometry.shape(g) for g, v in shapes(mask, transform=grid.transform) if v]
     outline = shapely.union_all(polys).simplify(grid.res[0], preserve_topology=True)
     geo = transform_geom(grid.crs, "EPSG:4326", shapely.geometry.mapping(outline))
-    _write_vector(path, [shapely.geometry.shape(geo)], None, "EPSG:4326")
+    _write_vector(path, "boundary", [shapely.geometry.shape(geo)], None, "EPSG:4326")
 
 
 def _write_labels(truth: Path, grid: Grid, path: Path, seed: int) -> None:
@@ -193,4 +192,4 @@ def _write_labels(truth: Path, grid: Grid, path: Path, seed: int) -> None:
         x, y = grid.transform @ (c + 0.5, r + 0.5)
         geoms.append(shapely.Point(x, y))
         values.append(int(classes[r, c]))
-    _write_vector(path, geoms, values, grid.crs.to_wkt())
+    _write_vector(path, "labels", geoms, values, grid.crs.to_wkt())
