@@ -1174,8 +1174,9 @@ def test_every_stage_whose_endpoint_stalls_as_it_publishes_fails_in_time_and_kee
     """Each stage writes its outputs to the loopback S3 server through a proxy; run again
     with ``--overwrite``, the proxy stalls at the first request that would change a final
     output (a write, a copy or a delete of its keys). The stage must end within its I/O
-    timeouts with one error line, leave the old output as it was, and a run once the
-    endpoint answers again must finish and leave no staging behind."""
+    timeouts with one error line (a clean-up that failed too may warn before it), leave the
+    old output as it was, and a run once the endpoint answers again must finish and leave
+    no staging behind."""
     import yaml
 
     from tests.conftest import S3_ENDPOINT, stalling_proxy
@@ -1189,17 +1190,23 @@ def test_every_stage_whose_endpoint_stalls_as_it_publishes_fails_in_time_and_kee
     }
     settings = tmp_path / f"{stage.name}.yaml"
     settings.write_text(yaml.safe_dump({**cfg.to_dict(), **moved, "overwrite": True}))
-    finals = [
-        "/" + t.url.removeprefix("s3://")
-        for t in cfg.replace(**moved).output_targets()
-        if t.kind != "folder"
-    ]
+    try:
+        on_s3 = cfg.replace(**moved)
+    except ConfigError as exc:  # a stage that cannot write there says so in one line
+        pytest.skip(f"{stage.name} does not write to object storage: {exc}")
+    targets = [t for t in on_s3.output_targets() if t.kind != "folder"]
+    finals = ["/" + t.url.removeprefix("s3://") for t in targets]
+
+    built: list[str] = []
 
     def publishing(method: str, path: str) -> bool:
         if method not in ("PUT", "POST", "DELETE"):
             return False
+        if ".w2w-" in path:
+            built.append(path)  # staging, or a run set aside
+            return False
         if path.startswith((f"/{bucket}?delete", f"/{bucket}/?delete")):
-            return True  # a bulk delete: of old outputs, or of a run being set aside
+            return bool(built)  # a bulk delete once something was built: of old outputs
         return any(path == f or path.startswith((f + "/", f + "?")) for f in finals)
 
     env = {"W2W_IO_TIMEOUT": "2", "W2W_IO_RETRIES": "1"}
@@ -1211,14 +1218,16 @@ def test_every_stage_whose_endpoint_stalls_as_it_publishes_fails_in_time_and_kee
             assert len(lines) == 1 and lines[0].startswith("error:"), first.stderr
             pytest.skip(f"{stage.name} does not write to object storage: {lines[0]}")
         old = {k: v for k, v in _keys(bucket, stage.name).items() if ".w2w-" not in k}
+        built.clear()
         proxy.when = publishing
         started = time.monotonic()
         stalled = _run_stage(stage, settings, AWS_ENDPOINT_URL=proxy.url, **env)
         seconds = time.monotonic() - started
-        assert proxy.stalled.is_set(), f"{stage.name} never published: {proxy.requests[-5:]}"
+        assert proxy.stalled.is_set(), (stage.name, proxy.requests[-5:], stalled.stderr)
+        # One error line, last; before it at most a warning that a clean-up failed too.
         lines = [ln for ln in stalled.stderr.splitlines() if ln.strip()]
-        assert stalled.returncode != 0 and len(lines) == 1, stalled.stderr
-        assert lines[0].startswith("error:") and "internal error" not in lines[0], lines
+        assert stalled.returncode != 0 and lines[-1].startswith("error:"), stalled.stderr
+        assert "internal error" not in stalled.stderr and "Traceback" not in stalled.stderr
         assert seconds < 240, (seconds, lines)
         now = {k: v for k, v in _keys(bucket, stage.name).items() if ".w2w-" not in k}
         assert now == old  # the stalled request never reached the server: nothing changed

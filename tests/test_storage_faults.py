@@ -126,3 +126,24 @@ def test_storage_errors_are_told_apart_by_their_cause_not_by_digits_in_a_url(
     from w2w.core.storage import remote_error
 
     assert says in str(remote_error("s3://bucket/x", OSError(message)))
+
+
+def test_a_storage_failure_raised_inside_a_library_is_a_storage_error() -> None:
+    """zarr, Ray or s3fs may raise a storage client's own error (not through the storage
+    layer): the command line and the registry still say what it is, in one line."""
+    from botocore.exceptions import ReadTimeoutError
+    from fsspec.exceptions import FSTimeoutError
+
+    from w2w.core.errors import StorageError, from_os_error
+
+    inner = ReadTimeoutError(endpoint_url="http://127.0.0.1:40371/bucket?delete")
+    try:
+        try:
+            raise inner
+        except ReadTimeoutError as exc:
+            raise RuntimeError("zarr failed") from exc
+    except RuntimeError as outer:
+        got = from_os_error(outer)
+    assert isinstance(got, StorageError) and "did not answer" in str(got)
+    assert "did not answer" in str(from_os_error(FSTimeoutError()))
+    assert from_os_error(RuntimeError("a bug")) is None

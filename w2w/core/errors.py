@@ -53,14 +53,28 @@ _FULL = {28, 122}  # ENOSPC, EDQUOT
 _FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "Free disk space available")
 
 
+def _object_storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is an object-storage client's failure (botocore, aiohttp, s3fs, a
+    filesystem call past its deadline)."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs")) or (
+        type(exc).__name__ == "FSTimeoutError"
+    )
+
+
 def from_os_error(exc: BaseException) -> W2WError | None:
     """The w2w error for an operating-system error a user can fix (a full disk, a read-only
-    file system), found in ``exc`` or its causes; None for anything else."""
+    file system, object storage that fails or does not answer), found in ``exc`` or its
+    causes; None for anything else."""
     import errno
 
     seen = 0
     cur: BaseException | None = exc
     while cur is not None and seen < 10:
+        if _object_storage_failure(cur):  # raised inside a library (zarr, Ray) that called it
+            from w2w.core.storage import remote_error, s3_endpoint
+
+            return remote_error(s3_endpoint() or "object storage", cur)
         if any(text in str(cur) for text in _FULL_TEXTS):  # GDAL's, which carry no errno
             return DiskFullError(
                 "no space left on the device being written; free space there or choose an "

@@ -135,11 +135,10 @@ def publish_store(work: str, output: str) -> None:
         return
     pins.check()
     crashpoints.reached("before-swap", output)
-    fs = storage.filesystem(output)
     if storage.exists(output):
         storage.remove_tree(output)
         crashpoints.reached("mid-swap", output)
-    fs.copy(work, output, recursive=True)
+    storage.remote(output, "copy", work, output, recursive=True)
     crashpoints.reached("after-swap", output)
     storage.remove_tree(work)
 
@@ -180,7 +179,14 @@ def restore(aside: str, output: str) -> None:
 def _move(src: str, dst: str) -> None:
     """Rename a folder or prefix (object storage: copied and deleted, not atomic)."""
     if storage.is_remote(src):
-        storage.filesystem(src).mv(src, dst, recursive=True)
+        # Object by object (files only: a folder-marker key has nothing to copy), then the
+        # source; a failure part-way leaves the source whole.
+        files = storage.remote(src, "find", src)
+        scheme = src.split("://", 1)[0]
+        for f in files:
+            key = f"{scheme}://{f}"
+            storage.remote(src, "copy", key, dst + key[len(src) :])
+        storage.remove_tree(src)
     else:
         os.replace(src, dst)
 
@@ -291,7 +297,7 @@ def _aside_journal(output: str) -> str:
 def _remove(url: str) -> None:
     if storage.is_remote(url):
         with contextlib.suppress(FileNotFoundError):
-            storage.filesystem(url).rm(url)
+            storage.remote(url, "rm", url)
     else:
         with contextlib.suppress(FileNotFoundError):
             os.remove(url)

@@ -160,6 +160,24 @@ def exists(url: str | Path) -> bool:
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 
 
+def remote(url: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``method`` of the filesystem serving ``url``, its failures as one clear
+    :class:`StorageError` (a missing file stays :class:`FileNotFoundError`). A write
+    (``put_file``) has an overall deadline as well as the per-request timeouts: a request
+    whose reply never comes (an endpoint that stalls while it takes the body) ends too."""
+    fs = filesystem(url)
+    if method == "put_file":
+        size = os.path.getsize(args[0])
+        # Every 8 MiB may take the whole timeout, every try: a deadline, not a speed limit.
+        kwargs["timeout"] = io_timeout() * (io_retries() + 1) * (2 + size / (8 << 20))
+    try:
+        return getattr(fs, method)(*args, **kwargs)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - object-store errors
+        raise remote_error(url, exc) from None
+
+
 def remote_error(url: str, exc: BaseException) -> StorageError:
     """A clear error for a failed object-store access, naming the likely fix."""
     text = f"{type(exc).__name__}: {exc}"
@@ -172,7 +190,7 @@ def remote_error(url: str, exc: BaseException) -> StorageError:
         )
     if "accessdenied" in lowered or "forbidden" in lowered or re.search(r"\b403\b", lowered):
         return StorageError(f"{url}: access denied ({text}); check the bucket policy / IAM role")
-    if "timeout" in lowered or "timed out" in lowered:
+    if "timeout" in lowered or "timed out" in lowered or isinstance(exc, TimeoutError):
         return StorageError(
             f"{url}: object storage did not answer within {io_timeout():g} s, "
             f"{io_retries() + 1} tries ({text}); check the endpoint and network, or allow "
@@ -233,10 +251,7 @@ def atomic_put_file(local_path: str | Path, url: str | Path) -> str:
     pins.check()
     dest = normalize(url)
     if is_remote(dest):
-        try:
-            filesystem(dest).put_file(str(local_path), dest)
-        except Exception as exc:  # noqa: BLE001
-            raise remote_error(dest, exc) from None
+        remote(dest, "put_file", str(local_path), dest)
         return dest
     folder = Path(dest).parent
     ensure_writable_dir(folder)
@@ -306,8 +321,7 @@ def remove_tree(url: str | Path) -> None:
     """Delete a folder or prefix, if present."""
     u = normalize(url)
     if is_remote(u):
-        fs = filesystem(u)
         with contextlib.suppress(FileNotFoundError):
-            fs.rm(u, recursive=True)
+            remote(u, "rm", u, recursive=True)
     else:
         shutil.rmtree(u, ignore_errors=True)

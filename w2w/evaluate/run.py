@@ -241,13 +241,8 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
         counter, mosaic.blocks(), engine=cfg.engine, what="evaluate", progress=progress
     ):
         totals.add(counts)
-    inputs = {
-        "mosaic": cfg.mosaic,
-        "scene": cfg.scene,
-        "bundle": cfg.bundle,
-        "bundle_hash": bundle_hash,
-        "mosaic_provenance": mosaic.provenance,
-    }
+    inputs = {"mosaic": cfg.mosaic, "scene": cfg.scene, "bundle": cfg.bundle}
+    inputs.update(bundle_hash=bundle_hash, mosaic_provenance=mosaic.provenance)
     result = build_result(
         totals.matrix,
         totals.mapped,
@@ -262,15 +257,20 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
     )
     for w in result.warnings:
         log.warning(w)
+    _write_report(result, targets)
+    return result
+
+
+def _write_report(result: EvaluationResult, targets: dict[str, str]) -> None:
+    """The report's files, published as one set (the JSON last: a reader never finds a
+    report beside another's figure)."""
     report = result.to_json()
     with tempfile.TemporaryDirectory(prefix="w2w-evaluate-") as tmp:
         staged = {key: Path(tmp) / Path(url).name for key, url in targets.items()}
-        staged["figure"].write_bytes(plot_confusion(totals.matrix, [c.name for c in classes]))
+        staged["figure"].write_bytes(plot_confusion(result.matrix, list(result.class_names)))
         staged["markdown"].write_text(markdown_report(report))
         staged["json"].write_text(json.dumps(report, indent=2) + "\n")
-        # One set, the JSON last: a reader never finds a report beside another's figure.
         publish_files([(targets[k], staged[k]) for k in ("figure", "markdown", "json")])
-    return result
 
 
 # -- the per-pixel baseline -----------------------------------------------------------------

@@ -141,6 +141,15 @@ class SynthConfig(StageConfig):
             data = {**data, "height": height, "width": width}
         return data
 
+    @model_validator(mode="after")
+    def _geotiffs_are_local(self) -> SynthConfig:
+        if self.format != "store" and storage.is_remote(self.output):
+            raise ValueError(
+                f"synthetic GeoTIFFs are written to a local folder, not {self.output}; give a "
+                "local folder, or --format store for a scene store on object storage"
+            )
+        return self
+
     @field_validator("epsg")
     @classmethod
     def _projected(cls, v: int) -> int:

@@ -406,8 +406,14 @@ def _open_or_create_mosaic(
 
 
 def _existing_mosaic(url: str, *, overwrite: bool) -> MosaicStore | None:
+    """The mosaic at ``url`` to resume, or None where there is none worth resuming (with
+    ``overwrite``); one whose creation was cut short (a group without its class array: the
+    endpoint failed while it was being made) is not a mosaic to resume."""
     try:
-        return MosaicStore.open(url, mode="r+")
+        mosaic = MosaicStore.open(url, mode="r+")
+        if "class" not in mosaic.array_names():
+            raise InputError(f"{url} was cut short while it was being created")
+        return mosaic
     except InputError:
         if overwrite:
             return None
