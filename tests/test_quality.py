@@ -49,4 +49,5 @@ def test_two_runs_with_the_same_seed_give_the_same_metrics(
     a, b = runs
     assert a["w2w"] == b["w2w"]
     assert a["random_forest"] == b["random_forest"]
+    assert a["gradient_boosting"] == b["gradient_boosting"]
     assert a["w2w"]["test_pixels"] > 1000
