@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -90,20 +91,28 @@ def s3_bucket(s3_server: str) -> str:
     return f"s3://{name}"
 
 
+_W2W_LOGGER = logging.getLogger("w2w")
+#: The 'w2w' logger as the session found it, before any command ran in-process.
+_W2W_LOGGER_STATE = (list(_W2W_LOGGER.handlers), _W2W_LOGGER.level, _W2W_LOGGER.propagate)
+
+
 @pytest.fixture(autouse=True)
 def _w2w_logger_as_it_was() -> Iterator[None]:
-    """Put the 'w2w' logger back after each test: a command run in-process (CliRunner) routes
-    it to the console and stops it propagating, and a ``logging.config.dictConfig`` (a
-    library's) disables loggers that exist; either would hide its records from later tests'
-    ``caplog``."""
-    import logging
+    """Give each test the 'w2w' logger as the session found it: a command run in-process
+    (CliRunner) routes it to the console and stops it propagating -- in a fixture of a wider
+    scope too, which a per-test snapshot would keep -- and that would hide its records from
+    later tests' ``caplog``."""
+    handlers, level, propagate = _W2W_LOGGER_STATE
 
-    logger = logging.getLogger("w2w")
-    state = (list(logger.handlers), logger.level, logger.propagate)
-    logger.disabled = False  # a logging.config.dictConfig elsewhere may have disabled it
+    def restore() -> None:
+        _W2W_LOGGER.handlers[:] = handlers
+        _W2W_LOGGER.setLevel(level)
+        _W2W_LOGGER.propagate = propagate
+        _W2W_LOGGER.disabled = False
+
+    restore()
     yield
-    logger.handlers[:], logger.level, logger.propagate = state[0], state[1], state[2]
-    logger.disabled = False
+    restore()
 
 
 @contextlib.contextmanager
