@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,6 +68,25 @@ def make_bundle(url: str, table: tuple[ClassInfo, ...], plan: SplitPlan | None) 
     )
     save_bundle(url, bundle, {"w": torch.zeros(1)})
     return url
+
+
+def evaluate_with_split(
+    tmp_path: Path, scene: SceneStore, mapped: np.ndarray, plan: SplitPlan
+) -> tuple[EvaluateConfig, Any]:
+    """Evaluate the map ``mapped`` of ``scene`` with a bundle that holds ``plan``: the config
+    (local engine) and the result."""
+    table = scene.info.classes
+    mosaic_url = str(tmp_path / "m.zarr")
+    make_mosaic(mosaic_url, scene.grid, mapped, table, block=64)
+    bundle = make_bundle(str(tmp_path / "model.safetensors"), table, plan)
+    cfg = EvaluateConfig(
+        mosaic=mosaic_url,
+        scene=scene.url,
+        bundle=bundle,
+        output=str(tmp_path / "r"),
+        engine="local",
+    )
+    return cfg, evaluate(cfg, progress=False)
 
 
 @pytest.fixture
@@ -169,18 +189,7 @@ def test_only_pixels_of_the_split_are_counted(tmp_path: Path, rng: np.random.Gen
     mapped = np.where(labels == 6, 1, labels + 1).astype("uint8")  # wrong class everywhere
     mapped[test_mask] = labels[test_mask]
     mapped[labels == 0] = 255
-    mosaic_url = str(tmp_path / "m.zarr")
-    make_mosaic(mosaic_url, scene.grid, mapped, table, block=64)
-    bundle = make_bundle(str(tmp_path / "model.safetensors"), table, plan)
-
-    cfg = EvaluateConfig(
-        mosaic=mosaic_url,
-        scene=scene.url,
-        bundle=bundle,
-        output=str(tmp_path / "r"),
-        engine="local",
-    )
-    result = evaluate(cfg, progress=False)
+    cfg, result = evaluate_with_split(tmp_path, scene, mapped, plan)
     assert result.split == "test"  # the default with a bundle
     matrix, _, _ = expected_counts(labels, mapped, table, mask=test_mask)
     np.testing.assert_array_equal(result.matrix, matrix)
@@ -375,17 +384,7 @@ def test_every_evaluation_with_a_split_has_the_baseline_on_the_same_pixels(
         scene.grid, 16, 16, SplitConfig(block_chips=2, val_fraction=0.0, test_fraction=0.4)
     )
     mapped = noisy_map(labels, rng, flip=0.3)
-    mosaic_url = str(tmp_path / "m.zarr")
-    make_mosaic(mosaic_url, scene.grid, mapped, table, block=64)
-    bundle = make_bundle(str(tmp_path / "model.safetensors"), table, plan)
-    cfg = EvaluateConfig(
-        mosaic=mosaic_url,
-        scene=scene.url,
-        bundle=bundle,
-        output=str(tmp_path / "r"),
-        engine="local",
-    )
-    result = evaluate(cfg, progress=False)
+    cfg, result = evaluate_with_split(tmp_path, scene, mapped, plan)
     base = result.baseline
     b_matrix = np.asarray(base["accuracy"]["confusion_matrix"])
     assert b_matrix.sum() == result.matrix.sum() > 0

@@ -306,13 +306,18 @@ def test_a_killed_overwrite_of_a_run_is_rolled_back_by_the_next_command(tmp_path
     assert sorted(p.name for p in runs.iterdir()) == ["r1"]
 
 
-def test_swap_and_staging_leftovers_of_dead_processes_are_settled(tmp_path: Path) -> None:
-    dead = subprocess.run(
+def _dead_tag() -> str:
+    """A staging tag of a process that has ended."""
+    return subprocess.run(
         [sys.executable, "-c", "from w2w.core.outputs import staging_tag; print(staging_tag())"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
+
+
+def test_swap_and_staging_leftovers_of_dead_processes_are_settled(tmp_path: Path) -> None:
+    dead = _dead_tag()
     out = tmp_path / "m.zarr"
     # Killed between the two renames of a swap: the old store comes back.
     (tmp_path / f".m.zarr.w2w-swap-{dead}").mkdir()
@@ -333,12 +338,7 @@ def test_swap_and_staging_leftovers_of_dead_processes_are_settled(tmp_path: Path
 def test_staging_left_on_object_storage_by_dead_processes_is_removed(s3_bucket: str) -> None:
     """A build that failed where even its clean-up could not reach the endpoint leaves its
     staging prefix; the next run's guard removes it (a live process's is kept)."""
-    dead = subprocess.run(
-        [sys.executable, "-c", "from w2w.core.outputs import staging_tag; print(staging_tag())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    dead = _dead_tag()
     from w2w.core import storage
 
     live = outputs.staging_tag()

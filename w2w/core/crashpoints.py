@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 import signal
 
-STEPS = ("before-swap", "mid-swap", "after-swap")
-
 _state = {"armed": False, "count": 0}
 
 

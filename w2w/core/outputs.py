@@ -163,8 +163,12 @@ def discard_aside(aside: str, output: str) -> None:
     journal = _aside_journal(output)
     storage.atomic_write_bytes(journal, json.dumps({"aside": aside, "done": True}).encode())
     crashpoints.reached("after-swap", output)
+    _finish_discard(aside, output)
+
+
+def _finish_discard(aside: str, output: str) -> None:
     storage.remove_tree(aside)
-    _remove(journal)
+    _remove(_aside_journal(output))
 
 
 def restore(aside: str, output: str) -> None:
@@ -212,13 +216,10 @@ def _remove_remote_leftovers(output: str) -> None:
     the endpoint leaves one."""
     parent, _, name = output.rstrip("/").rpartition("/")
     scheme = output.split("://", 1)[0]
-    fs = storage.filesystem(output)
     try:
-        entries = fs.ls(parent, detail=False, refresh=True)
+        entries = storage.remote(parent, "ls", parent, detail=False, refresh=True)
     except FileNotFoundError:
         return
-    except Exception as exc:  # noqa: BLE001 - object-store errors
-        raise storage.remote_error(parent, exc) from None
     for entry in entries:
         leaf = str(entry).rstrip("/").rsplit("/", 1)[-1]
         if leaf.startswith(f".{name}.w2w-tmp-") and _maker_gone(leaf):
@@ -231,8 +232,7 @@ def _settle_journals(output: str) -> None:
         record = json.loads(storage.read_bytes(journal))
         aside = record["aside"]
         if record.get("done"):  # it had finished: the old one goes
-            storage.remove_tree(aside)
-            _remove(journal)
+            _finish_discard(aside, output)
         elif not _maker_gone(aside.rsplit("/", 1)[-1]):
             raise OutputError(
                 f"{output} is being replaced by another w2w command (see {journal}); wait for "
