@@ -25,7 +25,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
-    from w2w.api import evaluate, export, ingest, predict, sieve, synthesize, train
+    from w2w.api import evaluate, export, ingest, predict, pretrain, sieve, synthesize, train
     from w2w.core.store.dataset import open_mosaic, open_scene
     from w2w.evaluate.config import EvaluateConfig
     from w2w.export.config import ExportConfig
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from w2w.ingest.synth import SynthConfig
     from w2w.pipeline import PipelineConfig, demo_config, run_pipeline
     from w2w.predict.config import PredictConfig
+    from w2w.pretrain.config import PretrainConfig
     from w2w.sieve.config import SieveConfig
     from w2w.train.config import TrainConfig
 
@@ -42,6 +43,7 @@ __all__ = [
     "IngestConfig",
     "PipelineConfig",
     "PredictConfig",
+    "PretrainConfig",
     "SieveConfig",
     "SynthConfig",
     "TrainConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "open_mosaic",
     "open_scene",
     "predict",
+    "pretrain",
     "run_pipeline",
     "sieve",
     "synthesize",
@@ -68,6 +71,8 @@ __getattr__, __dir__ = lazy_exports(
         "synthesize": ".api",
         "IngestConfig": ".ingest.config",
         "ingest": ".api",
+        "PretrainConfig": ".pretrain.config",
+        "pretrain": ".api",
         "TrainConfig": ".train.config",
         "train": ".api",
         "PredictConfig": ".predict.config",

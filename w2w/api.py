@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from w2w.ingest.synth import SynthConfig, SynthOutputs
     from w2w.predict.config import PredictConfig
     from w2w.predict.run import PredictReport
+    from w2w.pretrain.config import PretrainConfig
+    from w2w.pretrain.run import PretrainReport
     from w2w.sieve.config import SieveConfig
     from w2w.sieve.run import SieveReport
     from w2w.train.config import TrainConfig
@@ -35,6 +37,11 @@ def synthesize(cfg: SynthConfig, *, progress: bool = True) -> SynthOutputs:
 def ingest(cfg: IngestConfig, *, progress: bool = True) -> IngestReport:
     """Ingest imagery and labels into a scene store (``w2w ingest``)."""
     return stage_named("ingest").execute(cfg, progress=progress)
+
+
+def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> PretrainReport:
+    """Pretrain an encoder on a scene's own imagery, no labels (``w2w pretrain``)."""
+    return stage_named("pretrain").execute(cfg, progress=progress)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:

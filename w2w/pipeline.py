@@ -1,4 +1,4 @@
-"""The whole job: ingest -> train -> predict -> sieve -> export -> evaluate, from one config.
+"""The whole job: ingest -> (pretrain ->) train -> predict -> sieve -> export -> evaluate.
 
 A pipeline config is one YAML file with a ``workdir`` (local folder or ``s3://`` prefix) and
 one section per stage, each holding that stage's own settings. Paths that connect the stages
@@ -27,7 +27,9 @@ from w2w.stages import STAGE_NAMES, stage_named
 
 log = logging.getLogger("w2w")
 
-StageName = Literal["synth", "ingest", "train", "predict", "sieve", "export", "evaluate"]
+StageName = Literal[
+    "synth", "ingest", "pretrain", "train", "predict", "sieve", "export", "evaluate"
+]
 
 
 class PipelineConfig(StageConfig):
@@ -41,6 +43,7 @@ class PipelineConfig(StageConfig):
     )
     synth: dict[str, Any] | None = None
     ingest: dict[str, Any] | None = None
+    pretrain: dict[str, Any] | None = None
     train: dict[str, Any] | None = None
     predict: dict[str, Any] | None = None
     sieve: dict[str, Any] | None = None
@@ -50,7 +53,7 @@ class PipelineConfig(StageConfig):
     @model_validator(mode="after")
     def _stages_have_sections(self) -> PipelineConfig:
         for stage in self.stages or []:
-            if getattr(self, stage) is None and stage not in ("sieve", "evaluate"):
+            if getattr(self, stage) is None and stage not in ("pretrain", "sieve", "evaluate"):
                 raise ValueError(f"stage '{stage}' is listed but has no '{stage}:' section")
         return self
 
@@ -90,6 +93,13 @@ def _linked_paths(cfg: PipelineConfig, linked: set[str]) -> dict[str, dict[str, 
     defaults: dict[str, dict[str, Any]] = {
         "synth": {"output": cfg.path("synthetic"), "format": "geotiff"},
         "ingest": {"output": scene},
+        "pretrain": {
+            "scene": scene,
+            "storage_path": cfg.path("runs"),
+            "output": cfg.path("encoder.safetensors"),
+            # The encoder pretrained is the one training builds.
+            "model": _encoder_model((cfg.train or {}).get("model")),
+        },
         "train": {"scene": scene, "storage_path": cfg.path("runs"), "bundle": bundle},
         "predict": {"scene": scene, "bundle": bundle, "output": mosaic},
         "sieve": {"input": mosaic, "output": sieved, "min_area_ha": 1.0},
@@ -104,6 +114,19 @@ def _linked_paths(cfg: PipelineConfig, linked: set[str]) -> dict[str, dict[str, 
     if "synth" in linked:
         defaults["ingest"].update(_synthetic_inputs(cfg, str(defaults["synth"]["output"])))
     return defaults
+
+
+def _encoder_model(model: dict[str, Any] | None) -> dict[str, Any]:
+    """The train section's model settings without the weights it starts from."""
+    return {k: v for k, v in (model or {}).items() if k not in ("weights", "encoder_weights")}
+
+
+def _link_encoder(merged: dict[str, Any], encoder: str) -> dict[str, Any]:
+    """Train starts from the pretrained encoder unless its section names other weights."""
+    model = dict(merged.get("model") or {})
+    if not model.get("encoder_weights") and not model.get("weights"):
+        model["encoder_weights"] = encoder
+    return {**merged, "model": model}
 
 
 def _synthetic_inputs(cfg: PipelineConfig, default_output: str) -> dict[str, Any]:
@@ -140,6 +163,11 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
     for name in stages:
         section = dict(getattr(cfg, name) or {})
         merged = {**defaults[name], **section}
+        if name == "train" and "pretrain" in linked:
+            pretrain = cfg.pretrain or {}
+            merged = _link_encoder(
+                merged, str(pretrain.get("output", defaults["pretrain"]["output"]))
+            )
         for given, others in stage_named(name).replaces.items():
             if given in section:
                 for other in others:

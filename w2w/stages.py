@@ -105,6 +105,22 @@ def _ingest(r: Any) -> StageSummary:
     return StageSummary({"scene store": r.output}, lines=tuple(lines))
 
 
+def _pretrain(r: Any) -> StageSummary:
+    lines = [
+        f"encoder: {r.output}",
+        f"run directory: {r.run_dir}",
+        f"chips: {r.chips['chips']:,}, epochs run: {r.epochs_run}",
+        f"loss: {r.first_loss:.3f} in the first epoch, {r.last_loss:.3f} in the last",
+    ]
+    if len(r.starts) > 1:
+        lines.append(f"resumed at epoch(s): {', '.join(str(s) for s in r.starts[1:])}")
+    return StageSummary(
+        {"pretrained encoder": r.output, "pretraining run": r.run_dir},
+        {"pretrain_loss": r.last_loss},
+        tuple(lines),
+    )
+
+
 def _train(r: Any) -> StageSummary:
     m = r.metrics
     lines = [
@@ -242,6 +258,22 @@ STAGES: tuple[Stage, ...] = (
         short={"output": "-o"},
     ),
     Stage(
+        "pretrain",
+        "Pretrain a model's encoder on a scene's own imagery, no labels (self-supervised).",
+        "w2w.pretrain.config:PretrainConfig",
+        "w2w.pretrain.run:pretrain",
+        _pretrain,
+        arguments=("scene",),
+        short={"output": "-o"},
+        aliases={
+            "arch": "model.arch",
+            "encoder": "model.encoder",
+            "lr": "optim.lr",
+            "workers": "workers.num_workers",
+            "gpu": "workers.use_gpu",
+        },
+    ),
+    Stage(
         "train",
         "Train a segmentation model on a scene store with Ray Train; writes a model bundle.",
         "w2w.train.config:TrainConfig",
@@ -252,6 +284,7 @@ STAGES: tuple[Stage, ...] = (
         aliases={
             "arch": "model.arch",
             "encoder": "model.encoder",
+            "encoder_weights": "model.encoder_weights",
             "chip_size": "chips.size",
             "lr": "optim.lr",
             "workers": "workers.num_workers",

@@ -159,7 +159,7 @@ def load_bundle(url: str, *, verify: bool = True, weights: bool = True) -> Bundl
         from safetensors.numpy import load
 
     raw = storage.read_bytes(url)
-    header, parameters = _read_header(raw, url)
+    header, parameters = read_header(raw, url)
     try:
         state = load(raw) if weights or verify else {}
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -202,24 +202,25 @@ def load_bundle(url: str, *, verify: bool = True, weights: bool = True) -> Bundl
     )
 
 
-def _read_header(raw: bytes, url: str) -> tuple[dict[str, str], int]:
+def read_header(raw: bytes, url: str, kind: str = "w2w model bundle") -> tuple[dict[str, str], int]:
     """The ``__metadata__`` of a safetensors header and the number of weights its tensors
-    hold, or a clear refusal of anything else (pickles included: they are never loaded).
+    hold, or a clear refusal of anything else (pickles included: they are never loaded);
+    ``kind`` names what the file should be, for the messages.
     """
     if len(raw) < 8:
-        raise BundleError(f"{url} is not a w2w model bundle (file too short)")
+        raise BundleError(f"{url} is not a {kind} (file too short)")
     n = int.from_bytes(raw[:8], "little")
     if n <= 0 or n > len(raw) - 8 or n > 100_000_000:
         raise BundleError(
-            f"{url} is not a w2w model bundle (not a safetensors file; pickled models are "
+            f"{url} is not a {kind} (not a safetensors file; pickled models are "
             "refused because loading them can run arbitrary code)"
         )
     try:
         header = json.loads(raw[8 : 8 + n])
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BundleError(f"{url} is not a w2w model bundle (unreadable header)") from None
+        raise BundleError(f"{url} is not a {kind} (unreadable header)") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict):
-        raise BundleError(f"{url} is a safetensors file but not a w2w model bundle (no metadata)")
+        raise BundleError(f"{url} is a safetensors file but not a {kind} (no metadata)")
     tensors = [v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     return meta, sum(math.prod(t.get("shape", [])) for t in tensors)

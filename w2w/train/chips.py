@@ -102,7 +102,8 @@ class _IndexTask:
         image = store.read_image(window)
         valid = store.valid_mask(image, window)
         del image
-        classes = self.lut[store.read_label(window)] if store.meta["has_label"] else None
+        with_labels = self.n_classes > 0 and store.meta["has_label"]
+        classes = self.lut[store.read_label(window)] if with_labels else None
         for a in range(i1 - i0):
             for b in range(j1 - j0):
                 sl = (slice(a * s, a * s + c), slice(b * s, b * s + c))
@@ -127,7 +128,8 @@ def chip_index(
     group: int = 8,
     progress: bool = True,
 ) -> ChipIndex:
-    """Scan the scene once and count valid and labelled pixels of every chip."""
+    """Scan the scene once and count valid and labelled pixels of every chip (valid pixels
+    only with ``n_classes=0``: the labels are not read)."""
     chips = store.grid.chips(size, stride)
     rows, cols = chips.shape
     groups = [
@@ -243,9 +245,8 @@ class ChipReader:
         lut = np.asarray(self.lut, dtype=np.uint8)
         images, labels = [], []
         for w in windows:
-            raw = store.read_image(w)
-            valid = store.valid_mask(raw, w)
-            images.append(norm(raw, valid))
+            image, valid = read_normalised(store, w, norm)
+            images.append(image)
             lab = lut[store.read_label(w)]
             lab[~valid] = IGNORE
             labels.append(lab)
@@ -261,7 +262,42 @@ class ChipReader:
         return {"image": images, "label": labels}
 
 
-def chip_dataset(rows: list[dict[str, int]], reader: ChipReader, *, batch_size: int = 16) -> Any:
+def read_normalised(
+    store: SceneStore, window: Window, norm: Normalizer
+) -> tuple[np.ndarray, np.ndarray]:
+    """One chip: (bands, h, w) float32 normalised (0 where invalid) and its (h, w) valid mask."""
+    raw = store.read_image(window)
+    valid = store.valid_mask(raw, window)
+    return norm(raw, valid), valid
+
+
+@dataclass(frozen=True)
+class ImageChipReader:
+    """Reads chips without labels (for self-supervised pretraining): normalised float32
+    images and their valid masks."""
+
+    store_url: str
+    chip_size: int
+    normalizer: dict[str, Any]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Ray Data ``map_batches`` function: window specs in, ``image`` and ``valid`` out."""
+        store = SceneStore.open(self.store_url)
+        norm = Normalizer.from_dict(self.normalizer)
+        c = self.chip_size
+        chips = [
+            read_normalised(store, Window(int(r), int(col), c, c), norm)
+            for r, col in zip(batch["row"], batch["col"], strict=True)
+        ]
+        return {
+            "image": np.stack([im for im, _ in chips]),
+            "valid": np.stack([v for _, v in chips]).astype(np.uint8),
+        }
+
+
+def chip_dataset(
+    rows: list[dict[str, int]], reader: ChipReader | ImageChipReader, *, batch_size: int = 16
+) -> Any:
     """A Ray Data dataset of chips: window specs read, normalised and labelled in parallel."""
     import ray.data
 
@@ -274,7 +310,9 @@ def chip_dataset(rows: list[dict[str, int]], reader: ChipReader, *, batch_size: 
     )
 
 
-def _read_batch(batch: dict[str, np.ndarray], reader: ChipReader) -> dict[str, np.ndarray]:
+def _read_batch(
+    batch: dict[str, np.ndarray], reader: ChipReader | ImageChipReader
+) -> dict[str, np.ndarray]:
     return reader(batch)
 
 

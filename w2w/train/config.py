@@ -135,6 +135,15 @@ class TrainConfig(StageConfig):
             raise ValueError("loss.class_weights is an empty list")
         return self
 
+    def input_locations(self, *, expand: bool = True) -> list[tuple[str, str]]:
+        """The scene, and the weights training starts from when given."""
+        found = super().input_locations(expand=expand)
+        if self.model.weights:
+            found.append(("model weights", self.model.weights))
+        if self.model.encoder_weights:
+            found.append(("encoder weights", self.model.encoder_weights))
+        return found
+
     def output_targets(self) -> list[Target]:
         """The run folder (resumed when it holds this run: the settings are compared) and
         the bundle when it lies outside the run folder."""

@@ -25,6 +25,7 @@ from w2w.core.outputs import RUN_FILE, discard_aside, restore, set_aside
 from w2w.core.split import SplitPlan, make_split
 from w2w.core.store import SceneInfo, SceneStore
 from w2w.core.store.integrity import short
+from w2w.model.encoder_file import check_fits, check_shapes, is_encoder_file, load_encoder
 from w2w.model.models import ModelSpec, build_model, check_chip_size
 from w2w.model.normalization import Normalizer
 from w2w.train.chips import (
@@ -88,8 +89,11 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     spec = ModelSpec(
         cfg.model.arch, cfg.model.encoder, info.n_bands, n_classes, dict(cfg.model.options)
     )
-    check_chip_size(build_model(spec), spec, cfg.chips.size)
+    model = build_model(spec)
+    check_chip_size(model, spec, cfg.chips.size)
     normalizer = Normalizer.from_stats(info.stats, list(info.band_names), cfg.normalization)
+    if cfg.model.encoder_weights and is_encoder_file(cfg.model.encoder_weights):
+        normalizer = _pretrained_normalizer(cfg, spec, tuple(info.band_names), model)
     lut = label_lut(classes, info.unlabelled)
 
     index = chip_index(
@@ -152,6 +156,21 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     )
 
 
+def _pretrained_normalizer(
+    cfg: TrainConfig, spec: ModelSpec, bands: tuple[str, ...], model: Any
+) -> Normalizer:
+    """Check an encoder file from ``w2w pretrain`` against the model and the scene (encoder,
+    options, bands, normalisation method, tensor shapes) and return the normalisation the
+    encoder saw, which training then uses too: the encoder's features were learnt on those
+    inputs."""
+    url = str(cfg.model.encoder_weights)
+    encoder = load_encoder(url)
+    check_fits(encoder, url, spec, bands, cfg.normalization)
+    check_shapes(encoder, url, model.encoder)
+    log.info("encoder weights: %s (pretrained, %s)", url, encoder.content_hash[:19])
+    return encoder.normalizer
+
+
 def _classes(cfg: TrainConfig, info: SceneInfo) -> tuple[ClassInfo, ...]:
     """The classes the model learns: the scene's labelled ones (two at least), checked
     against the configured class weights."""
@@ -186,7 +205,15 @@ def run_fingerprint(cfg: TrainConfig, plan: TrainPlan) -> dict[str, Any]:
 
 
 def claim_run(cfg: TrainConfig, plan: TrainPlan) -> str | None:
-    """Start a new run, or check that an existing run of this name can be resumed.
+    """Start a new training run, or check that an existing run of this name can be resumed
+    with these settings (:func:`claim`)."""
+    return claim(cfg, run_fingerprint(cfg, plan))
+
+
+def claim(cfg: Any, mine: dict[str, Any]) -> str | None:
+    """Start a new run (of ``w2w train`` or ``w2w pretrain``: ``cfg`` has their ``run_dir``,
+    ``run_name``, ``storage_path`` and ``overwrite``), or check that an existing run of this
+    name was started with the same fingerprint ``mine`` and can be resumed.
 
     Ray Train resumes any run with the same name and storage path; resuming one that was
     made with another model or data would fail deep inside a worker, so the settings that
@@ -199,9 +226,14 @@ def claim_run(cfg: TrainConfig, plan: TrainPlan) -> str | None:
     if cfg.overwrite and storage.exists(cfg.run_dir):
         aside = set_aside(cfg.run_dir)
         log.info("run %s moved aside to %s until the new run finishes", cfg.run_name, aside)
-    mine = run_fingerprint(cfg, plan)
     if storage.exists(run_file):
         theirs = json.loads(storage.read_bytes(run_file))
+        kinds = (theirs.get("kind", "training"), mine.get("kind", "training"))
+        if kinds[0] != kinds[1]:
+            raise ConfigError(
+                f"run '{cfg.run_name}' in {cfg.storage_path} is a {kinds[0]} run, not a "
+                f"{kinds[1]} run; choose another --run-name"
+            )
         if theirs != mine:
             changed = sorted(k for k in mine if mine.get(k) != theirs.get(k))
             scene = (
@@ -222,7 +254,7 @@ def claim_run(cfg: TrainConfig, plan: TrainPlan) -> str | None:
     return aside
 
 
-def release_run(cfg: TrainConfig, aside: str | None, *, succeeded: bool) -> None:
+def release_run(cfg: Any, aside: str | None, *, succeeded: bool) -> None:
     """After training: delete the old run set aside by ``overwrite`` when the new one
     succeeded, else put it back in place of the failed new one."""
     if aside is None:
@@ -231,7 +263,7 @@ def release_run(cfg: TrainConfig, aside: str | None, *, succeeded: bool) -> None
         discard_aside(aside, cfg.run_dir)
     else:
         restore(aside, cfg.run_dir)
-        log.warning("training failed: the previous run %s is back in place", cfg.run_name)
+        log.warning("the run failed: the previous run %s is back in place", cfg.run_name)
 
 
 def _has_checkpoints(run_dir: str) -> bool:

@@ -26,7 +26,7 @@ from w2w.core.plots import plot_confusion, plot_learning_curves
 from w2w.core.resources import Request, require
 from w2w.model.bundle import Bundle, save_bundle
 from w2w.train.chips import chip_dataset
-from w2w.train.config import TrainConfig
+from w2w.train.config import TrainConfig, WorkersConfig
 from w2w.train.plan import TrainPlan, claim_run, prepare, release_run
 from w2w.train.worker import history_csv, train_loop
 
@@ -55,7 +55,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     quiet_ray_data()
     # Decided once: the resource check and the dataset must agree on it.
     cache = should_cache(cfg, plan)
-    _require_resources(cfg, cache=cache)
+    require_workers(cfg.workers, cache=cache)
     aside = claim_run(cfg, plan)
     try:
         report = _fit(cfg, plan, cache=cache)
@@ -78,7 +78,7 @@ def _fit(cfg: TrainConfig, plan: TrainPlan, *, cache: bool) -> TrainReport:
             # The split across workers is equal: each gets the same number of rows.
             "rows_per_worker": len(plan.train_rows) // cfg.workers.num_workers,
         },
-        scaling_config=_scaling(cfg),
+        scaling_config=scaling(cfg.workers),
         run_config=_run_config(cfg),
         datasets={"train": training_chips(cfg, plan, cache=cache)},
         dataset_config=data_config(cfg),
@@ -86,9 +86,9 @@ def _fit(cfg: TrainConfig, plan: TrainPlan, *, cache: bool) -> TrainReport:
     try:
         result = trainer.fit()
     except Exception as exc:
-        raise _training_error(exc) from exc
+        raise training_error(exc) from exc
     if result.error is not None:
-        raise _training_error(result.error)
+        raise training_error(result.error)
     return finish(cfg, plan, result)
 
 
@@ -116,22 +116,27 @@ def training_chips(cfg: TrainConfig, plan: TrainPlan, *, cache: bool) -> Any:
 
 def data_config(cfg: TrainConfig) -> Any:
     """The trainer's split of the dataset across workers, in a fixed order when reproducible."""
+    return split_in_order(cfg.reproducible)
+
+
+def split_in_order(preserve_order: bool) -> Any:
+    """A Ray Train ``DataConfig`` that splits the ``train`` dataset across the workers,
+    keeping its order when ``preserve_order``."""
     from ray.train import DataConfig
 
     with warnings.catch_warnings():  # Ray's own defaults trip its deprecation warnings
         warnings.simplefilter("ignore", DeprecationWarning)
         ingest_options = DataConfig.default_ingest_options()
-        ingest_options.preserve_order = cfg.reproducible
+        ingest_options.preserve_order = preserve_order
     return DataConfig(datasets_to_split=["train"], execution_options=ingest_options)
 
 
-def _require_resources(cfg: TrainConfig, *, cache: bool) -> None:
+def require_workers(w: WorkersConfig, *, cache: bool, what: str = "training workers") -> None:
     """Refuse training the cluster cannot run: workers that do not fit, or that reserve every
     CPU while the chips stream from the store (their read tasks would never start)."""
-    w = cfg.workers
     require(
         Request(
-            "training workers",
+            what,
             w.num_workers,
             w.cpus_per_worker,
             w.gpus_per_worker if w.use_gpu else 0.0,
@@ -143,10 +148,10 @@ def _require_resources(cfg: TrainConfig, *, cache: bool) -> None:
     )
 
 
-def _scaling(cfg: TrainConfig) -> Any:
+def scaling(workers: WorkersConfig) -> Any:
+    """Ray Train's ``ScalingConfig`` for these workers."""
     from ray.train import ScalingConfig
 
-    workers = cfg.workers
     resources: dict[str, float] = {"CPU": workers.cpus_per_worker}
     if workers.use_gpu:
         resources["GPU"] = workers.gpus_per_worker
@@ -164,8 +169,8 @@ def _run_config(cfg: TrainConfig) -> Any:
 
     return RunConfig(
         name=cfg.run_name,
-        storage_path=_ray_storage_path(cfg.storage_path),
-        storage_filesystem=_ray_filesystem(cfg.storage_path),
+        storage_path=ray_storage_path(cfg.storage_path),
+        storage_filesystem=ray_filesystem(cfg.storage_path),
         failure_config=FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=CheckpointConfig(
             num_to_keep=cfg.keep_checkpoints,
@@ -179,20 +184,26 @@ def _run_config(cfg: TrainConfig) -> Any:
 def should_cache(cfg: TrainConfig, plan: TrainPlan) -> bool:
     """Whether the training chips are kept in Ray's object store (``cache_chips``; auto: when
     they fit in a third of the free store), decided once per run."""
+    nbytes = len(plan.train_rows) * (len(plan.bands) * 4 + 1) * cfg.chips.size**2
+    return fits_in_object_store(cfg.cache_chips, nbytes)
+
+
+def fits_in_object_store(setting: str, nbytes: int) -> bool:
+    """Whether to cache chips of ``nbytes`` in Ray's object store: ``setting`` yes or no, or
+    auto: when they take less than a third of what is free."""
     import ray
 
-    if cfg.cache_chips != "auto":
-        return cfg.cache_chips == "yes"
-    nbytes = len(plan.train_rows) * (len(plan.bands) * 4 + 1) * cfg.chips.size**2
+    if setting != "auto":
+        return setting == "yes"
     store_bytes = ray.available_resources().get("object_store_memory", 0)
     return nbytes < 0.3 * store_bytes
 
 
-def _ray_storage_path(url: str) -> str:
+def ray_storage_path(url: str) -> str:
     return url.split("://", 1)[1] if storage.is_remote(url) else url
 
 
-def _ray_filesystem(url: str) -> Any:
+def ray_filesystem(url: str) -> Any:
     """For object storage, the storage layer's own filesystem (endpoint, credentials,
     timeouts, retries) as the pyarrow filesystem Ray Train writes checkpoints with; None for
     a local folder."""
@@ -203,7 +214,7 @@ def _ray_filesystem(url: str) -> Any:
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(storage.filesystem(url)))
 
 
-def _training_error(exc: BaseException) -> Exception:
+def training_error(exc: BaseException) -> Exception:
     """The user-facing error for a failed ``fit()``: a worker's W2WError as is, else the last
     line of the worker's traceback."""
     from w2w.core.runtime import cause_line, unwrap_ray_error, user_error

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from w2w.train.chips import ChipReader
 from w2w.train.config import TrainConfig
 from w2w.train.losses import SegmentationLoss
 from w2w.train.plan import TrainPlan
+
+if TYPE_CHECKING:
+    from w2w.pretrain.config import PretrainConfig
 
 log = logging.getLogger("w2w")
 
@@ -138,8 +141,9 @@ def build(cfg: TrainConfig, plan: TrainPlan, rows_per_worker: int) -> WorkerRun:
     )
 
 
-def make_scheduler(cfg: TrainConfig, optimizer: Any, steps_per_epoch: int) -> Any:
-    """The learning-rate schedule: one-cycle, or warm-up + cosine, or constant."""
+def make_scheduler(cfg: TrainConfig | PretrainConfig, optimizer: Any, steps_per_epoch: int) -> Any:
+    """The learning-rate schedule: one-cycle, or warm-up + cosine, or constant (the settings
+    of ``cfg.optim`` over ``cfg.epochs``)."""
     import torch
 
     total = steps_per_epoch * cfg.epochs
@@ -325,14 +329,15 @@ def checkpoint(run: WorkerRun, epoch: int, record: dict[str, Any]) -> None:
 def freeze_unused(model: Any, in_channels: int, chip_size: int) -> list[str]:
     """Stop training parameters that the forward pass never uses (e.g. the deeper stages of
     an encoder built with a smaller ``encoder_depth``); DDP requires every trained parameter
-    to receive a gradient. Returns the names frozen."""
+    to receive a gradient. A model may return a tuple of outputs. Returns the names frozen."""
     import torch
 
     was_training = model.training
     model.eval()  # the probe must not update batch-norm statistics
     side = max(32, min(chip_size, 64))
     x = torch.zeros(1, in_channels, side, side)
-    model(x).float().sum().backward()
+    out = model(x)
+    sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
     frozen = []
     for name, p in model.named_parameters():
         if p.requires_grad and p.grad is None:
