@@ -826,7 +826,7 @@ def demo_stages(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> 
     """Every stage's config from a small demo run that has run (the inputs each stage reads)."""
     from w2w.pipeline import demo_config, run_pipeline, stage_configs
 
-    cfg = demo_config(str(tmp_path_factory.mktemp("demo")), size=256, epochs=1)
+    cfg = demo_config(str(tmp_path_factory.mktemp("demo")), size=256, epochs=1, pretrain_epochs=1)
     run_pipeline(cfg, progress=False)
     return stage_configs(cfg)
 

@@ -19,12 +19,24 @@ runner = CliRunner()
 
 def test_small_demo_runs_every_stage(tmp_path: Path, ray_session: None) -> None:
     result = runner.invoke(
-        app, ["--quiet", "demo", str(tmp_path / "demo"), "--size", "256", "--epochs", "3"]
+        app,
+        [
+            "--quiet",
+            "demo",
+            str(tmp_path / "demo"),
+            "--size",
+            "256",
+            "--epochs",
+            "3",
+            "--pretrain-epochs",
+            "1",
+        ],
     )
     assert result.exit_code == 0, result.output
     out = result.stdout
     for name in (
         "scene store",
+        "pretrained encoder",
         "model bundle",
         "mosaic",
         "sieved mosaic",

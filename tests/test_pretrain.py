@@ -283,3 +283,21 @@ def test_a_pipeline_pretrains_the_encoder_it_trains(tmp_path: Path) -> None:
         {"workdir": str(tmp_path), "pretrain": {}, "train": {"model": {"weights": "m.pt"}}}
     )
     assert stage_configs(cfg)["train"].model.encoder_weights is None
+
+
+def test_a_pretrained_encoder_learns_at_a_tenth_of_the_rate_unless_told(tmp_path: Path) -> None:
+    from w2w.train import TrainConfig
+    from w2w.train.worker import param_groups
+
+    model = build_model(ModelSpec("Unet", TINY_MODEL["encoder"], 6, 4, TINY_MODEL["options"]))
+    encoder = {id(p) for p in model.encoder.parameters()}
+    base = {"scene": str(tmp_path / "s.zarr"), "model": TINY_MODEL, "optim": {"lr": 0.01}}
+    scratch = param_groups(model, TrainConfig.from_dict(base))
+    assert len(scratch) == 1 and scratch[0]["lr"] == 0.01
+    pre = {**base, "model": {**TINY_MODEL, "encoder_weights": str(tmp_path / "e.safetensors")}}
+    enc, rest = param_groups(model, TrainConfig.from_dict(pre))
+    assert enc["lr"] == pytest.approx(0.001) and rest["lr"] == 0.01
+    assert {id(p) for p in enc["params"]} == encoder
+    assert not encoder & {id(p) for p in rest["params"]}
+    told = {**pre, "optim": {"lr": 0.01, "encoder_lr_ratio": 1.0}}
+    assert len(param_groups(model, TrainConfig.from_dict(told))) == 1

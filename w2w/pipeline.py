@@ -196,9 +196,10 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> PipelineResul
 
 
 def demo_config(
-    workdir: str, *, size: int = 768, epochs: int = 15, seed: int = 0
+    workdir: str, *, size: int = 768, epochs: int = 15, seed: int = 0, pretrain_epochs: int = 0
 ) -> PipelineConfig:
-    """The embedded default: a synthetic state through every stage, sized for 2 CPU cores."""
+    """The embedded default: a synthetic state through every stage, sized for 2 CPU cores;
+    with ``pretrain_epochs``, self-supervised pretraining of the encoder before training."""
     return PipelineConfig.from_dict(
         {
             "workdir": workdir,
@@ -217,6 +218,20 @@ def demo_config(
                 "chunk": 256,
                 "block": 512,
                 "overwrite": True,
+            },
+            # With pretrain_epochs, the encoder first learns the state's own imagery, no
+            # labels (not by default: with every pixel labelled, as here, it does not help).
+            "pretrain": None
+            if not pretrain_epochs
+            else {
+                "run_name": "demo-pretrain",
+                "overwrite": True,
+                "chip_size": 64,
+                "epochs": pretrain_epochs,
+                "batch_size": 16,
+                "optim": {"lr": 0.002, "warmup_epochs": 0},
+                "workers": {"num_workers": 2},
+                "seed": seed,
             },
             "train": {
                 "run_name": "demo",

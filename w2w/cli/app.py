@@ -376,12 +376,19 @@ def demo(
     size: Annotated[int, typer.Option(help="Edge of the synthetic state in pixels.")] = 768,
     epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic state and training.")] = 0,
+    pretrain_epochs: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Pretrain the encoder on the imagery first, for this many epochs."
+        ),
+    ] = 0,
 ) -> None:
     """The main job on the embedded default: synthetic state -> ingest -> train -> predict ->
     sieve -> COG -> evaluation, on a local Ray (a few minutes on 2 CPU cores)."""
     from w2w.pipeline import demo_config, run_pipeline
 
-    _print_pipeline(run_pipeline(demo_config(workdir, size=size, epochs=epochs, seed=seed)))
+    cfg = demo_config(workdir, size=size, epochs=epochs, seed=seed, pretrain_epochs=pretrain_epochs)
+    _print_pipeline(run_pipeline(cfg))
 
 
 def main(argv: list[str] | None = None) -> None:

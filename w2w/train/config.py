@@ -53,6 +53,13 @@ class OptimConfig(StageConfig):
     min_lr_ratio: float = Field(
         default=0.01, ge=0, le=1, description="final learning rate / peak (cosine only)"
     )
+    encoder_lr_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="encoder's learning rate / the rest's; default: 0.1 when the encoder "
+        "starts from pretrained weights (a high rate would wash out what it learnt), else 1",
+    )
 
 
 class WorkersConfig(StageConfig):

@@ -118,7 +118,7 @@ def build(cfg: TrainConfig, plan: TrainPlan, rows_per_worker: int) -> WorkerRun:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+        param_groups(core, cfg), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
     )
     batches = max(1, math.ceil(int(rows_per_worker) / cfg.batch_size))
     steps_per_epoch = max(1, math.ceil(batches / cfg.accumulate))
@@ -141,6 +141,29 @@ def build(cfg: TrainConfig, plan: TrainPlan, rows_per_worker: int) -> WorkerRun:
     )
 
 
+def encoder_lr_ratio(cfg: TrainConfig) -> float:
+    """The encoder's learning rate relative to the rest of the model (``optim.encoder_lr_ratio``;
+    by default 0.1 for an encoder that starts from pretrained weights, else 1)."""
+    if cfg.optim.encoder_lr_ratio is not None:
+        return cfg.optim.encoder_lr_ratio
+    return 0.1 if cfg.model.encoder_weights else 1.0
+
+
+def param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: the encoder's at ``encoder_lr_ratio`` x the learning
+    rate, then everything else at the learning rate (one group when the ratio is 1)."""
+    ratio = encoder_lr_ratio(cfg)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    encoder = getattr(model, "encoder", None)
+    if ratio == 1.0 or encoder is None:
+        return [{"params": trained, "lr": cfg.optim.lr}]
+    mine = {id(p) for p in encoder.parameters()}
+    return [
+        {"params": [p for p in trained if id(p) in mine], "lr": cfg.optim.lr * ratio},
+        {"params": [p for p in trained if id(p) not in mine], "lr": cfg.optim.lr},
+    ]
+
+
 def make_scheduler(cfg: TrainConfig | PretrainConfig, optimizer: Any, steps_per_epoch: int) -> Any:
     """The learning-rate schedule: one-cycle, or warm-up + cosine, or constant (the settings
     of ``cfg.optim`` over ``cfg.epochs``)."""
@@ -149,7 +172,7 @@ def make_scheduler(cfg: TrainConfig | PretrainConfig, optimizer: Any, steps_per_
     total = steps_per_epoch * cfg.epochs
     if cfg.optim.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.optim.lr, total_steps=total + 1
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total + 1
         )
     cosine = cfg.optim.schedule == "cosine"
     warmup = int(cfg.optim.warmup_epochs * steps_per_epoch) if cosine else 0
@@ -361,7 +384,7 @@ def epoch_record(
     return {
         "epoch": epoch,
         "train_loss": train_loss,
-        "lr": float(optimizer.param_groups[0]["lr"]),
+        "lr": float(optimizer.param_groups[-1]["lr"]),
         "seconds": round(seconds, 3),
         "val_pixels": s["pixels"],
         "val_oa": _finite(s["overall_accuracy"]),
