@@ -121,6 +121,11 @@ def merged(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
 
 def ingest_scene(scene: Scene, workdir: Path) -> str:
     """Make the scene store (synthetic states are generated first)."""
+    return ingest_scene_inputs(scene, workdir)[0]
+
+
+def ingest_scene_inputs(scene: Scene, workdir: Path) -> tuple[str, list[str], dict[int, str]]:
+    """Make the scene store; with the images and classes it was ingested from."""
     from w2w.ingest import IngestConfig, ingest
     from w2w.ingest.synth import SynthConfig, class_names, synthesize
 
@@ -150,17 +155,23 @@ def ingest_scene(scene: Scene, workdir: Path) -> str:
         ),
         progress=False,
     )
-    return str(store)
+    return str(store), images, dict(classes or {})
 
 
 def train_config(
-    scene: Scene, store: str, side: str, workdir: Path, seed: int, overrides: dict[str, Any]
+    scene: Scene,
+    store: str,
+    side: str,
+    workdir: Path,
+    seed: int,
+    overrides: dict[str, Any],
+    tag: str = "",
 ) -> Any:
-    """The w2w training config of one scene and split direction."""
+    """The w2w training config of one scene and split direction (``tag`` names the run)."""
     from w2w.train import TrainConfig
 
     recipe = merged(merged(RECIPE, scene.recipe), overrides)
-    run = f"{scene.name}-{side}"
+    run = f"{scene.name}-{side}{tag}"
     return TrainConfig.from_dict(
         {
             **recipe,
@@ -230,7 +241,13 @@ def random_forest(
 
 
 def run_direction(
-    scene: Scene, store: str, direction: str, workdir: Path, seed: int, overrides: dict[str, Any]
+    scene: Scene,
+    store: str,
+    direction: str,
+    workdir: Path,
+    seed: int,
+    overrides: dict[str, Any],
+    tag: str = "",
 ) -> dict[str, Any]:
     """Train, predict and evaluate w2w, and fit and score the RandomForest, on one split."""
     from w2w.core.metrics import summary
@@ -239,11 +256,11 @@ def run_direction(
     from w2w.train import train
 
     side = DIRECTIONS[direction]
-    cfg = train_config(scene, store, side, workdir, seed, overrides)
+    cfg = train_config(scene, store, side, workdir, seed, overrides, tag)
     t0 = time.time()
     report = train(cfg, progress=False)
     t_train = time.time() - t0
-    mosaic = workdir / f"{scene.name}-{side}-mosaic.zarr"
+    mosaic = workdir / f"{scene.name}-{side}{tag}-mosaic.zarr"
     predict(
         PredictConfig(
             scene=store, bundle=report.bundle, output=str(mosaic), block=256, overwrite=True
@@ -256,7 +273,7 @@ def run_direction(
             scene=store,
             bundle=report.bundle,
             split="test",
-            output=str(workdir / f"{scene.name}-{side}-eval"),
+            output=str(workdir / f"{scene.name}-{side}{tag}-eval"),
             engine="local",
             overwrite=True,
         )
@@ -381,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         "--results", action="store_true", help="append the table to benchmarks/RESULTS.md"
     )
     parser.add_argument("--recipe", default="{}", help="JSON overrides of the training recipe")
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="label-efficiency curves instead: scratch vs pretrained vs per-pixel at --shares",
+    )
+    parser.add_argument("--shares", default="1,10,100", help="percent of training labels kept")
+    parser.add_argument("--seeds", default="0,1", help="seeds of the curves")
     args = parser.parse_args(argv)
     overrides = json.loads(args.recipe)
     logging.basicConfig(level=logging.WARNING)
@@ -398,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.out)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.curves:
+        return _curves(args, argv, workdir, t0)
     results = []
     for name in [s.strip() for s in args.scenes.split(",") if s.strip()]:
         scene = SCENES[name]
@@ -422,6 +448,31 @@ def main(argv: list[str] | None = None) -> int:
     header.update(seconds=time.time() - t0, seed=args.seed, recipe=merged(RECIPE, overrides))
     res = {"results": results}
     publish(workdir / "quality.json", header, res, markdown(results, header), record=args.results)
+    return 0
+
+
+def _curves(args: argparse.Namespace, argv: list[str] | None, workdir: Path, t0: float) -> int:
+    """The label-efficiency curves (:mod:`benchmarks.curves`)."""
+    from benchmarks import curves
+
+    shares = [float(v) / 100 for v in args.shares.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    points: list[dict[str, Any]] = []
+    pretraining: dict[str, Any] = {}
+    for name in [s.strip() for s in args.scenes.split(",") if s.strip()]:
+        if not SCENES[name].available():
+            print(f"skipping {name}: its files are not present", file=sys.stderr)
+            continue
+        got, pre = curves.run_scene(
+            name, workdir / "curves", shares, seeds, lambda m: print(m, flush=True)
+        )
+        points += got
+        pretraining[name] = pre
+    header = run_header("python -m benchmarks quality", argv)
+    header.update(seconds=time.time() - t0, seeds=seeds)
+    text = curves.markdown(points, pretraining, header)
+    res = {"points": points, "pretraining": pretraining}
+    publish(workdir / "curves.json", header, res, text, record=args.results)
     return 0
 
 
