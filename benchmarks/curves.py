@@ -62,7 +62,7 @@ MIN_PIXELS = 50
 def pretrain_scene(scene: Scene, store: str, workdir: Path, seed: int) -> dict[str, Any]:
     """Pretrain the recipe's encoder on the scene; the encoder file and the loss curve."""
     from w2w.api import pretrain
-    from w2w.pretrain.config import PretrainConfig
+    from w2w.train.pretrain.config import PretrainConfig
 
     recipe = merged(RECIPE, scene.recipe)
     model = {k: v for k, v in recipe["model"].items() if k not in ("weights", "encoder_weights")}

@@ -17,9 +17,9 @@ from w2w.model.encoder_file import EncoderFile, load_encoder, save_encoder
 from w2w.model.models import build_model, load_weights
 from w2w.model.normalization import Normalizer
 from w2w.model.spec import ModelSpec
-from w2w.pretrain.config import PretrainConfig, VICRegConfig, ViewsConfig
-from w2w.pretrain.vicreg import local_pairs, vicreg_loss, vicreg_terms
-from w2w.pretrain.views import make_view, symmetry, undo, undo_batch
+from w2w.train.pretrain.config import PretrainConfig, VICRegConfig, ViewsConfig
+from w2w.train.pretrain.vicreg import local_pairs, vicreg_loss, vicreg_terms
+from w2w.train.pretrain.views import make_view, symmetry, undo, undo_batch
 
 BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
 
@@ -180,7 +180,7 @@ def test_train_refuses_an_encoder_file_that_does_not_fit_before_any_work(
 
 
 def test_pretrain_refuses_what_it_cannot_pretrain(synthetic_scene: str, tmp_path: Path) -> None:
-    from w2w.pretrain.plan import prepare
+    from w2w.train.pretrain.plan import prepare
 
     with pytest.raises(ConfigError, match="has no encoder to pretrain"):
         prepare(PretrainConfig(scene=synthetic_scene, model={"arch": "PixelMLP"}), progress=False)

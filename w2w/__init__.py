@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from w2w.ingest.synth import SynthConfig
     from w2w.pipeline import PipelineConfig, demo_config, run_pipeline
     from w2w.predict.config import PredictConfig
-    from w2w.pretrain.config import PretrainConfig
     from w2w.sieve.config import SieveConfig
     from w2w.train.config import TrainConfig
+    from w2w.train.pretrain.config import PretrainConfig
 
 __all__ = [
     "EvaluateConfig",
@@ -71,7 +71,7 @@ __getattr__, __dir__ = lazy_exports(
         "synthesize": ".api",
         "IngestConfig": ".ingest.config",
         "ingest": ".api",
-        "PretrainConfig": ".pretrain.config",
+        "PretrainConfig": ".train.pretrain.config",
         "pretrain": ".api",
         "TrainConfig": ".train.config",
         "train": ".api",

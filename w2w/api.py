@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     from w2w.ingest.synth import SynthConfig, SynthOutputs
     from w2w.predict.config import PredictConfig
     from w2w.predict.run import PredictReport
-    from w2w.pretrain.config import PretrainConfig
-    from w2w.pretrain.run import PretrainReport
     from w2w.sieve.config import SieveConfig
     from w2w.sieve.run import SieveReport
     from w2w.train.config import TrainConfig
+    from w2w.train.pretrain.config import PretrainConfig
+    from w2w.train.pretrain.run import PretrainReport
     from w2w.train.run import TrainReport
 
 

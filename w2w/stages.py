@@ -260,8 +260,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "pretrain",
         "Pretrain a model's encoder on a scene's own imagery, no labels (self-supervised).",
-        "w2w.pretrain.config:PretrainConfig",
-        "w2w.pretrain.run:pretrain",
+        "w2w.train.pretrain.config:PretrainConfig",
+        "w2w.train.pretrain.run:pretrain",
         _pretrain,
         arguments=("scene",),
         short={"output": "-o"},

@@ -2,7 +2,9 @@
 
 :mod:`.config` (settings), :mod:`.chips` (index, filters, balance, Ray Data reads),
 :mod:`.augment`, :mod:`.losses`, :mod:`.plan` (the driver's checks and plan),
-:mod:`.worker` (the per-worker loop), :mod:`.run` (the trainer and the bundle).
+:mod:`.worker` (the per-worker loop), :mod:`.run` (the trainer and the bundle);
+:mod:`.pretrain`, the ``w2w pretrain`` stage: the encoder learns the scene's own imagery first,
+no labels, on the same Ray Train machinery.
 """
 
 from typing import TYPE_CHECKING

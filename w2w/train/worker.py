@@ -36,7 +36,7 @@ from w2w.train.losses import SegmentationLoss
 from w2w.train.plan import TrainPlan
 
 if TYPE_CHECKING:
-    from w2w.pretrain.config import PretrainConfig
+    from w2w.train.pretrain.config import PretrainConfig
 
 log = logging.getLogger("w2w")
 

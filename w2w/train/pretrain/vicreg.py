@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from w2w.pretrain.config import VICRegConfig
+from w2w.train.pretrain.config import VICRegConfig
 
 
 def vicreg_terms(za: Any, zb: Any, *, eps: float = 1e-4) -> tuple[Any, Any, Any]:

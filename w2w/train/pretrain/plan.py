@@ -20,9 +20,9 @@ from w2w.core.store import SceneStore
 from w2w.model.models import PIXEL_ARCH, build_model, check_chip_size
 from w2w.model.normalization import Normalizer
 from w2w.model.spec import ModelSpec
-from w2w.pretrain.config import PretrainConfig
 from w2w.train.chips import ImageChipReader, chip_index
 from w2w.train.plan import claim
+from w2w.train.pretrain.config import PretrainConfig
 
 log = logging.getLogger("w2w")
 

@@ -1,9 +1,9 @@
 """The worker's side of pretraining: what every Ray Train worker runs.
 
 :func:`pretrain_loop` builds the encoder exactly as ``w2w train`` will (cut from the same smp
-model) with VICReg's projectors (:class:`w2w.pretrain.vicreg.Pretrainer`), wraps it for DDP,
+model) with VICReg's projectors (:class:`.vicreg.Pretrainer`), wraps it for DDP,
 restores the last checkpoint when the run resumes, then per epoch makes two views of every
-batch (:mod:`w2w.pretrain.views`), turns the local feature maps back into the chips' frame and
+batch (:mod:`.views`), turns the local feature maps back into the chips' frame and
 minimises the dense VICReg loss (the global embeddings gathered over all ranks). Every epoch
 is checkpointed (rank 0 attaches it; every rank reports, a barrier) with the loss, its terms
 and the spread of the embeddings, which would fall towards 0 if the encoder collapsed.
@@ -22,10 +22,10 @@ from typing import Any
 
 from w2w.core import storage
 from w2w.model.models import build_model
-from w2w.pretrain.config import PretrainConfig
-from w2w.pretrain.plan import PretrainPlan
-from w2w.pretrain.vicreg import Pretrainer, gather, local_pairs, vicreg_loss
-from w2w.pretrain.views import make_view, undo_batch
+from w2w.train.pretrain.config import PretrainConfig
+from w2w.train.pretrain.plan import PretrainPlan
+from w2w.train.pretrain.vicreg import Pretrainer, gather, local_pairs, vicreg_loss
+from w2w.train.pretrain.views import make_view, undo_batch
 from w2w.train.worker import freeze_unused, history_csv, make_scheduler
 
 log = logging.getLogger("w2w")

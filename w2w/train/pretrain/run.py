@@ -1,9 +1,9 @@
 """Self-supervised pretraining: scene chips into a Ray Train ``TorchTrainer``, DDP on CPUs or
 GPUs, with the same workers, checkpoints, resumption and storage as ``w2w train``.
 
-:func:`pretrain` checks everything on the driver (:mod:`w2w.pretrain.plan`), claims the run
+:func:`pretrain` checks everything on the driver (:mod:`.plan`), claims the run
 (resumed when its name and settings match), streams the chips through Ray Data to workers that
-run :func:`w2w.pretrain.worker.pretrain_loop`, and writes the encoder of the last epoch as an
+run :func:`.worker.pretrain_loop`, and writes the encoder of the last epoch as an
 encoder file (:mod:`w2w.model.encoder_file`) that ``train --encoder-weights`` takes, with the
 run's ``metrics.json``/``metrics.csv`` beside the checkpoints.
 """
@@ -19,11 +19,11 @@ from w2w.core import storage
 from w2w.core.errors import StageFailedError
 from w2w.core.outputs import cleanup
 from w2w.model.encoder_file import EncoderFile, save_encoder
-from w2w.pretrain.config import PretrainConfig
-from w2w.pretrain.plan import PretrainPlan, claim_run, prepare
-from w2w.pretrain.worker import pretrain_loop
 from w2w.train.chips import chip_dataset
 from w2w.train.plan import release_run
+from w2w.train.pretrain.config import PretrainConfig
+from w2w.train.pretrain.plan import PretrainPlan, claim_run, prepare
+from w2w.train.pretrain.worker import pretrain_loop
 from w2w.train.run import (
     fits_in_object_store,
     ray_filesystem,

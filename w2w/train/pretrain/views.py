@@ -1,7 +1,7 @@
 """Two views of a chip for self-supervised pretraining, and how to line their features up.
 
 Both views cover the same window; each gets its own rotation/flip (one of the eight
-symmetries of the square) and its own photometric change (:class:`w2w.pretrain.config.ViewsConfig`).
+symmetries of the square) and its own photometric change (:class:`.config.ViewsConfig`).
 Because the window is the same, a position of one view's feature map and the same position
 of the other's, after each map is turned back (:func:`undo`), see the same ground: the local
 loss compares exactly those pairs. The spectral signal of land cover lies in the ratios
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from w2w.pretrain.config import ViewsConfig
+from w2w.train.pretrain.config import ViewsConfig
 
 
 def symmetry(x: Any, k: int, flip: bool) -> Any:

@@ -2,7 +2,7 @@
 
 Shares its model, optimiser and worker sections with ``w2w train`` (the encoder must be the
 one training will build), adds the two views and the loss of the method
-(:mod:`w2w.pretrain.vicreg`). Nothing here imports torch or Ray.
+(:mod:`.vicreg`). Nothing here imports torch or Ray.
 """
 
 from __future__ import annotations
