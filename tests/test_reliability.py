@@ -339,6 +339,21 @@ def test_safe_model_loading_refuses_a_malicious_pickle(tmp_path: Path) -> None:
 # -- bad inputs: the table in docs/errors.md ---------------------------------------------------
 
 
+def _encoder_file(path: Path) -> None:
+    """An encoder file as `w2w pretrain` writes it, for the tiny model's encoder."""
+    from tests.conftest import TINY_MODEL
+    from w2w.model.encoder_file import EncoderFile, save_encoder
+    from w2w.model.models import build_model
+    from w2w.model.normalization import Normalizer
+    from w2w.model.spec import ModelSpec
+
+    spec = ModelSpec("Unet", TINY_MODEL["encoder"], 6, 1, TINY_MODEL["options"])
+    norm = Normalizer("percentile", (0.0,) * 6, (1.0,) * 6, (0.0,) * 6, (1.0,) * 6)
+    bands = ("B02", "B03", "B04", "B08", "B11", "B12")
+    encoder = EncoderFile(spec, bands, norm, 64, {"name": "vicreg-dense"})
+    save_encoder(str(path), encoder, build_model(spec).encoder.state_dict())
+
+
 def _bad_inputs(tmp: Path, scene: str, bundle: str) -> dict[str, tuple[list[str], str]]:
     """Each case of docs/errors.md: (w2w arguments, a part of the one-line error)."""
     import shutil
@@ -371,6 +386,7 @@ def _bad_inputs(tmp: Path, scene: str, bundle: str) -> dict[str, tuple[list[str]
     import torch
 
     torch.save({"weights": [1, 2, 3]}, tmp / "model.pt")
+    _encoder_file(tmp / "encoder.safetensors")
     (tmp / "train.yaml").write_text(yaml.safe_dump({"scene": scene, "epochz": 3}))
     other = str(tmp / "other.zarr")
     w2w_cli(["ingest", str(good), "-o", other, "--engine", "local"])
@@ -382,6 +398,7 @@ def _bad_inputs(tmp: Path, scene: str, bundle: str) -> dict[str, tuple[list[str]
     (broken / "image" / "c" / "0" / "1" / "1").unlink()  # an interrupted copy
 
     ingest = ["ingest", "--engine", "local", "-o"]
+    train = ["train", scene, "--storage-path", str(tmp / "runs"), "--chip-size", "64"]
     return {
         "missing-file": (
             [*ingest, str(tmp / "o.zarr"), str(tmp / "nope.tif")],
@@ -426,6 +443,20 @@ def _bad_inputs(tmp: Path, scene: str, bundle: str) -> dict[str, tuple[list[str]
             "content hash mismatch",
         ),
         "pickled-model": (["bundle-info", str(tmp / "model.pt")], "pickled models are refused"),
+        "encoder-mismatch": (
+            [
+                *train,
+                "--encoder",
+                "resnet18",
+                "--encoder-weights",
+                str(tmp / "encoder.safetensors"),
+            ],
+            "are for encoder tu-resnet10t, but the model uses resnet18; train with --encoder",
+        ),
+        "bundle-as-encoder": (
+            [*train, "--encoder-weights", str(tmp / "model.safetensors")],
+            "are a model bundle, not an encoder file; start from the whole model with",
+        ),
         "unknown-key": (
             ["train", "--config", str(tmp / "train.yaml")],
             "unknown key 'epochz'; did you mean 'epochs'?",
@@ -547,6 +578,8 @@ BAD_INPUTS = [
     "corrupt-bundle",
     "tampered-bundle",
     "pickled-model",
+    "encoder-mismatch",
+    "bundle-as-encoder",
     "unknown-key",
     "out-of-range",
     "output-exists",

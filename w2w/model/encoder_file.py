@@ -21,6 +21,7 @@ from typing import Any
 
 from w2w.core import storage
 from w2w.core.errors import BundleError, ConfigError
+from w2w.model.bundle import FORMAT as BUNDLE_FORMAT
 from w2w.model.bundle import content_hash, read_header
 from w2w.model.normalization import Normalizer
 from w2w.model.spec import ModelSpec
@@ -82,13 +83,24 @@ def save_encoder(url: str, encoder: EncoderFile, state_dict: dict[str, Any]) -> 
     return EncoderFile(**{**stamped.__dict__, "content_hash": digest, "shapes": shapes})
 
 
-def is_encoder_file(url: str) -> bool:
-    """Whether ``url`` is a safetensors file written by ``w2w pretrain`` (reads its header)."""
+def _format(url: str) -> str | None:
+    """The w2w format named in a safetensors file's header (None for any other file)."""
     try:
         meta, _ = read_header(storage.read_bytes(url), url, _KIND)
-        return json.loads(meta.get(_META_KEY, "{}")).get("format") == FORMAT
+        found = json.loads(meta.get(_META_KEY, "{}"))
     except (BundleError, json.JSONDecodeError):
-        return False
+        return None
+    return found.get("format") if isinstance(found, dict) else None
+
+
+def is_encoder_file(url: str) -> bool:
+    """Whether ``url`` is a safetensors file written by ``w2w pretrain`` (reads its header)."""
+    return _format(url) == FORMAT
+
+
+def is_bundle_file(url: str) -> bool:
+    """Whether ``url`` is a w2w model bundle (reads its header)."""
+    return _format(url) == BUNDLE_FORMAT
 
 
 def load_encoder(url: str, *, weights: bool = False) -> EncoderFile:
@@ -108,7 +120,7 @@ def load_encoder(url: str, *, weights: bool = False) -> EncoderFile:
     except (KeyError, json.JSONDecodeError):
         raise BundleError(f"{url} is a safetensors file but not a {_KIND}") from None
     if meta.get("format") != FORMAT:
-        what = "a model bundle" if meta.get("format") == "w2w-bundle" else "not an encoder file"
+        what = "a model bundle" if meta.get("format") == BUNDLE_FORMAT else "not an encoder file"
         raise BundleError(
             f"{url} is {what}, not a {_KIND}; give the encoder that `w2w pretrain` wrote"
         )

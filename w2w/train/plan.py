@@ -25,7 +25,13 @@ from w2w.core.outputs import RUN_FILE, discard_aside, restore, set_aside
 from w2w.core.split import SplitPlan, make_split
 from w2w.core.store import SceneInfo, SceneStore
 from w2w.core.store.integrity import short
-from w2w.model.encoder_file import check_fits, check_shapes, is_encoder_file, load_encoder
+from w2w.model.encoder_file import (
+    check_fits,
+    check_shapes,
+    is_bundle_file,
+    is_encoder_file,
+    load_encoder,
+)
 from w2w.model.models import ModelSpec, build_model, check_chip_size
 from w2w.model.normalization import Normalizer
 from w2w.train.chips import (
@@ -92,8 +98,8 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     model = build_model(spec)
     check_chip_size(model, spec, cfg.chips.size)
     normalizer = Normalizer.from_stats(info.stats, list(info.band_names), cfg.normalization)
-    if cfg.model.encoder_weights and is_encoder_file(cfg.model.encoder_weights):
-        normalizer = _pretrained_normalizer(cfg, spec, tuple(info.band_names), model)
+    if cfg.model.encoder_weights:
+        normalizer = _pretrained_normalizer(cfg, spec, tuple(info.band_names), model) or normalizer
     lut = label_lut(classes, info.unlabelled)
 
     index = chip_index(
@@ -158,12 +164,20 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
 
 def _pretrained_normalizer(
     cfg: TrainConfig, spec: ModelSpec, bands: tuple[str, ...], model: Any
-) -> Normalizer:
+) -> Normalizer | None:
     """Check an encoder file from ``w2w pretrain`` against the model and the scene (encoder,
     options, bands, normalisation method, tensor shapes) and return the normalisation the
     encoder saw, which training then uses too: the encoder's features were learnt on those
-    inputs."""
+    inputs. None for weights from elsewhere (a state dict of the encoder, checked when a
+    worker loads it); a model bundle is refused here, naming the option it belongs to."""
     url = str(cfg.model.encoder_weights)
+    if not is_encoder_file(url):
+        if is_bundle_file(url):
+            raise ConfigError(
+                f"encoder weights {url} are a model bundle, not an encoder file; start from "
+                "the whole model with --model-weights, or give the file `w2w pretrain` wrote"
+            )
+        return None
     encoder = load_encoder(url)
     check_fits(encoder, url, spec, bands, cfg.normalization)
     check_shapes(encoder, url, model.encoder)
