@@ -128,6 +128,8 @@ def _train(r: Any) -> StageSummary:
         f"run directory: {r.run_dir}",
         f"epochs run: {r.epochs_run}, best epoch: {r.best_epoch}",
     ]
+    if r.fitted:
+        lines.append("fitted to the scene: " + ", ".join(f"{k} {v}" for k, v in r.fitted.items()))
     if len(r.starts) > 1:
         lines.append(f"resumed at epoch(s): {', '.join(str(s) for s in r.starts[1:])}")
     if m.get("val_pixels"):

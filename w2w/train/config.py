@@ -123,6 +123,11 @@ class TrainConfig(StageConfig):
         "CPU; costs a little throughput (a slow read holds later chips back), so large GPU "
         "runs may turn it off",
     )
+    fit_to_scene: bool = Field(
+        default=True,
+        description="choose the settings left unset from the scene's size and labels and a "
+        "pretrained encoder file (small scenes: the small-scene recipe); shown before training",
+    )
     engine: Literal["ray", "local"] = Field(default="ray", description="for the chip index scan")
     overwrite: bool = Field(default=False, description="delete an existing run of this name first")
 

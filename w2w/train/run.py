@@ -10,7 +10,9 @@ Re-running with the same run name and storage path resumes from the last checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import os
 import warnings
@@ -27,8 +29,11 @@ from w2w.core.resources import Request, require
 from w2w.model.bundle import Bundle, save_bundle
 from w2w.train.chips import chip_dataset
 from w2w.train.config import TrainConfig, WorkersConfig
+from w2w.train.fit import describe, fit
 from w2w.train.plan import TrainPlan, claim_run, prepare, release_run
 from w2w.train.worker import history_csv, train_loop
+
+log = logging.getLogger("w2w")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class TrainReport:
     history: list[dict[str, Any]]
     chips: dict[str, Any]
     starts: list[int]  # the epoch each (re)start of training began at: [0, 3] = resumed at 3
+    #: The settings chosen for the scene because they were left unset (see w2w.train.fit).
+    fitted: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
@@ -50,7 +57,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     With ``overwrite`` the old run is set aside and removed only when the new one finished."""
     from w2w.core.runtime import ensure_ray, quiet_ray_data
 
-    plan = prepare(cfg, progress=progress)  # checks every input before Ray starts
+    cfg, fitted = fit(cfg)  # the settings left unset, chosen for this scene
+    if fitted:
+        log.info("settings fitted to the scene: %s", describe(fitted))
+    plan = prepare(cfg, progress=progress, fitted=fitted)  # every input checked before Ray
     ensure_ray()
     quiet_ray_data()
     # Decided once: the resource check and the dataset must agree on it.
@@ -255,7 +265,12 @@ def finish(cfg: TrainConfig, plan: TrainPlan, result: Any) -> TrainReport:
         nodata=plan.nodata,
         metrics=metrics,
         split=plan.split,
-        training={"config": cfg.to_dict(), "chips": plan.chips, "epochs_run": len(history)},
+        training={
+            "config": cfg.to_dict(),
+            "fitted": plan.fitted,
+            "chips": plan.chips,
+            "epochs_run": len(history),
+        },
         scene=plan.scene,
     )
     saved = save_bundle(cfg.bundle_url, bundle, best_state["model"])
@@ -269,6 +284,7 @@ def finish(cfg: TrainConfig, plan: TrainPlan, result: Any) -> TrainReport:
         history=history,
         chips=plan.chips,
         starts=[int(s) for s in latest_state.get("starts", [0])],
+        fitted=plan.fitted,
     )
 
 
