@@ -345,7 +345,7 @@ def checkpoint(run: WorkerRun, epoch: int, record: dict[str, Any]) -> None:
         if run.rank == 0:
             torch.save(run.state(epoch), os.path.join(tmp, "state.pt"))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
-            _write_progress(run.cfg, run.history)
+            write_progress(run.cfg.run_dir, run.history)
         ray.train.report(flat, checkpoint=ckpt)
 
 
@@ -415,14 +415,15 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _write_progress(cfg: TrainConfig, history: list[dict[str, Any]]) -> None:
-    """Rank 0 keeps metrics.json / metrics.csv in the run directory current, epoch by epoch."""
+def write_progress(run_dir: str, history: list[dict[str, Any]]) -> None:
+    """Rank 0 keeps metrics.json / metrics.csv in the run directory current, epoch by epoch
+    (of training or pretraining); a failure to write them is a warning, never a stop."""
     try:
         storage.atomic_write_bytes(
-            storage.join(cfg.run_dir, "metrics.json"), json.dumps(history).encode()
+            storage.join(run_dir, "metrics.json"), json.dumps(history).encode()
         )
         storage.atomic_write_bytes(
-            storage.join(cfg.run_dir, "metrics.csv"), history_csv(history).encode()
+            storage.join(run_dir, "metrics.csv"), history_csv(history).encode()
         )
     except Exception as exc:  # noqa: BLE001 - progress files must never stop training
         log.warning("could not write progress metrics: %s", exc)

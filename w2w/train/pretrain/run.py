@@ -10,12 +10,10 @@ run's ``metrics.json``/``metrics.csv`` beside the checkpoints.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from w2w.core import storage
 from w2w.core.errors import StageFailedError
 from w2w.core.outputs import cleanup
 from w2w.model.encoder_file import EncoderFile, save_encoder
@@ -33,7 +31,7 @@ from w2w.train.run import (
     split_in_order,
     training_error,
 )
-from w2w.train.worker import history_csv
+from w2w.train.worker import write_progress
 
 
 @dataclass(frozen=True)
@@ -154,12 +152,7 @@ def finish(cfg: PretrainConfig, plan: PretrainPlan, result: Any) -> PretrainRepo
         ),
         encoder_state,
     )
-    storage.atomic_write_bytes(
-        storage.join(cfg.run_dir, "metrics.json"), json.dumps(history, indent=2).encode()
-    )
-    storage.atomic_write_bytes(
-        storage.join(cfg.run_dir, "metrics.csv"), history_csv(history).encode()
-    )
+    write_progress(cfg.run_dir, history)
     return PretrainReport(
         output=cfg.output_url,
         run_dir=cfg.run_dir,

@@ -11,8 +11,6 @@ and the spread of the embeddings, which would fall towards 0 if the encoder coll
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 import tempfile
@@ -20,15 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from w2w.core import storage
 from w2w.model.models import build_model
 from w2w.train.pretrain.config import PretrainConfig
 from w2w.train.pretrain.plan import PretrainPlan
 from w2w.train.pretrain.vicreg import Pretrainer, gather, local_pairs, vicreg_loss
 from w2w.train.pretrain.views import make_view, undo_batch
-from w2w.train.worker import freeze_unused, history_csv, make_scheduler
-
-log = logging.getLogger("w2w")
+from w2w.train.worker import freeze_unused, make_scheduler, write_progress
 
 #: The numbers kept per epoch besides its index, time and learning rate.
 TERMS = ("loss", "global_loss", "local_loss", "invariance", "variance", "covariance", "std")
@@ -209,18 +204,5 @@ def checkpoint(run: PretrainRun, epoch: int, record: dict[str, Any]) -> None:
         if run.rank == 0:
             torch.save(run.state(epoch), os.path.join(tmp, "state.pt"))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
-            _write_progress(run.cfg, run.history)
+            write_progress(run.cfg.run_dir, run.history)
         ray.train.report(dict(record), checkpoint=ckpt)
-
-
-def _write_progress(cfg: PretrainConfig, history: list[dict[str, Any]]) -> None:
-    """Rank 0 keeps metrics.json / metrics.csv in the run directory current, epoch by epoch."""
-    try:
-        storage.atomic_write_bytes(
-            storage.join(cfg.run_dir, "metrics.json"), json.dumps(history).encode()
-        )
-        storage.atomic_write_bytes(
-            storage.join(cfg.run_dir, "metrics.csv"), history_csv(history).encode()
-        )
-    except Exception as exc:  # noqa: BLE001 - progress files must never stop pretraining
-        log.warning("could not write progress metrics: %s", exc)
