@@ -69,6 +69,8 @@ class TrainPlan:
     scene_grid: dict[str, Any]
     #: The scene's content identity: a run resumes only on the same content.
     scene_identity: str | None = None
+    #: Settings chosen for the scene because they were left unset (:mod:`w2w.train.fit`).
+    fitted: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:
@@ -85,8 +87,11 @@ class TrainPlan:
         return {"url": self.scene_url, "grid": self.scene_grid, "identity": self.scene_identity}
 
 
-def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
-    """Check the inputs and build the plan every worker receives."""
+def prepare(
+    cfg: TrainConfig, *, progress: bool = True, fitted: dict[str, Any] | None = None
+) -> TrainPlan:
+    """Check the inputs and build the plan every worker receives (``fitted``: the settings
+    :func:`w2w.train.fit.fit` chose for ``cfg``, recorded in the plan)."""
     store = SceneStore.open(cfg.scene)
     store.require_whole()
     info = store.info
@@ -159,6 +164,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
         scene_url=store.url,
         scene_grid=store.grid.to_attrs(),
         scene_identity=store.identity,
+        fitted=dict(fitted or {}),
     )
 
 
