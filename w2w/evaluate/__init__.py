@@ -21,7 +21,7 @@ __getattr__, __dir__ = lazy_exports(
         "EvaluateConfig": ".config",
         "ClassArea": ".report",
         "EvaluationResult": ".report",
-        "evaluate": ".run",
+        "evaluate": "w2w.api",
     },
 )
 

@@ -35,9 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, ClassInfo
-from w2w.core.errors import ConfigError, InputError, OutputError
+from w2w.core.errors import ConfigError, InputError
 from w2w.core.grid import Window
 from w2w.core.metrics import confusion, summary
 from w2w.core.outputs import publish_files
@@ -217,13 +216,7 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
     split, plan, bundle_hash = _resolve_split(cfg, mosaic, classes, warnings)
     warnings.extend(_scene_class_warnings(info.classes, classes, cfg.scene))
 
-    targets = report_targets(cfg.output)
-    existing = [u for u in targets.values() if storage.exists(u)]
-    if existing and not cfg.overwrite:
-        raise OutputError(
-            f"{existing[0]} exists already; pass --overwrite to replace the report or choose "
-            "another output folder"
-        )
+    targets = report_targets(cfg.output)  # existing ones need overwrite: the output guard
 
     counter = BlockCounter(
         mosaic.url,

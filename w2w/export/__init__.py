@@ -21,7 +21,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         "ExportConfig": ".config",
         "ExportResult": ".run",
-        "export": ".run",
+        "export": "w2w.api",
         "export_targets": ".config",
     },
 )

@@ -61,7 +61,7 @@ import rasterio
 
 from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, ClassInfo
-from w2w.core.errors import ConfigError, InputError, OutputError
+from w2w.core.errors import ConfigError, InputError
 from w2w.core.grid import Grid
 from w2w.core.outputs import publish_files, recover_files
 from w2w.core.store import MosaicStore
@@ -200,16 +200,10 @@ def _publish_set(
 
 
 def _check_outputs(cfg: ExportConfig, targets: ExportTargets) -> None:
-    """Finish an earlier export killed while publishing; refuse to overwrite without
-    ``overwrite``, and a compression this GDAL cannot write."""
+    """Finish an earlier export killed while publishing; refuse a compression this GDAL
+    cannot write (an existing export without ``overwrite``: the output guard)."""
     if not storage.is_remote(targets.cog):
         recover_files(targets.cog)  # an earlier export killed while publishing
-    existing = [u for u in targets.all() if storage.exists(u)]
-    if existing and not cfg.overwrite:
-        raise OutputError(
-            f"{existing[0]} exists already; pass --overwrite to replace the export "
-            "or choose another output name"
-        )
     if not codec_available(cfg.compress):
         raise ConfigError(
             f"this GDAL ({rasterio.__gdal_version__}) cannot write {cfg.compress} "

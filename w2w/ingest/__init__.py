@@ -21,10 +21,10 @@ __getattr__, __dir__ = lazy_exports(
     {
         "IngestConfig": ".config",
         "IngestReport": ".run",
-        "ingest": ".run",
+        "ingest": "w2w.api",
         "SynthConfig": ".synth",
         "SynthOutputs": ".synth",
-        "synthesize": ".synth",
+        "synthesize": "w2w.api",
     },
 )
 

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from w2w.core import storage
-from w2w.core.errors import ConfigError, InputError, OutputError
+from w2w.core.errors import ConfigError, InputError
 from w2w.core.grid import Grid, Window
 from w2w.core.outputs import replace_store
 from w2w.core.store.scene import Nodata
@@ -253,11 +252,7 @@ def ingest(cfg: IngestConfig, *, progress: bool = True) -> IngestReport:
     """Run ingest end to end and report what was written; bad input raises a W2WError."""
     if cfg.tiles:
         return ingest_tiles(cfg, progress=progress)
-    output = cfg.output
-    if storage.exists(output) and not cfg.overwrite:
-        raise OutputError(
-            f"output store {cfg.output} exists already; pass --overwrite to replace it"
-        )
+    output = cfg.output  # refused when it exists, unless overwrite: the output guard
     plan, band_names, warnings = plan_ingest(cfg)
     for w in warnings:
         log.warning(w)
@@ -303,11 +298,7 @@ def _provenance(cfg: IngestConfig, plan: IngestPlan) -> dict[str, Any]:
 
 def ingest_tiles(cfg: IngestConfig, *, progress: bool = True) -> IngestReport:
     """Tiles on any grids mosaicked onto the state's grid, inside its boundary."""
-    output = cfg.output
-    if storage.exists(output) and not cfg.overwrite:
-        raise OutputError(
-            f"output store {cfg.output} exists already; pass --overwrite to replace it"
-        )
+    output = cfg.output  # refused when it exists, unless overwrite: the output guard
     plan, blocks, warnings = plan_mosaic(cfg)
     for w in warnings:
         log.warning(w)

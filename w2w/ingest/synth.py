@@ -421,13 +421,7 @@ def _write_geotiffs(cfg: SynthConfig, grid: Grid, *, progress: bool) -> list[tup
         )
     folder = Path(cfg.output)
     targets = [folder / n for n in geotiff_names(cfg)] + [folder / "labels.tif"]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not cfg.overwrite:
-        from w2w.core.errors import OutputError
-
-        raise OutputError(
-            f"{existing[0]} exists already; pass --overwrite or choose another folder"
-        )
+    # Existing ones need overwrite: the output guard of the stage registry.
     storage.ensure_writable_dir(folder)
     profile = {
         "driver": "GTiff",

@@ -20,7 +20,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         "PredictConfig": ".config",
         "PredictReport": ".run",
-        "predict": ".run",
+        "predict": "w2w.api",
     },
 )
 

@@ -72,7 +72,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         "SieveConfig": ".config",
         "SieveReport": ".run",
-        "sieve": ".run",
+        "sieve": "w2w.api",
     },
 )
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, CONFIDENCE_SIEVED
-from w2w.core.errors import OutputError
 from w2w.core.grid import Grid, Window
 from w2w.core.outputs import replace_store
 from w2w.core.store import MosaicStore
@@ -84,11 +83,7 @@ def sieve(cfg: SieveConfig, *, progress: bool = True) -> SieveReport:
     The new mosaic is built beside the output and moved into place only when complete, so a
     failure leaves an existing output untouched.
     """
-    output = cfg.output
-    if storage.exists(output) and not cfg.overwrite:
-        raise OutputError(
-            f"output store {cfg.output} exists already; pass --overwrite to replace it"
-        )
+    output = cfg.output  # refused when it exists, unless overwrite: the output guard
     source = MosaicStore.open(cfg.input)
     source.require_complete()
     source.require_whole()

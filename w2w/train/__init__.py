@@ -27,7 +27,7 @@ __getattr__, __dir__ = lazy_exports(
         "claim_run": ".plan",
         "prepare": ".plan",
         "TrainReport": ".run",
-        "train": ".run",
+        "train": "w2w.api",
         "validate": ".worker",
     },
 )
