@@ -417,3 +417,23 @@ def test_every_evaluation_with_a_split_has_the_baseline_on_the_same_pixels(
     np.testing.assert_array_equal(off.matrix, result.matrix)
     every = evaluate(cfg.replace(split="all", output=str(tmp_path / "a")), progress=False)
     assert "split" in every.baseline["skipped"]
+
+
+def test_the_baseline_fits_sparse_labels_with_a_class_of_one_pixel() -> None:
+    """Field labels can hold a class with one training pixel: early stopping's held-out split
+    (by class) cannot be made then, and evaluate failed with an internal error; the baseline
+    now boosts a fixed number of rounds when a class is that rare."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from w2w.evaluate.baseline import boosting_settings
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(3000, dtype=int), np.ones(3000, dtype=int), [2]]
+    x = rng.normal(size=(len(y), 4)) + y[:, None]
+    with pytest.raises(ValueError, match="least populated class"):
+        HistGradientBoostingClassifier(early_stopping=True, random_state=0).fit(x, y)
+    settings = boosting_settings(y)
+    assert settings["early_stopping"] is False
+    model = HistGradientBoostingClassifier(random_state=0, **settings).fit(x, y)
+    assert (model.predict(x[:6000]) == y[:6000]).mean() > 0.8
+    assert boosting_settings(np.repeat([0, 1, 2], 500))["early_stopping"] is True
