@@ -161,7 +161,8 @@ class TrainConfig(StageConfig):
         the bundle when it lies outside the run folder."""
         targets = [Target("run folder", self.run_dir, "run", resumable=True)]
         if relation(real_location(self.bundle_url), real_location(self.run_dir)) is None:
-            targets.append(Target("bundle", self.bundle_url, "file"))
+            mine = _written_by(self.bundle_url, self.run_dir)
+            targets.append(Target("bundle", self.bundle_url, "file", resumable=mine))
         return targets
 
     @property
@@ -173,3 +174,19 @@ class TrainConfig(StageConfig):
     def bundle_url(self) -> str:
         """Where the model bundle is written."""
         return self.bundle or storage.join(self.run_dir, BUNDLE_NAME)
+
+
+def _written_by(bundle: str, run_dir: str) -> bool:
+    """Whether the file at ``bundle`` is a model bundle that the run in ``run_dir`` wrote
+    (its recorded training settings name that run): resuming the run may replace it."""
+    from w2w.core.errors import W2WError
+    from w2w.model.bundle import load_bundle
+
+    try:
+        if not storage.exists(bundle):
+            return False
+        written = load_bundle(bundle, verify=False, weights=False).training.get("config", {})
+    except W2WError:
+        return False
+    run = storage.join(str(written.get("storage_path", "")), str(written.get("run_name", "")))
+    return real_location(run) == real_location(run_dir)
