@@ -129,8 +129,9 @@ class StageConfig(BaseModel):
         return self.model_dump(mode="json")
 
     def replace(self, **changes: Any) -> Self:
-        """A validated copy with some fields changed (configs are frozen)."""
-        merged = {**self.to_dict(), **changes}
+        """A validated copy with some fields changed (configs are frozen). Fields left unset
+        stay unset in the copy (a stage may choose them, as training fits them to the scene)."""
+        merged = {**self.model_dump(mode="json", exclude_unset=True), **changes}
         return type(self).from_dict(merged, source=f"{self.stage_name} settings")
 
 

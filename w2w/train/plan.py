@@ -42,6 +42,7 @@ from w2w.train.chips import (
     select_chips,
 )
 from w2w.train.config import TrainConfig
+from w2w.train.fit import describe, fit
 
 log = logging.getLogger("w2w")
 
@@ -71,6 +72,8 @@ class TrainPlan:
     scene_identity: str | None = None
     #: Settings chosen for the scene because they were left unset (:mod:`w2w.train.fit`).
     fitted: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The settings in effect: the config given, with those chosen for the scene.
+    config: TrainConfig | None = None
 
     @property
     def n_classes(self) -> int:
@@ -87,11 +90,12 @@ class TrainPlan:
         return {"url": self.scene_url, "grid": self.scene_grid, "identity": self.scene_identity}
 
 
-def prepare(
-    cfg: TrainConfig, *, progress: bool = True, fitted: dict[str, Any] | None = None
-) -> TrainPlan:
-    """Check the inputs and build the plan every worker receives (``fitted``: the settings
-    :func:`w2w.train.fit.fit` chose for ``cfg``, recorded in the plan)."""
+def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
+    """Fit the settings left unset to the scene (:mod:`w2w.train.fit`; the plan's ``config``),
+    check the inputs and build the plan every worker receives."""
+    cfg, fitted = fit(cfg)
+    if fitted:
+        log.info("settings fitted to the scene: %s", describe(fitted))
     store = SceneStore.open(cfg.scene)
     store.require_whole()
     info = store.info
@@ -164,7 +168,8 @@ def prepare(
         scene_url=store.url,
         scene_grid=store.grid.to_attrs(),
         scene_identity=store.identity,
-        fitted=dict(fitted or {}),
+        fitted=fitted,
+        config=cfg,
     )
 
 

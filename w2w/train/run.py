@@ -29,7 +29,6 @@ from w2w.core.resources import Request, require
 from w2w.model.bundle import Bundle, save_bundle
 from w2w.train.chips import chip_dataset
 from w2w.train.config import TrainConfig, WorkersConfig
-from w2w.train.fit import describe, fit
 from w2w.train.plan import TrainPlan, claim_run, prepare, release_run
 from w2w.train.worker import history_csv, train_loop
 
@@ -57,10 +56,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainReport:
     With ``overwrite`` the old run is set aside and removed only when the new one finished."""
     from w2w.core.runtime import ensure_ray, quiet_ray_data
 
-    cfg, fitted = fit(cfg)  # the settings left unset, chosen for this scene
-    if fitted:
-        log.info("settings fitted to the scene: %s", describe(fitted))
-    plan = prepare(cfg, progress=progress, fitted=fitted)  # every input checked before Ray
+    plan = prepare(cfg, progress=progress)  # every input checked before Ray starts
+    cfg = plan.config or cfg  # with the settings left unset fitted to the scene
     ensure_ray()
     quiet_ray_data()
     # Decided once: the resource check and the dataset must agree on it.
