@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import warnings
@@ -31,8 +30,6 @@ from w2w.train.chips import chip_dataset
 from w2w.train.config import TrainConfig, WorkersConfig
 from w2w.train.plan import TrainPlan, claim_run, prepare, release_run
 from w2w.train.worker import history_csv, train_loop
-
-log = logging.getLogger("w2w")
 
 
 @dataclass(frozen=True)
