@@ -93,9 +93,7 @@ class TrainPlan:
 def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     """Fit the settings left unset to the scene (:mod:`w2w.train.fit`; the plan's ``config``),
     check the inputs and build the plan every worker receives."""
-    cfg, fitted = fit(cfg)
-    if fitted:
-        log.info("settings fitted to the scene: %s", describe(fitted))
+    cfg, fitted = _fit(cfg)
     store = SceneStore.open(cfg.scene)
     store.require_whole()
     info = store.info
@@ -171,6 +169,14 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
         fitted=fitted,
         config=cfg,
     )
+
+
+def _fit(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config with the settings left unset fitted to the scene, logged."""
+    cfg, fitted = fit(cfg)
+    if fitted:
+        log.info("settings fitted to the scene: %s", describe(fitted))
+    return cfg, fitted
 
 
 def _pretrained_normalizer(
