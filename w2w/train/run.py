@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from w2w.model.bundle import Bundle, save_bundle
 from w2w.train.chips import chip_dataset
 from w2w.train.config import TrainConfig, WorkersConfig
 from w2w.train.plan import TrainPlan, claim_run, prepare, release_run
-from w2w.train.worker import history_csv, train_loop
+from w2w.train.worker import history_csv, load_state, train_loop
 
 
 @dataclass(frozen=True)
@@ -242,8 +241,8 @@ def finish(cfg: TrainConfig, plan: TrainPlan, result: Any) -> TrainReport:
     if not candidates:
         raise StageFailedError("training finished without a checkpoint")
     best_ckpt, _ = max(candidates, key=lambda cm: cm[1].get("score", -math.inf))
-    latest_state = _load_state(result.checkpoint or best_ckpt)
-    best_state = _load_state(best_ckpt)
+    latest_state = load_state(result.checkpoint or best_ckpt)
+    best_state = load_state(best_ckpt)
     history = latest_state["history"]
     best_epoch = int(best_state["epoch"])
     best_record = next(h for h in history if h["epoch"] == best_epoch)
@@ -307,10 +306,3 @@ def _write_reports(
     storage.atomic_write_bytes(
         storage.join(run_dir, "learning_curves.png"), plot_learning_curves(history)
     )
-
-
-def _load_state(checkpoint: Any) -> dict[str, Any]:
-    import torch
-
-    with checkpoint.as_directory() as d:
-        return torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)

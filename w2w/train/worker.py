@@ -190,13 +190,18 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def restore(run: WorkerRun, checkpoint: Any) -> None:
-    """Continue from ``checkpoint`` (the run's last), if there is one."""
+def load_state(checkpoint: Any) -> dict[str, Any]:
+    """What a checkpoint of training or pretraining holds (``state.pt``, tensors only)."""
     import torch
 
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+
+
+def restore(run: WorkerRun, checkpoint: Any) -> None:
+    """Continue from ``checkpoint`` (the run's last), if there is one."""
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+        state = load_state(checkpoint)
         run.core.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])

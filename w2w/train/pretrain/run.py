@@ -10,7 +10,6 @@ run's ``metrics.json``/``metrics.csv`` beside the checkpoints.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ from w2w.train.run import (
     split_in_order,
     training_error,
 )
-from w2w.train.worker import write_progress
+from w2w.train.worker import load_state, write_progress
 
 
 @dataclass(frozen=True)
@@ -124,12 +123,9 @@ def _fit(cfg: PretrainConfig, plan: PretrainPlan, *, cache: bool) -> PretrainRep
 
 def finish(cfg: PretrainConfig, plan: PretrainPlan, result: Any) -> PretrainReport:
     """Write the last epoch's encoder as an encoder file, and the run's metrics."""
-    import torch
-
     if result.checkpoint is None:
         raise StageFailedError("pretraining finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+    state = load_state(result.checkpoint)
     history = list(state["history"])
     encoder_state = {
         k.removeprefix("encoder."): v for k, v in state["model"].items() if k.startswith("encoder.")

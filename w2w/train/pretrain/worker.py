@@ -23,7 +23,7 @@ from w2w.train.pretrain.config import PretrainConfig
 from w2w.train.pretrain.plan import PretrainPlan
 from w2w.train.pretrain.vicreg import Pretrainer, gather, local_pairs, vicreg_loss
 from w2w.train.pretrain.views import make_view, undo_batch
-from w2w.train.worker import freeze_unused, make_scheduler, write_progress
+from w2w.train.worker import freeze_unused, load_state, make_scheduler, write_progress
 
 #: The numbers kept per epoch besides its index, time and learning rate.
 TERMS = ("loss", "global_loss", "local_loss", "invariance", "variance", "covariance", "std")
@@ -118,11 +118,8 @@ def build(cfg: PretrainConfig, plan: PretrainPlan, rows_per_worker: int) -> Pret
 
 def restore(run: PretrainRun, checkpoint: Any) -> None:
     """Continue from ``checkpoint`` (the run's last), if there is one."""
-    import torch
-
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+        state = load_state(checkpoint)
         run.core.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
