@@ -93,6 +93,23 @@ def test_a_pretrained_encoder_brings_its_model_chip_size_and_normalisation(
     assert chosen["normalization"] == "percentile"
 
 
+def test_published_weights_keep_the_encoder_they_were_made_for(info, synthetic_scene: str) -> None:
+    """On a small scene the recipe's encoder would give way: smp's ``imagenet`` keeps the
+    default encoder (which has them), torchgeo's weights bring the encoder they name."""
+    pytest.importorskip("torchgeo")
+    default = TrainConfig(scene=synthetic_scene).model.encoder
+    for weights, encoder in [
+        ("imagenet", default),
+        ("ResNet18_Weights.SENTINEL2_ALL_MOCO", "resnet18"),
+    ]:
+        cfg = TrainConfig.from_dict(
+            {"scene": synthetic_scene, "model": {"encoder_weights": weights}}
+        )
+        fitted, chosen = fit(cfg)
+        assert fitted.model.encoder == encoder and fitted.model.encoder_weights == weights
+        assert (fitted.chips.size == 64 and "model.encoder" in chosen) or encoder == default
+
+
 @pytest.mark.slow
 def test_train_with_defaults_on_a_small_scene_with_few_labels_beats_the_per_pixel_baseline(
     tmp_path: Path, ray_session: None

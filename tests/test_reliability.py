@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import TINY_MODEL
+from tests.test_published import _smp_cache, _smp_encoder
 from w2w.core.classes import CLASS_NODATA
 from w2w.core.coverage import verify_coverage
 from w2w.core.errors import ConfigError, InputError
@@ -387,6 +388,8 @@ def _bad_inputs(tmp: Path, scene: str, bundle: str) -> dict[str, tuple[list[str]
 
     torch.save({"weights": [1, 2, 3]}, tmp / "model.pt")
     _encoder_file(tmp / "encoder.safetensors")
+    mismatch = tmp / "hf-published-weights-mismatch"
+    _smp_cache(mismatch, "resnet18", _smp_encoder("resnet34").state_dict())  # wrong depth
     (tmp / "train.yaml").write_text(yaml.safe_dump({"scene": scene, "epochz": 3}))
     other = str(tmp / "other.zarr")
     w2w_cli(["ingest", str(good), "-o", other, "--engine", "local"])
@@ -456,6 +459,14 @@ def _bad_inputs(tmp: Path, scene: str, bundle: str) -> dict[str, tuple[list[str]
         "bundle-as-encoder": (
             [*train, "--encoder-weights", str(tmp / "model.safetensors")],
             "are a model bundle, not an encoder file; start from the whole model with",
+        ),
+        "published-weights-offline": (
+            [*train, "--encoder", "resnet18", "--encoder-weights", "imagenet"],
+            "are not in the Hugging Face cache (",
+        ),
+        "published-weights-mismatch": (
+            [*train, "--encoder", "resnet18", "--encoder-weights", "imagenet"],
+            "do not fit the resnet18 encoder (",
         ),
         "unknown-key": (
             ["train", "--config", str(tmp / "train.yaml")],
@@ -580,6 +591,8 @@ BAD_INPUTS = [
     "pickled-model",
     "encoder-mismatch",
     "bundle-as-encoder",
+    "published-weights-offline",
+    "published-weights-mismatch",
     "unknown-key",
     "out-of-range",
     "output-exists",
@@ -632,6 +645,9 @@ def test_bad_input_gets_one_clear_line(
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "no-credentials"))
         monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp / "no-config"))
         s3fs.S3FileSystem.clear_instance_cache()
+    if case.startswith("published-weights"):  # no download; the cache the case made
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp / f"hf-{case}"))
     existing = tmp / "existing.zarr"
     before = sorted((p.relative_to(existing), p.stat().st_mtime_ns) for p in existing.rglob("*"))
 

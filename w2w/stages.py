@@ -287,6 +287,7 @@ STAGES: tuple[Stage, ...] = (
             "arch": "model.arch",
             "encoder": "model.encoder",
             "encoder_weights": "model.encoder_weights",
+            "encoder_weights_file": "model.encoder_weights_file",
             "chip_size": "chips.size",
             "lr": "optim.lr",
             "workers": "workers.num_workers",

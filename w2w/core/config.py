@@ -28,7 +28,7 @@ from w2w.core.errors import ConfigError, InputError
 from w2w.core.guard import OutputKind, Target, overlap_problem
 
 
-def _canonical_path(value: Any) -> Any:
+def canonical_path(value: Any) -> Any:
     """A path or URL in its one canonical spelling (absolute local path, URL without a
     trailing slash), so that no stage has to normalise paths again."""
     if isinstance(value, os.PathLike):
@@ -55,7 +55,7 @@ def overwrite_field(what: str = "an existing output") -> Any:
 
 #: A local path or URL, made canonical when the config is validated (on the driver):
 #: accepts :class:`pathlib.Path` and stores a plain string.
-PathStr = Annotated[str, BeforeValidator(_canonical_path)]
+PathStr = Annotated[str, BeforeValidator(canonical_path)]
 
 
 class StageConfig(BaseModel):

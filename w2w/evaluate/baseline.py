@@ -1,7 +1,8 @@
 """The per-pixel baseline beside every evaluation: does the network earn its cost here?
 
 A gradient-boosted classifier (scikit-learn's ``HistGradientBoostingClassifier``) on each
-pixel's bands and the spectral indices its band names allow (:func:`index_bands`), fitted on
+pixel's bands and the spectral indices its band names allow (:func:`index_bands`, band roles
+by :mod:`w2w.core.bands`), fitted on
 labelled pixels of the bundle's *training* split and scored on exactly the pixels the map is
 scored on (the same mask, in the same block pass, :mod:`w2w.evaluate.run`). That is the bar
 the literature holds a few-label segmentation model to: a tuned per-pixel model on bands and
@@ -23,34 +24,23 @@ difference with a small p-value with care.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from w2w.core.bands import band_roles
 from w2w.core.grid import Window
 from w2w.core.split import SplitPlan
 from w2w.core.store import SceneStore
-
-#: Band roles by name: STAC ``eo:common_name`` names and Sentinel-2's band ids. Landsat's
-#: "B4" is red on Landsat 8/9 and near infrared on Landsat 5/7, so bare numbers are not read.
-ROLES: dict[str, tuple[str, ...]] = {
-    "blue": ("blue", "b02"),
-    "green": ("green", "b03"),
-    "red": ("red", "b04"),
-    "nir": ("nir", "nir08", "b08", "b8a"),
-    "swir1": ("swir1", "swir16", "b11"),
-    "swir2": ("swir2", "swir22", "b12"),
-}
 
 #: Normalised differences (a - b) / (a + b) from band roles.
 INDICES: dict[str, tuple[str, str]] = {
     "ndvi": ("nir", "red"),
     "ndwi": ("green", "nir"),
-    "mndwi": ("green", "swir1"),
-    "nbr": ("nir", "swir2"),
-    "ndbi": ("swir1", "nir"),
+    "mndwi": ("green", "swir16"),
+    "nbr": ("nir", "swir22"),
+    "ndbi": ("swir16", "nir"),
 }
 
 #: What the report says about the comparison.
@@ -63,17 +53,6 @@ BASELINE_NOTE = (
 
 #: The most training pixels the baseline is fitted on (a uniform sample beyond that).
 MAX_PIXELS = 200_000
-
-
-def band_roles(band_names: list[str]) -> dict[str, int]:
-    """Role (``red``, ``nir``, ...) -> band index, for the bands whose name says it."""
-    roles: dict[str, int] = {}
-    for i, name in enumerate(band_names):
-        key = re.sub(r"[^a-z0-9]", "", name.lower())
-        for role, names in ROLES.items():
-            if key in names and role not in roles:
-                roles[role] = i
-    return roles
 
 
 def index_bands(band_names: list[str]) -> dict[str, tuple[int, int]]:

@@ -6,12 +6,12 @@ here imports torch or Ray, so the command line can show every option without loa
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from w2w.core import storage
-from w2w.core.config import PathStr, StageConfig
+from w2w.core.config import PathStr, StageConfig, canonical_path
 from w2w.core.guard import OutputKind, Target, real_location, relation
 from w2w.core.split import SplitConfig
 from w2w.train.augment import AugmentConfig
@@ -19,6 +19,19 @@ from w2w.train.chips import ChipConfig
 from w2w.train.losses import LossConfig
 
 BUNDLE_NAME = "model.safetensors"
+
+
+def _weights_ref(value: Any) -> Any:
+    """Published weights' names as given; anything else a path, made canonical."""
+    from w2w.model.published import is_published_name
+
+    if isinstance(value, str) and is_published_name(value):
+        return value
+    return canonical_path(value)
+
+
+#: Encoder weights: the name of published weights (``imagenet``) or a local path or URL.
+WeightsRef = Annotated[str, BeforeValidator(_weights_ref)]
 
 
 class ModelConfig(StageConfig):
@@ -34,9 +47,28 @@ class ModelConfig(StageConfig):
         default_factory=dict, description="extra smp arguments, e.g. decoder_channels"
     )
     weights: PathStr | None = Field(default=None, description="whole-model weights to start from")
-    encoder_weights: PathStr | None = Field(
-        default=None, description="encoder weights to start from"
+    encoder_weights: WeightsRef | None = Field(
+        default=None,
+        description="encoder weights to start from: a file (w2w pretrain's, or a state dict) "
+        "or published weights by name (imagenet; torchgeo's ResNet50_Weights.SENTINEL2_ALL_MOCO)",
     )
+    encoder_weights_file: PathStr | None = Field(
+        default=None,
+        description="the file of the published weights named by encoder_weights, where no "
+        "hub cache holds them (offline)",
+    )
+
+    @model_validator(mode="after")
+    def _weights_file_names_weights(self) -> ModelConfig:
+        from w2w.model.published import is_published_name
+
+        if self.encoder_weights_file and not is_published_name(self.encoder_weights):
+            raise ValueError(
+                "encoder_weights_file is the file of published weights named by "
+                "encoder_weights (e.g. imagenet); give encoder_weights such a name, or give "
+                "the file itself as encoder_weights"
+            )
+        return self
 
 
 class OptimConfig(StageConfig):
@@ -152,8 +184,13 @@ class TrainConfig(StageConfig):
         found = super().input_locations(expand=expand)
         if self.model.weights:
             found.append(("model weights", self.model.weights))
-        if self.model.encoder_weights:
-            found.append(("encoder weights", self.model.encoder_weights))
+        from w2w.model.published import is_published_name
+
+        weights = self.model.encoder_weights
+        if weights and not is_published_name(weights):
+            found.append(("encoder weights", weights))
+        if self.model.encoder_weights_file:
+            found.append(("encoder weights file", self.model.encoder_weights_file))
         return found
 
     def output_targets(self) -> list[Target]:

@@ -29,6 +29,7 @@ import math
 from typing import Any
 
 from w2w.core.store import SceneInfo
+from w2w.model.published import is_published_name, weights_encoder
 from w2w.train.config import TrainConfig
 
 #: A scene whose shorter side is at most this many pixels takes the small-scene recipe.
@@ -73,16 +74,28 @@ def small_stride(info: SceneInfo, size: int) -> int:
 
 
 def fit_to_scene(
-    cfg: TrainConfig, info: SceneInfo, encoder: dict[str, Any] | None = None
+    cfg: TrainConfig,
+    info: SceneInfo,
+    encoder: dict[str, Any] | None = None,
+    published_encoder: str | None = None,
 ) -> tuple[TrainConfig, dict[str, Any]]:
     """``cfg`` with its unset settings chosen for the scene (see the module notes), and the
     choices made (``{"field.path": value}``), for the log and the bundle. ``encoder`` is the
-    metadata of a pretrained encoder file given as ``model.encoder_weights``."""
+    metadata of a pretrained encoder file given as ``model.encoder_weights``;
+    ``published_encoder`` the encoder that published weights named there were made for
+    (torchgeo's say; None for smp's, which the general default encoder has)."""
     if not cfg.fit_to_scene:
         return cfg, {}
     proposals: dict[str, dict[str, Any]] = {}
     if is_small(info):
         proposals = {k: dict(v) for k, v in SMALL_RECIPE.items()}
+    if is_published_name(cfg.model.encoder_weights):
+        # Published weights fix the encoder: the one they were made for, or the default.
+        model = proposals.setdefault("model", {})
+        if published_encoder:
+            model["encoder"] = published_encoder
+        else:
+            model.pop("encoder", None)
     if encoder is not None:
         spec = encoder["model"]
         proposals.setdefault("model", {}).update(
@@ -119,8 +132,10 @@ def fit(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         return cfg, {}
     info = SceneStore.open(cfg.scene).info
     url = cfg.model.encoder_weights
-    encoder = load_encoder(url).metadata() if url and is_encoder_file(url) else None
-    return fit_to_scene(cfg, info, encoder)
+    pretrained = url and not is_published_name(url) and is_encoder_file(url)
+    encoder = load_encoder(url).metadata() if pretrained else None
+    published = weights_encoder(url) if is_published_name(url) else None
+    return fit_to_scene(cfg, info, encoder, published)
 
 
 def _section_set(cfg: TrainConfig, section: str) -> set[str]:

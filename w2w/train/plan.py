@@ -34,6 +34,7 @@ from w2w.model.encoder_file import (
 )
 from w2w.model.models import ModelSpec, build_model, check_chip_size
 from w2w.model.normalization import Normalizer
+from w2w.model.published import initial_encoder, is_published_name
 from w2w.train.chips import (
     ChipReader,
     chip_index,
@@ -74,6 +75,11 @@ class TrainPlan:
     fitted: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: The settings in effect: the config given, with those chosen for the scene.
     config: TrainConfig | None = None
+    #: The encoder's initial weights from published weights (name -> array), fitted to the
+    #: scene's bands on the driver (:mod:`w2w.model.published`); None otherwise.
+    initial_encoder: dict[str, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    #: Which published weights, from where, and how the first convolution took the bands.
+    published_weights: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:
@@ -105,7 +111,18 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     model = build_model(spec)
     check_chip_size(model, spec, cfg.chips.size)
     normalizer = Normalizer.from_stats(info.stats, list(info.band_names), cfg.normalization)
-    if cfg.model.encoder_weights:
+    initial, published = None, {}
+    if is_published_name(cfg.model.encoder_weights):
+        if getattr(model, "encoder", None) is None:
+            raise ConfigError(f"{spec.arch} has no encoder to take encoder weights")
+        initial, published = initial_encoder(
+            str(cfg.model.encoder_weights),
+            spec.encoder,
+            model.encoder,
+            tuple(info.band_names),
+            cfg.model.encoder_weights_file,
+        )
+    elif cfg.model.encoder_weights:
         normalizer = _pretrained_normalizer(cfg, spec, tuple(info.band_names), model) or normalizer
     lut = label_lut(classes, info.unlabelled)
 
@@ -168,6 +185,8 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
         scene_identity=store.identity,
         fitted=fitted,
         config=cfg,
+        initial_encoder=initial,
+        published_weights=published,
     )
 
 

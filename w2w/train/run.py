@@ -263,6 +263,7 @@ def finish(cfg: TrainConfig, plan: TrainPlan, result: Any) -> TrainReport:
             "fitted": plan.fitted,
             "chips": plan.chips,
             "epochs_run": len(history),
+            **({"published_weights": plan.published_weights} if plan.published_weights else {}),
         },
         scene=plan.scene,
     )

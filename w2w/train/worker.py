@@ -112,7 +112,11 @@ def build(cfg: TrainConfig, plan: TrainPlan, rows_per_worker: int) -> WorkerRun:
     model = build_model(plan.spec)
     if cfg.model.weights:
         load_weights(model, cfg.model.weights)
-    if cfg.model.encoder_weights:
+    if plan.initial_encoder is not None:  # published weights, fitted on the driver
+        model.encoder.load_state_dict(
+            {k: torch.from_numpy(v) for k, v in plan.initial_encoder.items()}, strict=False
+        )
+    elif cfg.model.encoder_weights:
         load_weights(model, cfg.model.encoder_weights, encoder_only=True)
     freeze_unused(model, plan.spec.in_channels, cfg.chips.size)
     model = ray.train.torch.prepare_model(model)
