@@ -301,3 +301,107 @@ def test_a_pretrained_encoder_learns_at_a_tenth_of_the_rate_unless_told(tmp_path
     assert not encoder & {id(p) for p in rest["params"]}
     told = {**pre, "optim": {"lr": 0.01, "encoder_lr_ratio": 1.0}}
     assert len(param_groups(model, TrainConfig.from_dict(told))) == 1
+
+
+def _lit_scene(root: Path, seed: int) -> tuple[str, np.ndarray, int]:
+    """A scene of 32 px squares of two classes that differ only in the ratios between bands,
+    each square lit by its own gain (0.4 to 2.5: haze, slope, season), which dwarfs the
+    difference: (scene store, class of each square, square size)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from w2w.api import ingest
+    from w2w.ingest.config import IngestConfig
+
+    rng = np.random.default_rng(seed)
+    size, n = 32, 8
+    classes = rng.integers(0, 2, (n, n))
+    gain = np.exp(rng.uniform(np.log(0.4), np.log(2.5), (n, n)))
+    spectra = np.array([[1.0, 0.6, 0.8, 0.3], [0.6, 1.0, 0.8, 0.3]], dtype=np.float32)
+    image = np.zeros((4, n * size, n * size), np.float32)
+    for i in range(n):
+        for j in range(n):
+            texture = 1 + 0.1 * rng.standard_normal((size, size))
+            square = spectra[classes[i, j]][:, None, None] * gain[i, j] * texture[None]
+            image[:, i * size : (i + 1) * size, j * size : (j + 1) * size] = square
+    profile = {
+        "driver": "GTiff",
+        "height": n * size,
+        "width": n * size,
+        "count": 4,
+        "dtype": "uint16",
+        "crs": "EPSG:32613",
+        "transform": from_origin(300000, 4000000, 10, 10),
+    }
+    with rasterio.open(root / "lit.tif", "w", **profile) as dst:
+        dst.write((image * 1000).astype(np.uint16))
+        dst.descriptions = ("B02", "B03", "B04", "B08")
+    scene = str(root / "lit.zarr")
+    ingest(
+        IngestConfig(images=[str(root / "lit.tif")], output=scene, engine="local"), progress=False
+    )
+    return scene, classes.ravel(), size
+
+
+def _centroid_accuracy(features: np.ndarray, y: np.ndarray, k: int, trials: int = 200) -> float:
+    """Mean accuracy of a nearest-centroid classifier from ``k`` labelled squares per class,
+    over ``trials`` draws of the labelled squares (the few-label probe of an encoder)."""
+    rng = np.random.default_rng(1)
+    scores = []
+    for _ in range(trials):
+        picks = [rng.choice(np.flatnonzero(y == c), k, replace=False) for c in (0, 1)]
+        centroids = np.stack([features[p].mean(0) for p in picks])
+        nearest = ((features[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+        scores.append(float((nearest == y).mean()))
+    return float(np.mean(scores))
+
+
+def test_a_pretrained_encoder_separates_what_random_weights_bury_in_lighting(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """Where the pretext is informative -- the views differ in lighting, so pretraining learns
+    to see through it -- the pretrained encoder's features tell the two classes apart from
+    three labelled squares each far better than the same encoder with random weights, whose
+    features follow the lighting."""
+    from w2w.api import pretrain
+    from w2w.core.store import SceneStore
+
+    scene, y, size = _lit_scene(tmp_path, seed=0)
+    cfg = PretrainConfig.from_dict(
+        {
+            "scene": scene,
+            "storage_path": str(tmp_path / "runs"),
+            "model": TINY_MODEL,
+            "chip_size": 32,
+            "stride": 16,
+            "epochs": 8,
+            "batch_size": 32,
+            "views": {"brightness": 0.6},
+            "optim": {"lr": 0.003, "warmup_epochs": 0},
+            "workers": {"num_workers": 1},
+            "normalization": "zscore",
+        }
+    )
+    enc = load_encoder(pretrain(cfg, progress=False).output, weights=True)
+    store = SceneStore.open(scene)
+    x = enc.normalizer(store.read_image(store.grid.full_window).astype(np.float32))
+    n = x.shape[1] // size
+    squares = [
+        x[:, i * size : (i + 1) * size, j * size : (j + 1) * size]
+        for i in range(n)
+        for j in range(n)
+    ]
+    chips = torch.from_numpy(np.stack(squares)).float()
+
+    def features(encoder: torch.nn.Module) -> np.ndarray:
+        encoder.eval()
+        with torch.no_grad():
+            return encoder(chips)[-1].mean((2, 3)).numpy()
+
+    torch.manual_seed(0)
+    random_init = build_model(enc.spec).encoder
+    pretrained = build_model(enc.spec).encoder
+    pretrained.load_state_dict(enc.state)
+    scratch = _centroid_accuracy(features(random_init), y, k=3)
+    learnt = _centroid_accuracy(features(pretrained), y, k=3)
+    assert learnt >= 0.8 and learnt >= scratch + 0.15, (scratch, learnt)

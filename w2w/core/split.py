@@ -4,9 +4,9 @@ Neighbouring pixels are alike, so a random split of chips leaks: a test chip tha
 training chip (or touches it) scores what the model has already seen. Here the split is
 spatial and decided on *regions* of the global chip grid:
 
-* ``blocks`` mode: regions of ``block_chips`` x ``block_chips`` chips are assigned to the
-  test, validation and training splits in a seeded random order until each split holds its
-  share of the labelled pixels;
+* ``blocks`` mode: regions of ``block_chips`` x ``block_chips`` chips (chip sizes, not
+  strides: :func:`region_cells`) are assigned to the test, validation and training splits in
+  a seeded random order until each split holds its share of the labelled pixels;
 * ``halves`` mode: the scene is cut in two along ``axis``; one side trains (with validation
   regions drawn from it), the other is the test side. Chips that straddle the cut belong to
   neither side, so training chips end at the cut and test chips start there.
@@ -48,7 +48,9 @@ class SplitConfig(StageConfig):
     mode: Literal["blocks", "halves"] = Field(
         default="blocks", description="regions drawn at random, or the scene cut in two"
     )
-    block_chips: int = Field(default=4, ge=1, description="region edge, in chips")
+    block_chips: int = Field(
+        default=4, ge=1, description="region edge, in chips (halves mode: in strides)"
+    )
     val_fraction: float = Field(
         default=0.15, ge=0, lt=1, description="share of labelled pixels for validation"
     )
@@ -181,6 +183,17 @@ def _dilate(mask: np.ndarray, reach: int) -> np.ndarray:
     return binary_dilation(mask, structure=np.ones((2 * reach + 1, 2 * reach + 1), dtype=bool))
 
 
+def region_cells(cfg: SplitConfig, chip_size: int, stride: int) -> int:
+    """A region's edge in cells of the chip grid (strides). In ``blocks`` mode a region is
+    ``block_chips`` chips wide whatever the stride -- with overlapping chips a region narrower
+    than a few chips would hold no chip outside the buffer, and the validation and test
+    splits would come out empty; in ``halves`` mode it is ``block_chips`` strides, so that the
+    cut falls on a stride line near the middle."""
+    if cfg.mode == "halves":
+        return cfg.block_chips
+    return cfg.block_chips * max(1, -(-chip_size // stride))
+
+
 def make_split(
     grid: Grid,
     chip_size: int,
@@ -192,7 +205,7 @@ def make_split(
     labelled pixels whose chip origin lies in them, so that fractions hold in labels.
     """
     rows, cols = grid.chips(chip_size, stride).shape
-    k = cfg.block_chips
+    k = region_cells(cfg, chip_size, stride)
     r_rows, r_cols = -(-rows // k), -(-cols // k)
     weights = np.ones((r_rows, r_cols))
     if labelled is not None:

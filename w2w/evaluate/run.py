@@ -234,6 +234,13 @@ def evaluate(cfg: EvaluateConfig, *, progress: bool = True) -> EvaluationResult:
         counter, mosaic.blocks(), engine=cfg.engine, what="evaluate", progress=progress
     ):
         totals.add(counts)
+    if not int(totals.matrix.sum()):
+        where = "" if split == "all" else f"the {split} split of "
+        raise InputError(
+            f"{where}{cfg.scene} holds no labelled pixel that mosaic {cfg.mosaic} maps: "
+            "nothing to score; evaluate another split (--split all, or val), or train with "
+            "a split whose regions hold labels"
+        )
     inputs = {"mosaic": cfg.mosaic, "scene": cfg.scene, "bundle": cfg.bundle}
     inputs.update(bundle_hash=bundle_hash, mosaic_provenance=mosaic.provenance)
     result = build_result(

@@ -138,6 +138,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     )
     val_sel = select_chips(index, split, "val", cfg.chips)
     test_sel = select_chips(index, split, "test", cfg.chips)
+    _require_held_out(cfg, val_sel, test_sel)
     if not len(train_sel):
         raise InputError(
             f"no training chip of {cfg.chips.size} px has {cfg.chips.min_labelled_pixels}+ "
@@ -188,6 +189,22 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
         initial_encoder=initial,
         published_weights=published,
     )
+
+
+def _require_held_out(cfg: TrainConfig, val: Any, test: Any) -> None:
+    """A validation split asked for but empty is an error (no epoch could be chosen and no
+    early stop made); an empty test split is said (evaluation would have nothing to score)."""
+    fix = (
+        "their chips overlap training chips (the buffer) or hold too few labels; use larger "
+        "split.block_chips or other split.seed, or label more places"
+    )
+    if cfg.split.val_fraction > 0 and not len(val):
+        raise InputError(
+            f"the validation split holds no chip: {fix}; or set split.val_fraction 0 to "
+            "train without validation"
+        )
+    if cfg.split.mode == "blocks" and cfg.split.test_fraction > 0 and not len(test):
+        log.warning("the test split holds no chip (%s); evaluate will have nothing to score", fix)
 
 
 def _fit(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
