@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -15,6 +16,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# -- slow registry matrices: a share of their cases per run ---------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``W2W_SLOW_PICK=k/n``, keep of the slow tests parametrized by stage (the registry
+    matrices: kill, stall, full disk, Ctrl-C for every stage) those whose test id hashes to
+    ``k`` mod ``n``: CI runs a rotating share each time (``.ci/run`` picks by the day), and the
+    same ``k/n`` picks the same cases again. Unset, every case runs."""
+    pick = os.environ.get("W2W_SLOW_PICK")
+    if not pick:
+        return
+    k, n = (int(v) for v in pick.split("/"))
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.get_closest_marker("slow") and "stage" in params:
+            digest = int(hashlib.sha256(item.nodeid.encode()).hexdigest(), 16)
+            (keep if digest % n == k else drop).append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
 
 # -- object storage: a moto server on loopback ---------------------------------------------
 # The endpoint and dummy credentials are set before Ray starts so that Ray's worker

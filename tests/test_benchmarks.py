@@ -84,3 +84,50 @@ def test_peak_memory_sees_an_allocation() -> None:
 
     t = timed(lambda: 1)
     assert t.result == 1 and t.seconds >= 0 and not math.isnan(t.grown_mib)
+
+
+def test_the_same_work_naive_loop_runs_the_chips_w2w_forwards(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The naive baseline that skips empty chips runs exactly the chips holding a valid pixel
+    (counted here from the raster itself) and maps those pixels as the loop over every chip
+    does; the loop over every chip runs the whole grid."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from benchmarks.throughput import FREE_MODEL, make_bundle, naive_baseline
+    from w2w.api import ingest
+    from w2w.ingest.config import IngestConfig
+
+    data = np.random.default_rng(0).integers(1, 1000, (2, 128, 128)).astype("uint16")
+    data[:, :, :70] = 0  # outside the state: chips of columns 0 and 32 hold no valid pixel
+    profile = {
+        "driver": "GTiff", "height": 128, "width": 128, "count": 2, "dtype": "uint16",
+        "nodata": 0, "crs": "EPSG:32613", "transform": from_origin(300000, 3500000, 10, 10),
+    }  # fmt: skip
+    image = tmp_path / "image.tif"
+    with rasterio.open(image, "w", **profile) as dst:
+        dst.write(data)
+    label = tmp_path / "label.tif"
+    with rasterio.open(
+        label, "w", **{**profile, "count": 1, "dtype": "uint8", "nodata": None}
+    ) as dst:
+        dst.write((data[0] % 2 + 1).astype("uint8"), 1)
+    store = str(tmp_path / "scene.zarr")
+    ingest(
+        IngestConfig(images=[str(image)], label=str(label), output=store, engine="local"),
+        progress=False,
+    )
+    bundle = make_bundle(store, FREE_MODEL, 32, tmp_path / "free.safetensors", 0)
+
+    same = naive_baseline(str(image), bundle, tmp_path / "a", 1, 4, 32)
+    same_map = rasterio.open(tmp_path / "a" / "naive.tif").read(1)
+    every = naive_baseline(str(image), bundle, tmp_path / "b", 1, 4, 32, skip_empty=False)
+    every_map = rasterio.open(tmp_path / "b" / "naive.tif").read(1)
+
+    valid = (data != 0).all(axis=0)
+    holding = sum(
+        valid[r : r + 32, c : c + 32].any() for r in range(0, 128, 32) for c in range(0, 128, 32)
+    )
+    assert same["chips"] == holding == 8 and every["chips"] == 16
+    np.testing.assert_array_equal(same_map[valid], every_map[valid])
+    assert (same_map[:, :64] == 255).all()

@@ -242,7 +242,7 @@ def demo_config(
                     "options": {"encoder_depth": 3, "decoder_channels": [64, 32, 16]},
                 },
                 "chips": {"size": 64, "stride": 32},
-                "split": {"block_chips": 4, "seed": seed},
+                "split": {"block_chips": 2, "seed": seed},  # regions of 128 px
                 "epochs": epochs,
                 "batch_size": 4,
                 "optim": {"lr": 0.003},

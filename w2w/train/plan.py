@@ -111,19 +111,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     model = build_model(spec)
     check_chip_size(model, spec, cfg.chips.size)
     normalizer = Normalizer.from_stats(info.stats, list(info.band_names), cfg.normalization)
-    initial, published = None, {}
-    if is_published_name(cfg.model.encoder_weights):
-        if getattr(model, "encoder", None) is None:
-            raise ConfigError(f"{spec.arch} has no encoder to take encoder weights")
-        initial, published = initial_encoder(
-            str(cfg.model.encoder_weights),
-            spec.encoder,
-            model.encoder,
-            tuple(info.band_names),
-            cfg.model.encoder_weights_file,
-        )
-    elif cfg.model.encoder_weights:
-        normalizer = _pretrained_normalizer(cfg, spec, tuple(info.band_names), model) or normalizer
+    normalizer, initial, published = _encoder_start(cfg, spec, model, info, normalizer)
     lut = label_lut(classes, info.unlabelled)
 
     index = chip_index(
@@ -138,19 +126,11 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     )
     val_sel = select_chips(index, split, "val", cfg.chips)
     test_sel = select_chips(index, split, "test", cfg.chips)
-    _require_held_out(cfg, val_sel, test_sel)
-    if not len(train_sel):
-        raise InputError(
-            f"no training chip of {cfg.chips.size} px has {cfg.chips.min_labelled_pixels}+ "
-            f"labelled and {cfg.chips.min_valid_fraction:.0%}+ valid pixels in the training "
-            "split; lower chips.min_valid_fraction or chips.size, or check the labels"
-        )
+    _require_chips(cfg, train_sel, val_sel, test_sel)
     if cfg.loss.class_weights == "auto":
         weights = class_weights(index, train_sel, n_classes)
-    elif cfg.loss.class_weights == "none":
-        weights = [1.0] * n_classes
     else:
-        weights = [float(w) for w in cfg.loss.class_weights]
+        weights = [1.0] * n_classes if cfg.loss.class_weights == "none" else cfg.loss.class_weights
     chips_report = describe_selection(
         index, split, {"train": train_sel, "val": val_sel, "test": test_sel}
     )
@@ -178,7 +158,7 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
         ),
         train_rows=tuple(rows[i] for i in order),
         val_windows=tuple(val_sel.windows),
-        class_weights=tuple(weights),
+        class_weights=tuple(float(w) for w in weights),
         split=split,
         chips=chips_report,
         scene_url=store.url,
@@ -191,9 +171,16 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
     )
 
 
-def _require_held_out(cfg: TrainConfig, val: Any, test: Any) -> None:
-    """A validation split asked for but empty is an error (no epoch could be chosen and no
-    early stop made); an empty test split is said (evaluation would have nothing to score)."""
+def _require_chips(cfg: TrainConfig, train: Any, val: Any, test: Any) -> None:
+    """No training chip is an error; so is a validation split asked for but empty (no epoch
+    could be chosen and no early stop made); an empty test split is said (evaluation would
+    have nothing to score)."""
+    if not len(train):
+        raise InputError(
+            f"no training chip of {cfg.chips.size} px has {cfg.chips.min_labelled_pixels}+ "
+            f"labelled and {cfg.chips.min_valid_fraction:.0%}+ valid pixels in the training "
+            "split; lower chips.min_valid_fraction or chips.size, or check the labels"
+        )
     fix = (
         "their chips overlap training chips (the buffer) or hold too few labels; use larger "
         "split.block_chips or other split.seed, or label more places"
@@ -213,6 +200,27 @@ def _fit(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     if fitted:
         log.info("settings fitted to the scene: %s", describe(fitted))
     return cfg, fitted
+
+
+def _encoder_start(
+    cfg: TrainConfig, spec: ModelSpec, model: Any, info: SceneInfo, normalizer: Normalizer
+) -> tuple[Normalizer, dict[str, np.ndarray] | None, dict[str, Any]]:
+    """Where the encoder starts, checked on the driver: published weights fitted to the
+    scene's bands (:mod:`w2w.model.published`), or a file whose normalisation training
+    adopts when ``w2w pretrain`` wrote it. Returns the normalisation, the published weights
+    and their record."""
+    weights = cfg.model.encoder_weights
+    bands = tuple(info.band_names)
+    if is_published_name(weights):
+        if getattr(model, "encoder", None) is None:
+            raise ConfigError(f"{spec.arch} has no encoder to take encoder weights")
+        initial, record = initial_encoder(
+            str(weights), spec.encoder, model.encoder, bands, cfg.model.encoder_weights_file
+        )
+        return normalizer, initial, record
+    if weights:
+        normalizer = _pretrained_normalizer(cfg, spec, bands, model) or normalizer
+    return normalizer, None, {}
 
 
 def _pretrained_normalizer(
