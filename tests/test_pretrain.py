@@ -107,10 +107,14 @@ def test_local_pairs_keep_positions_over_valid_ground() -> None:
 # -- the encoder file ------------------------------------------------------------------------
 
 
-def _encoder_file(tmp_path: Path, *, bands: tuple[str, ...] = BANDS, **options: object) -> str:
-    spec = ModelSpec(
-        "Unet", TINY_MODEL["encoder"], len(bands), 1, {**TINY_MODEL["options"], **options}
-    )
+def _encoder_file(
+    tmp_path: Path,
+    *,
+    bands: tuple[str, ...] = BANDS,
+    encoder: str = TINY_MODEL["encoder"],
+    **options: object,
+) -> str:
+    spec = ModelSpec("Unet", encoder, len(bands), 1, {**TINY_MODEL["options"], **options})
     norm = Normalizer(
         "percentile",
         (0.0,) * len(bands),
@@ -127,11 +131,13 @@ def _encoder_file(tmp_path: Path, *, bands: tuple[str, ...] = BANDS, **options: 
     return url
 
 
-def test_an_encoder_file_loads_into_the_model_train_builds(tmp_path: Path) -> None:
-    url = _encoder_file(tmp_path)
+@pytest.mark.parametrize("encoder", [TINY_MODEL["encoder"], "resnet18"])
+def test_an_encoder_file_loads_into_the_model_train_builds(tmp_path: Path, encoder: str) -> None:
+    """A timm encoder and one of smp's own (whose ``load_state_dict`` returns nothing)."""
+    url = _encoder_file(tmp_path, encoder=encoder)
     enc = load_encoder(url, weights=True)
     assert enc.content_hash.startswith("sha256:") and enc.bands == BANDS
-    model = build_model(ModelSpec("Unet", TINY_MODEL["encoder"], 6, 4, TINY_MODEL["options"]))
+    model = build_model(ModelSpec("Unet", encoder, 6, 4, TINY_MODEL["options"]))
     load_weights(model, url, encoder_only=True)
     for name, value in model.encoder.state_dict().items():
         torch.testing.assert_close(value, enc.state[name], rtol=0, atol=0)

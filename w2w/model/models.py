@@ -223,6 +223,7 @@ def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
 
     import torch
     from safetensors.torch import load as load_safetensors
+    from torch.nn.modules.module import _IncompatibleKeys as IncompatibleKeys
 
     from w2w.core import storage
 
@@ -241,6 +242,7 @@ def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
         state = state["state_dict"]
     target = model.encoder if encoder_only else model
     what = "encoder" if encoder_only else "model"
+    expected = set(target.state_dict())
     try:
         result = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit
@@ -250,6 +252,11 @@ def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
             f"weights in {url} do not fit this {what} ({detail}); check that they were saved "
             f"from the same architecture, encoder, bands and classes"
         ) from None
+    if result is None:  # smp's ResNet encoders drop torch's answer: work it out here
+        result = IncompatibleKeys(
+            [k for k in sorted(expected) if k not in state],
+            [k for k in state if k not in expected and not k.startswith("fc.")],
+        )
     if result.missing_keys:
         missing = result.missing_keys
         shown = ", ".join(missing[:3]) + (
