@@ -147,3 +147,69 @@ def test_a_storage_failure_raised_inside_a_library_is_a_storage_error() -> None:
     assert isinstance(got, StorageError) and "did not answer" in str(got)
     assert "did not answer" in str(from_os_error(FSTimeoutError()))
     assert from_os_error(RuntimeError("a bug")) is None
+
+
+@pytest.fixture
+def trickling_endpoint() -> Iterator[str]:
+    """An 'S3 endpoint' on loopback that answers at once but sends an object's bytes one at
+    a time, a fifth of a second apart: no single read waits long enough to time out."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    size = 4096
+
+    class Trickle(BaseHTTPRequestHandler):
+        def _headers(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("ETag", '"0"')
+            self.send_header("Last-Modified", "Mon, 07 Dec 2026 00:00:00 GMT")
+            self.end_headers()
+
+        def do_HEAD(self) -> None:
+            self._headers()
+
+        def do_GET(self) -> None:
+            self._headers()
+            try:
+                for _ in range(size):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                return
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_read_that_trickles_ends_at_its_deadline(
+    trickling_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each byte comes well within the per-request timeout, so only a deadline on the whole
+    read (2 s timeout, one try: a few seconds for 4 KiB) ends it -- not the 14 minutes the
+    object would take."""
+    import s3fs
+
+    from w2w.core import storage
+    from w2w.core.errors import StorageError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", trickling_endpoint)
+    monkeypatch.setenv("W2W_IO_TIMEOUT", str(TIMEOUT))
+    monkeypatch.setenv("W2W_IO_RETRIES", "0")
+    s3fs.S3FileSystem.clear_instance_cache()
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match="did not answer within"):
+        storage.read_bytes("s3://bucket/model.safetensors")
+    assert time.monotonic() - t0 < storage.deadline(4096) + 5
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -160,16 +160,23 @@ def exists(url: str | Path) -> bool:
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 
 
-def remote(url: str, method: str, *args: Any, **kwargs: Any) -> Any:
+def deadline(nbytes: int) -> float:
+    """Seconds a transfer of ``nbytes`` may take in all: every 8 MiB may take the whole
+    timeout, every try (a deadline, not a speed limit)."""
+    return io_timeout() * (io_retries() + 1) * (2 + nbytes / (8 << 20))
+
+
+def remote(url: str, method: str, *args: Any, nbytes: int | None = None, **kwargs: Any) -> Any:
     """Call ``method`` of the filesystem serving ``url``, its failures as one clear
-    :class:`StorageError` (a missing file stays :class:`FileNotFoundError`). A write
-    (``put_file``) has an overall deadline as well as the per-request timeouts: a request
-    whose reply never comes (an endpoint that stalls while it takes the body) ends too."""
+    :class:`StorageError` (a missing file stays :class:`FileNotFoundError`). A transfer --
+    a write (``put_file``) or a read of ``nbytes`` -- has an overall :func:`deadline` as well
+    as the per-request timeouts: a request whose reply never comes (an endpoint that stalls
+    while it takes the body) or that trickles in a byte at a time ends too."""
     fs = filesystem(url)
     if method == "put_file":
-        size = os.path.getsize(args[0])
-        # Every 8 MiB may take the whole timeout, every try: a deadline, not a speed limit.
-        kwargs["timeout"] = io_timeout() * (io_retries() + 1) * (2 + size / (8 << 20))
+        nbytes = os.path.getsize(args[0])
+    if nbytes is not None:
+        kwargs["timeout"] = deadline(nbytes)
     try:
         return getattr(fs, method)(*args, **kwargs)
     except FileNotFoundError:
@@ -223,12 +230,10 @@ def read_bytes(url: str | Path) -> bytes:
         except OSError as exc:
             raise InputError(f"cannot read {url}: {exc.strerror}") from None
     try:
-        with filesystem(u).open(u, "rb") as f:
-            return bytes(f.read())
+        size = int(remote(u, "size", u))
+        return bytes(remote(u, "cat_file", u, nbytes=size))
     except FileNotFoundError:
         raise InputError(f"object not found: {url}; check the URL") from None
-    except Exception as exc:  # noqa: BLE001
-        raise remote_error(u, exc) from None
 
 
 def atomic_write_bytes(url: str | Path, data: bytes) -> str:
