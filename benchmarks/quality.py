@@ -25,6 +25,7 @@ one worker with a fixed seed, so two runs on the same CPU give the same metrics.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -37,39 +38,26 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import publish, run_header
+from w2w.train.fit import SMALL_RECIPE
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 DIRECTIONS = {"west→east": "first", "east→west": "second"}
 
+
+def _recipe() -> dict[str, Any]:
+    """The small-scene recipe ``w2w train`` fits to a small scene (``SMALL_RECIPE`` in
+    ``w2w/train/fit.py``, the one statement of it), as one training config: its own stride
+    of 8 px, and one worker with both cores."""
+    recipe: dict[str, Any] = {k: copy.deepcopy(v) for k, v in SMALL_RECIPE.items() if k}
+    recipe.update(copy.deepcopy(SMALL_RECIPE[""]))
+    recipe["chips"].update(stride=8, balance=True)
+    recipe["workers"] = {"num_workers": 1, "cpus_per_worker": 2}
+    return recipe
+
+
 #: The small-scene recipe: what makes 250-500 px scenes train well with no pretrained weights.
-RECIPE: dict[str, Any] = {
-    "model": {
-        "arch": "Unet",
-        "encoder": "tu-resnet10t",
-        "options": {
-            "encoder_depth": 3,
-            "decoder_channels": [64, 32, 16],
-            "spectral_branch": 64,
-            "context_bound": 4.0,
-        },
-    },
-    "chips": {"size": 64, "stride": 8, "min_valid_fraction": 0.1, "balance": True},
-    "augment": {"flips": True, "brightness": 0.0, "contrast": 0.0},
-    "loss": {
-        "ce": 1.0,
-        "dice": 0.0,
-        "label_smoothing": 0.0,
-        "class_weights": "auto",
-        "spectral_aux": 0.5,
-    },
-    "optim": {"lr": 0.01, "weight_decay": 0.01, "schedule": "cosine", "warmup_epochs": 1},
-    "normalization": "zscore",
-    "epochs": 18,
-    "batch_size": 16,
-    "patience": None,
-    "workers": {"num_workers": 1, "cpus_per_worker": 2},
-}
+RECIPE: dict[str, Any] = _recipe()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ file when one is given; the choices are logged before training and recorded in t
   normalisation method.
 - **A small scene** (its shorter side at most :data:`SMALL_SIDE` px, or at most
   :data:`SMALL_LABELS` labelled pixels): the small-scene recipe the quality benchmark measures
-  (``RECIPE`` in ``benchmarks/quality.py``): a light 3-stage U-Net with a per-pixel branch,
+  (its ``RECIPE`` is built from this one): a light 3-stage U-Net with a per-pixel branch,
   64 px chips at a stride that gives about :data:`CHIPS_PER_EPOCH` chips per epoch (8 px on a
   450 px scene), z-score normalisation, cross-entropy weighted by the class histogram with the
   branch also trained as a classifier, AdamW at 0.01, 18 epochs.
