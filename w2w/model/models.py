@@ -223,7 +223,6 @@ def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
 
     import torch
     from safetensors.torch import load as load_safetensors
-    from torch.nn.modules.module import _IncompatibleKeys as IncompatibleKeys
 
     from w2w.core import storage
 
@@ -253,12 +252,11 @@ def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
             f"from the same architecture, encoder, bands and classes"
         ) from None
     if result is None:  # smp's ResNet encoders drop torch's answer: work it out here
-        result = IncompatibleKeys(
-            [k for k in sorted(expected) if k not in state],
-            [k for k in state if k not in expected and not k.startswith("fc.")],
-        )
-    if result.missing_keys:
-        missing = result.missing_keys
+        missing = [k for k in sorted(expected) if k not in state]
+        unexpected = [k for k in state if k not in expected and not k.startswith("fc.")]
+    else:
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing:
         shown = ", ".join(missing[:3]) + (
             f", and {len(missing) - 3} more" if len(missing) > 3 else ""
         )
@@ -266,11 +264,11 @@ def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
             f"weights in {url} lack {len(missing)} of the {what}'s "
             f"{len(target.state_dict())} tensors ({shown}); give weights saved from this {what}"
         )
-    if result.unexpected_keys:
+    if unexpected:
         log.warning(
             "weights in %s hold %d tensors this %s does not use (e.g. %s); they are ignored",
             url,
-            len(result.unexpected_keys),
+            len(unexpected),
             what,
-            result.unexpected_keys[0],
+            unexpected[0],
         )
