@@ -88,7 +88,9 @@ def test_the_readme_and_docs_run_as_written(tmp_path: Path, s3_server: str) -> N
     if "bucket" not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         s3.create_bucket(Bucket="bucket")
     (tmp_path / "jobs").symlink_to(REPO / "jobs")  # the repository's configs, as in a clone
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Each command on its own embedded Ray, as for a user (not on a cluster a test started).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"
     ran = 0
     for doc in DOCUMENTS:
         for lang, text, line in blocks(doc):
