@@ -213,32 +213,42 @@ def check_chip_size(model: Any, spec: ModelSpec, chip_size: int) -> None:
         )
 
 
-def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
-    """Load weights from a local or ``s3://`` file into ``model`` (or its encoder), safely.
-
-    ``.safetensors`` files and PyTorch files saved as plain tensors are accepted; pickled
-    objects are never executed (``torch.load(weights_only=True)``).
-    """
+def read_state_dict(raw: bytes, url: str, fix: str) -> dict[str, Any]:
+    """The state dict in the bytes of a ``.safetensors`` file or a PyTorch file saved as plain
+    tensors (``torch.load(weights_only=True)``: pickled objects are never executed; a
+    checkpoint's ``state_dict`` entry is taken); a file that does not parse is an error
+    naming ``url`` and ending with ``fix``."""
     import io
 
     import torch
     from safetensors.torch import load as load_safetensors
 
-    from w2w.core import storage
-
-    raw = storage.read_bytes(url)
     try:
         if url.endswith(".safetensors"):
             state = load_safetensors(raw)
         else:
             state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        first = (str(exc).splitlines() or [""])[0]
         raise InputError(
-            f"cannot load weights from {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
-            "give a .safetensors file or a torch state_dict of tensors"
+            f"cannot load weights from {url}: {type(exc).__name__}: {first}; {fix}"
         ) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    return dict(state)
+
+
+def load_weights(model: Any, url: str, *, encoder_only: bool = False) -> None:
+    """Load weights from a local or ``s3://`` file into ``model`` (or its encoder), safely.
+
+    ``.safetensors`` files and PyTorch files saved as plain tensors are accepted; pickled
+    objects are never executed (``torch.load(weights_only=True)``).
+    """
+    from w2w.core import storage
+
+    state = read_state_dict(
+        storage.read_bytes(url), url, "give a .safetensors file or a torch state_dict of tensors"
+    )
     target = model.encoder if encoder_only else model
     what = "encoder" if encoder_only else "model"
     expected = set(target.state_dict())

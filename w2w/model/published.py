@@ -57,6 +57,9 @@ log = logging.getLogger("w2w")
 #: Band roles of the RGB inputs of ImageNet-trained weights, in channel order.
 RGB = ("red", "green", "blue")
 
+#: How to mend published weights that do not parse.
+_REFETCH = "delete the file and fetch it again"
+
 _TORCHGEO_NAME = re.compile(r"^[A-Za-z0-9]+_Weights\.[A-Z0-9_]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -182,41 +185,19 @@ def _hf_cache() -> Path:
     return Path(home) / "hub"
 
 
-def _read_state(raw: bytes, where: str) -> dict[str, Any]:
-    """A state dict from the bytes of a safetensors or PyTorch file (nothing unpickled but
-    tensors)."""
-    import io
-
-    import torch
-    from safetensors.torch import load
-
-    try:
-        if raw[:1] == b"PK" or not where.endswith(".safetensors"):
-            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        else:
-            state = load(raw)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-        raise InputError(
-            f"cannot read published weights from {where}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}; fetch the file again"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    return dict(state)
-
-
 def fetch(weights: PublishedWeights, local_file: str | None = None) -> tuple[dict[str, Any], str]:
     """The weights' state dict and the file it came from: ``local_file`` when given, else the
     library's cache, else a download (unless offline); a one-line error when none works."""
     if local_file:
         from w2w.core import storage
+        from w2w.model.models import read_state_dict
 
         if not storage.exists(local_file):
             raise InputError(
                 f"encoder weights file {local_file} does not exist; give the file of "
                 f"{weights.name} (from {weights.origin})"
             )
-        return _read_state(storage.read_bytes(local_file), local_file), local_file
+        return read_state_dict(storage.read_bytes(local_file), local_file, _REFETCH), local_file
     if weights.source == "smp":
         return _fetch_smp(weights)
     return _fetch_torchgeo(weights)
@@ -225,6 +206,8 @@ def fetch(weights: PublishedWeights, local_file: str | None = None) -> tuple[dic
 def _fetch_smp(weights: PublishedWeights) -> tuple[dict[str, Any], str]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from w2w.model.models import read_state_dict
 
     repo_id, revision = weights.origin.split("@", 1)
     cache = _hf_cache()
@@ -245,7 +228,7 @@ def _fetch_smp(weights: PublishedWeights) -> tuple[dict[str, Any], str]:
             f"(huggingface-cli download {repo_id} --revision {revision}) and copy its cache "
             "here (HF_HOME), or give the file with --encoder-weights-file"
         ) from None
-    return _read_state(Path(path).read_bytes(), path), path
+    return read_state_dict(Path(path).read_bytes(), path, _REFETCH), path
 
 
 def _fetch_torchgeo(weights: PublishedWeights) -> tuple[dict[str, Any], str]:

@@ -14,6 +14,7 @@ from w2w.core import storage
 from w2w.core.config import PathStr, StageConfig, canonical_path
 from w2w.core.guard import OutputKind, Target, real_location, relation
 from w2w.core.split import SplitConfig
+from w2w.model.published import is_published_name
 from w2w.train.augment import AugmentConfig
 from w2w.train.chips import ChipConfig
 from w2w.train.losses import LossConfig
@@ -23,8 +24,6 @@ BUNDLE_NAME = "model.safetensors"
 
 def _weights_ref(value: Any) -> Any:
     """Published weights' names as given; anything else a path, made canonical."""
-    from w2w.model.published import is_published_name
-
     if isinstance(value, str) and is_published_name(value):
         return value
     return canonical_path(value)
@@ -60,8 +59,6 @@ class ModelConfig(StageConfig):
 
     @model_validator(mode="after")
     def _weights_file_names_weights(self) -> ModelConfig:
-        from w2w.model.published import is_published_name
-
         if self.encoder_weights_file and not is_published_name(self.encoder_weights):
             raise ValueError(
                 "encoder_weights_file is the file of published weights named by "
@@ -184,8 +181,6 @@ class TrainConfig(StageConfig):
         found = super().input_locations(expand=expand)
         if self.model.weights:
             found.append(("model weights", self.model.weights))
-        from w2w.model.published import is_published_name
-
         weights = self.model.encoder_weights
         if weights and not is_published_name(weights):
             found.append(("encoder weights", weights))
