@@ -92,26 +92,16 @@ def test_the_same_work_naive_loop_runs_the_chips_w2w_forwards(tmp_path) -> None:
     does; the loop over every chip runs the whole grid."""
     import numpy as np
     import rasterio
-    from rasterio.transform import from_origin
 
     from benchmarks.throughput import FREE_MODEL, make_bundle, naive_baseline
+    from tests.conftest import write_tif
     from w2w.api import ingest
     from w2w.ingest.config import IngestConfig
 
     data = np.random.default_rng(0).integers(1, 1000, (2, 128, 128)).astype("uint16")
     data[:, :, :70] = 0  # outside the state: chips of columns 0 and 32 hold no valid pixel
-    profile = {
-        "driver": "GTiff", "height": 128, "width": 128, "count": 2, "dtype": "uint16",
-        "nodata": 0, "crs": "EPSG:32613", "transform": from_origin(300000, 3500000, 10, 10),
-    }  # fmt: skip
-    image = tmp_path / "image.tif"
-    with rasterio.open(image, "w", **profile) as dst:
-        dst.write(data)
-    label = tmp_path / "label.tif"
-    with rasterio.open(
-        label, "w", **{**profile, "count": 1, "dtype": "uint8", "nodata": None}
-    ) as dst:
-        dst.write((data[0] % 2 + 1).astype("uint8"), 1)
+    image = write_tif(tmp_path / "image.tif", data, nodata=0)
+    label = write_tif(tmp_path / "label.tif", (data[0] % 2 + 1).astype("uint8"))
     store = str(tmp_path / "scene.zarr")
     ingest(
         IngestConfig(images=[str(image)], label=str(label), output=store, engine="local"),

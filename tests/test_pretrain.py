@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, write_tif
 from w2w.core.errors import BundleError, ConfigError
 from w2w.model.encoder_file import EncoderFile, load_encoder, save_encoder
 from w2w.model.models import build_model, load_weights
@@ -313,9 +313,6 @@ def _lit_scene(root: Path, seed: int) -> tuple[str, np.ndarray, int]:
     """A scene of 32 px squares of two classes that differ only in the ratios between bands,
     each square lit by its own gain (0.4 to 2.5: haze, slope, season), which dwarfs the
     difference: (scene store, class of each square, square size)."""
-    import rasterio
-    from rasterio.transform import from_origin
-
     from w2w.api import ingest
     from w2w.ingest.config import IngestConfig
 
@@ -330,22 +327,12 @@ def _lit_scene(root: Path, seed: int) -> tuple[str, np.ndarray, int]:
             texture = 1 + 0.1 * rng.standard_normal((size, size))
             square = spectra[classes[i, j]][:, None, None] * gain[i, j] * texture[None]
             image[:, i * size : (i + 1) * size, j * size : (j + 1) * size] = square
-    profile = {
-        "driver": "GTiff",
-        "height": n * size,
-        "width": n * size,
-        "count": 4,
-        "dtype": "uint16",
-        "crs": "EPSG:32613",
-        "transform": from_origin(300000, 4000000, 10, 10),
-    }
-    with rasterio.open(root / "lit.tif", "w", **profile) as dst:
-        dst.write((image * 1000).astype(np.uint16))
-        dst.descriptions = ("B02", "B03", "B04", "B08")
+    tif = write_tif(root / "lit.tif", (image * 1000).astype(np.uint16))
     scene = str(root / "lit.zarr")
-    ingest(
-        IngestConfig(images=[str(root / "lit.tif")], output=scene, engine="local"), progress=False
+    cfg = IngestConfig(
+        images=[str(tif)], band_names=["B02", "B03", "B04", "B08"], output=scene, engine="local"
     )
+    ingest(cfg, progress=False)
     return scene, classes.ravel(), size
 
 
