@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -822,13 +823,35 @@ def test_the_docs_name_only_tests_that_exist() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_stages(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every stage's config from a small demo run that has run (the inputs each stage reads)."""
-    from w2w.pipeline import demo_config, run_pipeline, stage_configs
+def demo_root(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a small demo run that has run (the inputs and outputs of every stage)."""
+    from w2w.pipeline import demo_config, run_pipeline
 
-    cfg = demo_config(str(tmp_path_factory.mktemp("demo")), size=256, epochs=1, pretrain_epochs=1)
-    run_pipeline(cfg, progress=False)
-    return stage_configs(cfg)
+    root = tmp_path_factory.mktemp("demo")
+    run_pipeline(demo_config(str(root), size=256, epochs=1, pretrain_epochs=1), progress=False)
+    return root
+
+
+def _demo_configs(root: Path) -> dict[str, Any]:
+    from w2w.pipeline import demo_config, stage_configs
+
+    return stage_configs(demo_config(str(root), size=256, epochs=1, pretrain_epochs=1))
+
+
+@pytest.fixture(scope="module")
+def demo_stages(demo_root: Path) -> dict[str, Any]:
+    """Every stage's config from the demo run (the inputs each stage reads)."""
+    return _demo_configs(demo_root)
+
+
+def _own_demo(demo_root: Path, stage: Stage, tmp_path: Path) -> Any:
+    """``stage``'s config over a copy of the demo run of its own: a test that replaces the
+    demo's outputs (a new model, a new mosaic) leaves every other test the demo's outputs as
+    they were, whichever of the tests run and in whatever order. The copy keeps the content
+    (provenance compares content, not paths)."""
+    root = tmp_path / "demo"
+    shutil.copytree(demo_root, root, symlinks=True)
+    return _demo_configs(root)[stage.name]
 
 
 @pytest.mark.slow
@@ -892,13 +915,13 @@ def _targets_snapshot(cfg: Any) -> dict[str, dict[str, bytes]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])
 def test_ctrl_c_ends_every_stage_within_seconds_and_keeps_the_old_output(
-    stage: Stage, demo_stages: dict[str, Any], tmp_path: Path
+    stage: Stage, demo_root: Path, tmp_path: Path
 ) -> None:
     import signal
 
     import yaml
 
-    cfg = demo_stages[stage.name]
+    cfg = _own_demo(demo_root, stage, tmp_path)
     settings = tmp_path / f"{stage.name}.yaml"
     settings.write_text(yaml.safe_dump(cfg.to_dict()))
     before = _targets_snapshot(cfg)
@@ -1088,15 +1111,14 @@ def _kill_points(events: list[list[str]]) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES, ids=[s.name for s in STAGES])
 def test_every_stage_killed_at_three_points_of_its_publish_leaves_the_old_output_or_the_new(
-    stage: Stage, demo_stages: dict[str, Any], tmp_path: Path
+    stage: Stage, demo_root: Path, tmp_path: Path
 ) -> None:
     """Each stage, re-run over its demo outputs, is traced through the publish protocol
     (:mod:`w2w.core.crashpoints`), then SIGKILLed at three of the points it passed. After
     each kill, what the next run's guard settles must leave every published unit (a store,
     a run, a file set) whole: the old one before its swap began, the new one after it ended,
     one or the other in between, never a mix and no staging leftovers; then the stage is run
-    again to the end. Stages run in the registry's order, each over the new outputs of the
-    stages before it (a stage run alone may find its inputs made by another model)."""
+    again to the end. Each stage runs over a copy of the demo run of its own."""
     import signal
 
     import yaml
@@ -1104,7 +1126,7 @@ def test_every_stage_killed_at_three_points_of_its_publish_leaves_the_old_output
 
     from w2w.cli import app
 
-    cfg = demo_stages[stage.name].replace(overwrite=True)
+    cfg = _own_demo(demo_root, stage, tmp_path).replace(overwrite=True)
     settings = tmp_path / f"{stage.name}.yaml"
     settings.write_text(yaml.safe_dump(cfg.to_dict()))
     trace = tmp_path / "trace"
