@@ -3,6 +3,7 @@ job, memory as the tiles grow, and the whole pipeline inside a boundary against 
 state without one.
 
     python -m benchmarks statewide [--size 1536] [--out bench-out/statewide] [--results]
+    python -m benchmarks statewide --whole --size 16384 [--s3-sizes 4096,8192] [--results]
 
 In one run, on the synthetic state written as overlapping tiles in UTM 12N and 13N (imagery
 everywhere in its bounding box) and mapped on EPSG:6372 at 10 m:
@@ -321,11 +322,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=Settings.size, help="state edge in pixels")
     parser.add_argument("--out", default="bench-out/statewide", help="working folder")
     parser.add_argument("--results", action="store_true", help="append to RESULTS.md")
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="every stage on the state at --size and at half its edge (benchmarks/whole_state.py)",
+    )
+    parser.add_argument(
+        "--s3-sizes",
+        default="",
+        help="with --whole: sizes to run again on a loopback S3 server, counting requests",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     header = run_header("python -m benchmarks statewide", argv)
     t0 = time.time()
+    if args.whole:
+        from benchmarks import whole_state
+
+        sizes = tuple(int(v) for v in args.s3_sizes.split(",") if v.strip())
+        res = whole_state.run(args.size, out, sizes)
+        res["seconds"] = time.time() - t0
+        text = whole_state.markdown(res, header)
+        publish(out / "whole-state.json", header, res, text, record=args.results)
+        return 0
     res = run(Settings(size=args.size), out)
     res["seconds"] = time.time() - t0
     publish(out / "statewide.json", header, res, markdown(res, header), record=args.results)
