@@ -161,8 +161,19 @@ class RequestLog:
                 time.sleep(0.2)
         self.offset = 0
 
+    @staticmethod
+    def kind(key: str) -> str:
+        """What a request's key is: a data chunk of a zarr array, a cell of w2w's per-block
+        books (``_w2w/...``: which blocks are done, their digests), zarr metadata, or any
+        other object (files, run records, listings)."""
+        if "/c/" in key:
+            return "book" if "/_w2w/" in key else "chunk"
+        if key.endswith("zarr.json"):
+            return "meta"
+        return "other"
+
     def take(self) -> dict[str, int]:
-        """Requests answered since the last call: per method, and zarr chunk requests."""
+        """Requests answered since the last call: per method and per :meth:`kind`."""
         time.sleep(1.0)  # the server logs a request once it has answered it
         with self.path.open() as f:
             f.seek(self.offset)
@@ -171,9 +182,8 @@ class RequestLog:
         counts: Counter[str] = Counter()
         for method, target in self.LINE.findall(text):
             counts[method] += 1
-            key = target.split("?")[0]
-            counts["chunk" if "/c/" in key else "other"] += 1
-        counts["total"] = counts["chunk"] + counts["other"]
+            counts[self.kind(target.split("?")[0])] += 1
+        counts["total"] = sum(counts[k] for k in ("chunk", "book", "meta", "other"))
         return dict(counts)
 
     def close(self) -> None:
@@ -283,8 +293,9 @@ def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
         sizes = sorted(res["s3"], key=int)
         lines += [
             "",
-            "Object-storage requests per stage (every output on the loopback S3 server; "
-            "zarr chunk requests / other requests):",
+            "Object-storage requests per stage (every output on the loopback S3 server), "
+            "as data chunks / book cells (w2w's per-block records) / zarr metadata / other "
+            "objects:",
             "",
             "| stage | " + " | ".join(f"{n} px" for n in sizes) + " |",
             "|---|" + "---:|" * len(sizes),
@@ -293,7 +304,8 @@ def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
             cells = []
             for n in sizes:
                 r = res["s3"][n][i]["requests"] or {}
-                cells.append(f"{r.get('chunk', 0):,} / {r.get('other', 0):,}")
+                kinds = ("chunk", "book", "meta", "other")
+                cells.append(" / ".join(f"{r.get(k, 0):,}" for k in kinds))
             lines.append(f"| {row['stage']} | " + " | ".join(cells) + " |")
     lines += ["", *projection(big)]
     return "\n".join(lines)
