@@ -121,3 +121,37 @@ def test_the_same_work_naive_loop_runs_the_chips_w2w_forwards(tmp_path) -> None:
     assert same["chips"] == holding == 8 and every["chips"] == 16
     np.testing.assert_array_equal(same_map[valid], every_map[valid])
     assert (same_map[:, :64] == 255).all()
+
+
+def test_the_request_log_counts_what_the_s3_server_answered(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The whole-state benchmark's request counts come from the server's own log: every
+    request a client sends is counted once, under its method and kind."""
+    import boto3
+
+    from benchmarks.whole_state import RequestLog
+
+    server = RequestLog(tmp_path)
+    try:
+        client = boto3.client("s3", endpoint_url=server.endpoint)
+        client.create_bucket(Bucket="bench")
+        server.take()
+        client.put_object(Bucket="bench", Key="s.zarr/image/c/0/0/0", Body=b"x")
+        client.put_object(Bucket="bench", Key="s.zarr/image/c/0/0/1", Body=b"x")
+        client.put_object(Bucket="bench", Key="m.zarr/_w2w/blocks_done/c/0/0", Body=b"x")
+        client.put_object(Bucket="bench", Key="s.zarr/zarr.json", Body=b"{}")
+        client.get_object(Bucket="bench", Key="m.zarr/_w2w/blocks_done/c/0/0")
+        client.head_object(Bucket="bench", Key="s.zarr/zarr.json")
+        client.list_objects_v2(Bucket="bench", Prefix="s.zarr/")
+        counts = server.take()
+    finally:
+        server.close()
+    assert counts == {
+        "PUT": 4,
+        "GET": 2,
+        "HEAD": 1,
+        "chunk": 2,
+        "book": 2,
+        "meta": 2,
+        "other": 1,
+        "total": 7,
+    }
