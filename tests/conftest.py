@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -22,19 +21,22 @@ import pytest
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With ``W2W_SLOW_PICK=k/n``, keep of the slow tests parametrized by stage (the registry
-    matrices: kill, stall, full disk, Ctrl-C for every stage) those whose test id hashes to
-    ``k`` mod ``n``: CI runs a rotating share each time (``.ci/run`` picks by the day), and the
+    matrices: kill, stall, full disk, Ctrl-C for every stage) every ``n``-th case of each
+    matrix, starting at its ``k``-th (in the registry's order): CI runs a rotating share of
+    each matrix (``.ci/run`` picks ``k`` by the day, so ``n`` days run every case), and the
     same ``k/n`` picks the same cases again. Unset, every case runs."""
     pick = os.environ.get("W2W_SLOW_PICK")
     if not pick:
         return
     k, n = (int(v) for v in pick.split("/"))
     keep, drop = [], []
+    seen: dict[str, int] = {}
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if item.get_closest_marker("slow") and "stage" in params:
-            digest = int(hashlib.sha256(item.nodeid.encode()).hexdigest(), 16)
-            (keep if digest % n == k else drop).append(item)
+            matrix = item.nodeid.split("[")[0]
+            index = seen[matrix] = seen.get(matrix, -1) + 1
+            (keep if index % n == k else drop).append(item)
         else:
             keep.append(item)
     if drop:
