@@ -194,3 +194,40 @@ def test_training_starts_from_published_weights_and_records_them(
     record = bundle.training["published_weights"]
     assert record["name"] == "imagenet" and record["source"] == "smp"
     json.dumps(record)  # plain JSON in the bundle
+
+
+def test_timm_weights_of_a_tu_encoder_load_from_the_hub_cache(offline: Path) -> None:
+    """``imagenet`` for a ``tu-`` encoder is timm's default tag of the architecture, fetched
+    from the repository timm names (at its ``main``, as timm does) through the hub cache; a
+    tag timm does not list is refused with the ones it does."""
+    import timm
+    from safetensors.torch import save_file
+    from segmentation_models_pytorch.encoders import get_encoder
+    from timm.models import get_pretrained_cfg
+
+    torch.manual_seed(1)
+    published = timm.create_model("resnet10t", pretrained=False).state_dict()
+    repo = get_pretrained_cfg("resnet10t").hf_hub_id  # timm/resnet10t.c3_in1k
+    folder = offline / "hf" / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0" * 40)
+    save_file({k: v.contiguous() for k, v in published.items()}, snap / "model.safetensors")
+    target = get_encoder("tu-resnet10t", in_channels=len(BANDS), weights=None, depth=3)
+
+    state, record = initial_encoder("imagenet", "tu-resnet10t", target, BANDS)
+
+    assert record["source"] == "timm" and record["origin"] == f"{repo}@main"
+    w = published["conv1.0.weight"].numpy()  # (24, 3: red, green, blue, 3, 3)
+    conv = state["model.conv1.0.weight"]
+    np.testing.assert_array_equal(conv[:, 0], w[:, 2])  # B02 blue
+    np.testing.assert_array_equal(conv[:, 2], w[:, 0])  # B04 red
+    assert not conv[:, 3:].any()
+    np.testing.assert_array_equal(
+        state["model.layer1.0.conv1.weight"], published["layer1.0.conv1.weight"].numpy()
+    )
+    assert not any(k.startswith(("model.fc", "model.layer4")) for k in state)
+    target.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    with pytest.raises(ConfigError, match="c3_in1k"):
+        initial_encoder("no_such_tag", "tu-resnet10t", target, BANDS)

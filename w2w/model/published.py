@@ -1,6 +1,6 @@
-"""Published encoder weights by name: smp's (``imagenet``, ``ssl``, ...) and torchgeo's
-(``ResNet18_Weights.SENTINEL2_ALL_MOCO``, ...), loaded by the libraries' own code and fitted
-to the scene's bands by name.
+"""Published encoder weights by name: smp's (``imagenet``, ``ssl``, ...), timm's for ``tu-``
+encoders (``imagenet`` or a timm tag) and torchgeo's (``ResNet18_Weights.SENTINEL2_ALL_MOCO``,
+...), loaded by the libraries' own code and fitted to the scene's bands by name.
 
 ``model.encoder_weights`` takes a file (a ``w2w pretrain`` encoder file or a state dict) or
 the name of published weights:
@@ -9,6 +9,10 @@ the name of published weights:
   smp keeps them on the Hugging Face hub, and ``huggingface_hub.hf_hub_download`` (what smp
   itself calls, with smp's pinned revision) finds them in the hub cache (``HF_HUB_CACHE``, or
   ``HF_HOME``/hub) or downloads them;
+- for a timm encoder (``tu-resnet18``), ``imagenet`` (timm's default weights of the
+  architecture, as smp asks timm for them) or one of the tags timm lists for it
+  (``a1_in1k``, ``tv_in1k``, ...): the hub repository timm names (``timm/resnet18.a1_in1k``),
+  through the same hub cache;
 - a torchgeo weights name (``ResNet50_Weights.SENTINEL2_ALL_MOCO``, torchgeo installed):
   torchgeo's ``WeightsEnum.get_state_dict`` (``torch.hub``'s cache, ``TORCH_HOME``/hub/
   checkpoints) finds or downloads them; the weights' metadata names the model they fit
@@ -69,7 +73,8 @@ class PublishedWeights:
     """Published weights named in ``model.encoder_weights``, and what they fit."""
 
     name: str
-    #: ``smp`` (Hugging Face hub, smp's pinned revision) or ``torchgeo`` (torch.hub).
+    #: ``smp`` (Hugging Face hub, smp's pinned revision), ``timm`` (Hugging Face hub, the
+    #: repository timm names) or ``torchgeo`` (torch.hub).
     source: str
     #: The encoder name the weights were saved from (``resnet50``).
     model: str
@@ -103,11 +108,7 @@ def resolve(name: str, encoder: str) -> PublishedWeights:
     if _TORCHGEO_NAME.match(name):
         return _torchgeo(name, encoder)
     if encoder.startswith("tu-"):
-        raise ConfigError(
-            f"encoder weights '{name}' for the timm encoder {encoder}: w2w loads smp's "
-            "published weights for smp's encoders (e.g. --encoder resnet34 --encoder-weights "
-            "imagenet) and torchgeo's by their names (ResNet50_Weights.SENTINEL2_ALL_MOCO)"
-        )
+        return _timm(name, encoder)
     from segmentation_models_pytorch.encoders import encoders
 
     settings = encoders.get(encoder, {}).get("pretrained_settings", {})
@@ -125,6 +126,32 @@ def resolve(name: str, encoder: str) -> PublishedWeights:
         model=encoder,
         band_roles=RGB,
         origin=f"{entry['repo_id']}@{entry['revision']}",
+    )
+
+
+def _timm(name: str, encoder: str) -> PublishedWeights:
+    """The published weights timm has for a ``tu-`` encoder: ``imagenet`` is the architecture's
+    default tag (what smp asks timm for with ``encoder_weights="imagenet"``), any other name
+    a tag timm lists for it (``resnet18``: ``a1_in1k``, ``tv_in1k``, ...), from the Hugging
+    Face hub repository timm names."""
+    from timm.models import get_pretrained_cfg, list_pretrained
+
+    arch = _base_encoder(encoder)
+    try:
+        cfg = get_pretrained_cfg(arch if name == "imagenet" else f"{arch}.{name}")
+    except RuntimeError:  # timm knows the architecture, not the tag
+        cfg = None
+    if cfg is None or not getattr(cfg, "hf_hub_id", None):
+        tags = [t.split(".", 1)[1] for t in list_pretrained(f"{arch}.*")]
+        raise ConfigError(
+            f"encoder weights '{name}' are not a file and not published weights of {encoder} "
+            f"(timm publishes: imagenet (its default), {', '.join(tags) or 'none'}; torchgeo's "
+            "are named like ResNet50_Weights.SENTINEL2_ALL_MOCO); give a file path or a name"
+        )
+    channels = int((cfg.input_size or (3,))[0])
+    roles = RGB if channels == 3 else (None,) * channels
+    return PublishedWeights(
+        name=name, source="timm", model=encoder, band_roles=roles, origin=f"{cfg.hf_hub_id}@main"
     )
 
 
@@ -198,12 +225,14 @@ def fetch(weights: PublishedWeights, local_file: str | None = None) -> tuple[dic
                 f"{weights.name} (from {weights.origin})"
             )
         return read_state_dict(storage.read_bytes(local_file), local_file, _REFETCH), local_file
-    if weights.source == "smp":
-        return _fetch_smp(weights)
+    if weights.source in ("smp", "timm"):
+        return _fetch_hf(weights)
     return _fetch_torchgeo(weights)
 
 
-def _fetch_smp(weights: PublishedWeights) -> tuple[dict[str, Any], str]:
+def _fetch_hf(weights: PublishedWeights) -> tuple[dict[str, Any], str]:
+    """Weights of smp or timm: ``model.safetensors`` of their hub repository, through
+    ``huggingface_hub.hf_hub_download`` (its cache first; offline, only its cache)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -220,7 +249,8 @@ def _fetch_smp(weights: PublishedWeights) -> tuple[dict[str, Any], str]:
             local_files_only=_offline(),
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        where = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / revision
+        snapshot = revision if revision != "main" else "<commit>"
+        where = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / snapshot
         raise InputError(
             f"encoder weights '{weights.name}' for {weights.model} are not in the Hugging Face "
             f"cache ({where}/model.safetensors) and could not be downloaded "
