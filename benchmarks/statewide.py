@@ -332,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="with --whole: sizes to run again on a loopback S3 server, counting requests",
     )
+    parser.add_argument(
+        "--requests-only",
+        action="store_true",
+        help="with --whole: only the --s3-sizes runs (the request counts)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import whole_state
 
         sizes = tuple(int(v) for v in args.s3_sizes.split(",") if v.strip())
-        res = whole_state.run(args.size, out, sizes)
+        res = whole_state.run(args.size, out, sizes, local=not args.requests_only)
         res["seconds"] = time.time() - t0
         text = whole_state.markdown(res, header)
         publish(out / "whole-state.json", header, res, text, record=args.results)

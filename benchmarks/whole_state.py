@@ -40,8 +40,10 @@ TILE = 2112
 #: Chihuahua's area and its pixels at 10 m.
 CHIHUAHUA_KM2 = 247_000.0
 #: Stages whose work is independent Ray tasks or actors over blocks (they spread over every
-#: CPU of a cluster); the others' cost here is a fixed sample (pretrain, train).
-PER_BLOCK = ("ingest", "predict", "sieve", "export", "evaluate")
+#: CPU of a cluster); export writes its COG from one process (GDAL's threads), and the
+#: others' cost here is a fixed sample (pretrain, train).
+PER_BLOCK = ("ingest", "predict", "sieve", "evaluate")
+ONE_NODE = ("export",)
 
 
 @dataclass(frozen=True)
@@ -231,8 +233,11 @@ def run_state(
     return costs
 
 
-def run(size: int, out: Path, s3_sizes: tuple[int, ...], log: Any = print) -> dict[str, Any]:
-    """The whole-state rows at ``size`` and ``size // 2``, and request counts on S3."""
+def run(
+    size: int, out: Path, s3_sizes: tuple[int, ...], log: Any = print, *, local: bool = True
+) -> dict[str, Any]:
+    """The whole-state rows at ``size`` and ``size // 2`` (unless not ``local``), and request
+    counts on S3 at ``s3_sizes``."""
     from w2w.core.runtime import ensure_ray
 
     res: dict[str, Any] = {"size": size, "local": {}, "s3": {}}
@@ -249,7 +254,7 @@ def run(size: int, out: Path, s3_sizes: tuple[int, ...], log: Any = print) -> di
     ensure_ray()
     try:
         run_state(512, out / "warm", log)  # Ray's workers started, imports cached
-        for n in (size // 2, size):
+        for n in (size // 2, size) if local else ():
             res["local"][n] = [c.__dict__ for c in run_state(n, out / f"local-{n}", log)]
         for n in s3_sizes:
             res["s3"][n] = [c.__dict__ for c in run_state(n, out / f"s3-{n}", log, server)]
@@ -266,12 +271,16 @@ def _gib(n: float) -> str:
 def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
     """The rows, the linearity ratios, the request counts and the Chihuahua projection."""
     size = res["size"]
-    small, big = res["local"][size // 2], res["local"][size]
     lines = [
         f"### Statewide-size run, {header['date']} — {header['machine']}",
         "",
         f"- Command: `{header['command']}`; commit `{header['commit']}`; total "
         f"{res['seconds']:.0f} s",
+    ]
+    if not res["local"]:
+        return "\n".join([*lines, *_requests_table(res)])
+    small, big = res["local"][size // 2], res["local"][size]
+    lines += [
         f"- The synthetic state at {size}² px ({size * size / 1e6:.0f} Mpx) and {size // 2}² px, "
         f"tiles of {TILE} px in UTM 12N + 13N, boundary, vector labels; EPSG:6372, 10 m, "
         "default chunking; the tiny model; pretrain 1024 chips × 1 epoch, train 1 epoch",
@@ -289,6 +298,12 @@ def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
             f"{ub / ua:.2f} | {a['peak_mib']:,.0f} | {b['peak_mib']:,.0f} | "
             f"{_gib(b['out_bytes'])} |"
         )
+    lines += [*_requests_table(res), "", *projection(big)]
+    return "\n".join(lines)
+
+
+def _requests_table(res: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if res["s3"]:
         sizes = sorted(res["s3"], key=int)
         lines += [
@@ -307,8 +322,7 @@ def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
                 kinds = ("chunk", "book", "meta", "other")
                 cells.append(" / ".join(f"{r.get(k, 0):,}" for k in kinds))
             lines.append(f"| {row['stage']} | " + " | ".join(cells) + " |")
-    lines += ["", *projection(big)]
-    return "\n".join(lines)
+    return lines
 
 
 def projection(costs: list[dict[str, Any]], cores_here: int = 2) -> list[str]:
@@ -320,19 +334,20 @@ def projection(costs: list[dict[str, Any]], cores_here: int = 2) -> list[str]:
         f"the {costs[0]['pixels'] ** 0.5:.0f} px row, assuming: cost per pixel of the state's "
         "box as measured here (the synthetic boundary covers part of its box, as Chihuahua's "
         f"does of its own); {cores_here} CPUs here = 2 vCPUs there at the same speed; per-block "
-        "stages spread over 64 vCPUs (4 x c6i.4xlarge) at 0.8 efficiency; predict with this "
-        "tiny model on CPUs (a GPU run of the real model: `python -m benchmarks gpu`).",
+        "stages spread over 64 vCPUs (4 x c6i.4xlarge) at 0.8 efficiency, export on one node "
+        "at the rate measured here; predict with this tiny model on CPUs (a GPU run of the "
+        "real model: `python -m benchmarks gpu`).",
         "",
         "| stage | hours on 2 CPUs | hours on 64 vCPUs |",
         "|---|---:|---:|",
     ]
     total = 0.0
     for c in costs:
-        if c["stage"] not in PER_BLOCK:
+        if c["stage"] not in PER_BLOCK + ONE_NODE:
             continue
         here = c["seconds"] / c["pixels"] * px / 3600
-        there = here * cores_here / (64 * 0.8)
+        there = here * cores_here / (64 * 0.8) if c["stage"] in PER_BLOCK else here
         total += there
         out.append(f"| {c['stage']} | {here:.1f} | {there:.2f} |")
-    out.append(f"| all per-block stages | | {total:.2f} |")
+    out.append(f"| these stages | | {total:.2f} |")
     return out

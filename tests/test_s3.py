@@ -124,3 +124,30 @@ def test_training_with_storage_and_bundle_on_s3(
     # Re-running the same run name resumes from the checkpoints on S3: nothing left to do.
     again = train(cfg.replace(epochs=3), progress=False)
     assert again.starts == [0, 2] and again.epochs_run == 3
+
+
+def test_a_store_on_s3_reads_a_chunk_with_one_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zarr store on object storage sends one GET per chunk it reads, no HEAD before it
+    (s3fs sends one to size a whole-object read unless told not to split reads): the server's
+    own request log counts them."""
+    import boto3
+    import zarr
+
+    from benchmarks.whole_state import RequestLog
+    from w2w.core.store.base import _open_zarr_store
+
+    server = RequestLog(tmp_path)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="chunks")
+        store = _open_zarr_store("s3://chunks/a.zarr", read_only=False)
+        zarr.create_array(store, shape=(1024, 1024), chunks=(512, 512), dtype="u1")[:] = 7
+        array = zarr.open_array(_open_zarr_store("s3://chunks/a.zarr", read_only=True))
+        server.take()
+        assert int(array[0:512, 0:1024].sum()) == 7 * 512 * 1024
+        counts = server.take()
+    finally:
+        server.close()
+    assert counts.get("GET") == 2 and "HEAD" not in counts, counts

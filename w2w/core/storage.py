@@ -136,6 +136,11 @@ def filesystem(url: str, *, asynchronous: bool = False) -> fsspec.AbstractFileSy
         options = storage_options(url)
         if asynchronous:
             options["asynchronous"] = True
+            if protocol == "s3":
+                # The asynchronous filesystem serves zarr, which reads whole chunks, many at
+                # once. With max_concurrency above 1, s3fs sends a HEAD before each whole-object
+                # GET (to split a large object into ranged GETs): one extra request per chunk.
+                options["max_concurrency"] = 1
         try:
             return with_retries(fsspec.filesystem(protocol, **options))
         except ImportError as exc:
