@@ -53,6 +53,8 @@ class StageCost:
     stage: str
     seconds: float
     peak_mib: float
+    #: Memory of the process tree when the stage started (what earlier stages left).
+    start_mib: float
     out_bytes: int
     pixels: int
     requests: dict[str, int] | None = None
@@ -217,6 +219,7 @@ def run_state(
         log(f"{size} px: {name} ...")
         if requests is not None:
             requests.take()
+        os.sync()  # what the stage before wrote reaches the disk before this one is timed
         t = timed(lambda n=name, c=cfg: stage_named(n).run(c, progress=False))
         held = sum(_bytes_under(x.url) for x in cfg.output_targets())
         costs.append(
@@ -224,6 +227,7 @@ def run_state(
                 name,
                 round(t.seconds, 1),
                 round(t.peak_mib),
+                round(t.start_mib),
                 held,
                 pixels,
                 requests.take() if requests is not None else None,
@@ -264,6 +268,12 @@ def run(
     return res
 
 
+def _mem(cost: dict[str, Any]) -> str:
+    """Peak MiB, and (where recorded) what the tree held when the stage started."""
+    start = cost.get("start_mib")
+    return f"{cost['peak_mib']:,.0f}" + (f" ({start:,.0f})" if start is not None else "")
+
+
 def _gib(n: float) -> str:
     return f"{n / (1 << 30):.2f}"
 
@@ -286,7 +296,7 @@ def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
         "default chunking; the tiny model; pretrain 1024 chips × 1 epoch, train 1 epoch",
         "",
         f"| stage | {size // 2} px s | {size} px s | µs/px {size // 2} | µs/px {size} | "
-        f"ratio | peak MiB {size // 2} | peak MiB {size} | GiB out {size} |",
+        f"ratio | peak MiB {size // 2} (at start) | peak MiB {size} (at start) | GiB out {size} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a, b in zip(small, big, strict=True):
@@ -295,7 +305,7 @@ def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
         name = "synth (makes the inputs)" if a["stage"] == "synth" else a["stage"]
         lines.append(
             f"| {name} | {a['seconds']:.1f} | {b['seconds']:.1f} | {ua:.3f} | {ub:.3f} | "
-            f"{ub / ua:.2f} | {a['peak_mib']:,.0f} | {b['peak_mib']:,.0f} | "
+            f"{ub / ua:.2f} | {_mem(a)} | {_mem(b)} | "
             f"{_gib(b['out_bytes'])} |"
         )
     lines += [*_requests_table(res), "", *projection(big)]
