@@ -581,7 +581,7 @@ def test_a_label_field_of_class_names_is_mapped_through_classes_or_refused(
         ],
     )
     labels = read_vector_labels(path, "cover", "EPSG:32613", classes={1: "forest", 2: "water"})
-    assert len(labels.geometries) == 3
+    assert len(labels) == 3
     assert labels.values[0] == 1 and np.isnan(labels.values[1]) and labels.values[2] == 2
     with pytest.raises(InputError, match=r"class names \(water\) that --classes does not name"):
         read_vector_labels(path, "cover", "EPSG:32613", classes={1: "forest"})

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -210,24 +210,56 @@ def _polygonal(geometry: Any) -> Any:
     return shapely.union_all(polys) if polys else shapely.Polygon()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class VectorLabels:
-    """Field labels on the target grid's CRS, ready to rasterise block by block."""
+    """Field labels on the target grid's CRS, ready to rasterise block by block.
 
-    geometries: tuple[dict[str, Any], ...]
+    Held as WKB with each feature's bounding box: a block rasterises only the features whose
+    box meets it, so a block's cost follows the features near it, not every feature of the
+    state (which made ingest's cost grow with the square of the state's area), and every
+    task holds the features in a sixth of the memory GeoJSON mappings took."""
+
+    wkb: tuple[bytes, ...]
+    #: (n, 4) left, bottom, right, top of each feature.
+    bounds: np.ndarray = field(repr=False)
     values: tuple[float, ...]
     source: str
 
-    def rasterize(self, grid: Grid, window: Window, fill: float) -> np.ndarray:
-        """(h, w) float64 label codes of ``window``; ``fill`` where no feature lies."""
-        from rasterio.features import rasterize
+    @classmethod
+    def from_mappings(
+        cls, geometries: tuple[dict[str, Any], ...], values: tuple[float, ...], source: str
+    ) -> VectorLabels:
+        """From GeoJSON-like geometry mappings and their class codes."""
+        import shapely
 
-        if not self.geometries:
+        shapes = [shapely.geometry.shape(g) for g in geometries]
+        wkb = tuple(bytes(b) for b in shapely.to_wkb(shapes)) if shapes else ()
+        bounds = shapely.bounds(shapes) if shapes else np.zeros((0, 4))
+        return cls(wkb, np.asarray(bounds, dtype=np.float64).reshape(-1, 4), values, source)
+
+    def __len__(self) -> int:
+        return len(self.wkb)
+
+    def rasterize(self, grid: Grid, window: Window, fill: float) -> np.ndarray:
+        """(h, w) float64 label codes of ``window``; ``fill`` where no feature lies. Later
+        features are burnt over earlier ones, as in the file's order."""
+        import shapely
+        from rasterio.features import rasterize
+        from rasterio.transform import array_bounds
+
+        transform = grid.window_transform(window)
+        west, south, east, north = array_bounds(window.height, window.width, transform)
+        b = self.bounds
+        near = np.flatnonzero(
+            (b[:, 0] <= east) & (b[:, 2] >= west) & (b[:, 1] <= north) & (b[:, 3] >= south)
+        )
+        if near.size == 0:
             return np.full((window.height, window.width), fill, dtype=np.float64)
+        shapes = shapely.from_wkb([self.wkb[i] for i in near])
         return rasterize(
-            zip(self.geometries, self.values, strict=True),
+            zip(shapes, [self.values[i] for i in near], strict=True),
             out_shape=(window.height, window.width),
-            transform=grid.window_transform(window),
+            transform=transform,
             fill=fill,
             dtype="float64",
         )
@@ -254,7 +286,7 @@ def read_vector_labels(
     assert features.values is not None
     values = label_codes(features.values, field, path, classes or {})
     moved = features.to_crs(crs_wkt)
-    return VectorLabels(moved.geometries, values, path)
+    return VectorLabels.from_mappings(moved.geometries, values, path)
 
 
 def label_codes(
