@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --whole: only the --s3-sizes runs (the request counts)",
     )
+    parser.add_argument(
+        "--stage",
+        default=None,
+        help="with --whole: time this stage alone, over what an earlier run left in --out",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -346,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import whole_state
 
         sizes = tuple(int(v) for v in args.s3_sizes.split(",") if v.strip())
-        res = whole_state.run(args.size, out, sizes, local=not args.requests_only)
+        res = whole_state.run(args.size, out, sizes, local=not args.requests_only, only=args.stage)
         res["seconds"] = time.time() - t0
         text = whole_state.markdown(res, header)
         publish(out / "whole-state.json", header, res, text, record=args.results)

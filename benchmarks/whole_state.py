@@ -197,10 +197,15 @@ class RequestLog:
 
 
 def run_state(
-    size: int, work: Path, log: Any, requests: RequestLog | None = None
+    size: int,
+    work: Path,
+    log: Any,
+    requests: RequestLog | None = None,
+    only: str | None = None,
 ) -> list[StageCost]:
     """Every stage on the state of ``size`` px; outputs under ``work`` or, with ``requests``,
-    on its S3 server (the tiles stay local)."""
+    on its S3 server (the tiles stay local). With ``only``, that stage alone, over what an
+    earlier run left in ``work`` (the synthetic state is made only where it is missing)."""
     from w2w.pipeline import stage_configs
     from w2w.stages import stage_named
 
@@ -216,6 +221,10 @@ def run_state(
     pixels = size * size
     costs = []
     for name, cfg in configs.items():
+        if only and name != only:
+            if name == "synth" and not (work / "state" / "tiles").exists():
+                stage_named(name).run(cfg, progress=False)
+            continue
         log(f"{size} px: {name} ...")
         if requests is not None:
             requests.take()
@@ -238,7 +247,13 @@ def run_state(
 
 
 def run(
-    size: int, out: Path, s3_sizes: tuple[int, ...], log: Any = print, *, local: bool = True
+    size: int,
+    out: Path,
+    s3_sizes: tuple[int, ...],
+    log: Any = print,
+    *,
+    local: bool = True,
+    only: str | None = None,
 ) -> dict[str, Any]:
     """The whole-state rows at ``size`` and ``size // 2`` (unless not ``local``), and request
     counts on S3 at ``s3_sizes``."""
@@ -257,9 +272,10 @@ def run(
         )
     ensure_ray()
     try:
-        run_state(512, out / "warm", log)  # Ray's workers started, imports cached
+        run_state(512, out / "warm", log, only=only)  # Ray's workers started, imports cached
         for n in (size // 2, size) if local else ():
-            res["local"][n] = [c.__dict__ for c in run_state(n, out / f"local-{n}", log)]
+            costs = run_state(n, out / f"local-{n}", log, only=only)
+            res["local"][n] = [c.__dict__ for c in costs]
         for n in s3_sizes:
             res["s3"][n] = [c.__dict__ for c in run_state(n, out / f"s3-{n}", log, server)]
     finally:
@@ -308,7 +324,9 @@ def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
             f"{ub / ua:.2f} | {_mem(a)} | {_mem(b)} | "
             f"{_gib(b['out_bytes'])} |"
         )
-    lines += [*_requests_table(res), "", *projection(big)]
+    lines += [*_requests_table(res)]
+    if len(big) > 1:
+        lines += ["", *projection(big)]
     return "\n".join(lines)
 
 
