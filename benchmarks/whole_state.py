@@ -59,9 +59,10 @@ class StageCost:
     pixels: int
     requests: dict[str, int] | None = None
 
-    @property
-    def us_per_px(self) -> float:
-        return self.seconds / self.pixels * 1e6
+
+def _us_per_px(cost: dict[str, Any]) -> float:
+    """Microseconds per pixel of the state's box, of a :class:`StageCost` as recorded."""
+    return cost["seconds"] / cost["pixels"] * 1e6
 
 
 def pipeline_config(size: int, workdir: str, state: Path, seed: int = 0) -> Any:
@@ -142,12 +143,15 @@ class RequestLog:
 
     LINE = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP')
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        """Start the server on ``port`` (default: a free one), logging to ``folder``."""
         import socket
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+        self.port = port
         self.path = folder / "s3-requests.log"
         exe = Path(sys.executable).with_name("moto_server")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
@@ -156,14 +160,16 @@ class RequestLog:
             [*cmd, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self._log, stderr=self._log
         )
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.offset = 0
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
+                    return
             except OSError:
                 time.sleep(0.2)
-        self.offset = 0
+        self.close()
+        raise RuntimeError(f"the S3 server (moto) did not start on port {self.port}")
 
     @staticmethod
     def kind(key: str) -> str:
@@ -316,8 +322,7 @@ def markdown(res: dict[str, Any], header: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a, b in zip(small, big, strict=True):
-        ua = a["seconds"] / a["pixels"] * 1e6
-        ub = b["seconds"] / b["pixels"] * 1e6
+        ua, ub = _us_per_px(a), _us_per_px(b)
         name = "synth (makes the inputs)" if a["stage"] == "synth" else a["stage"]
         lines.append(
             f"| {name} | {a['seconds']:.1f} | {b['seconds']:.1f} | {ua:.3f} | {ub:.3f} | "
@@ -373,7 +378,7 @@ def projection(costs: list[dict[str, Any]], cores_here: int = 2) -> list[str]:
     for c in costs:
         if c["stage"] not in PER_BLOCK + ONE_NODE:
             continue
-        here = c["seconds"] / c["pixels"] * px / 3600
+        here = _us_per_px(c) * 1e-6 * px / 3600
         there = here * cores_here / (64 * 0.8) if c["stage"] in PER_BLOCK else here
         total += there
         out.append(f"| {c['stage']} | {here:.1f} | {there:.2f} |")

@@ -7,8 +7,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,28 +83,13 @@ ABER = REAL_DATA / "aberystwyth_sentinel2"
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3-compatible server (moto, server mode) on 127.0.0.1; yields its endpoint."""
-    exe = Path(sys.executable).with_name("moto_server")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
-    proc = subprocess.Popen(
-        [*cmd, "-H", "127.0.0.1", "-p", str(S3_PORT)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", S3_PORT), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("moto server did not start")
-    yield S3_ENDPOINT
-    proc.terminate()
-    proc.wait(timeout=10)
+    from benchmarks.whole_state import RequestLog
+
+    server = RequestLog(tmp_path_factory.mktemp("s3-server"), port=S3_PORT)
+    yield server.endpoint
+    server.close()
 
 
 @pytest.fixture

@@ -825,17 +825,24 @@ def test_the_docs_name_only_tests_that_exist() -> None:
 @pytest.fixture(scope="module")
 def demo_root(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of a small demo run that has run (the inputs and outputs of every stage)."""
-    from w2w.pipeline import demo_config, run_pipeline
+    from w2w.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("demo")
-    run_pipeline(demo_config(str(root), size=256, epochs=1, pretrain_epochs=1), progress=False)
+    run_pipeline(_demo_config(root), progress=False)
     return root
 
 
-def _demo_configs(root: Path) -> dict[str, Any]:
-    from w2w.pipeline import demo_config, stage_configs
+def _demo_config(root: Path) -> Any:
+    """The small demo run of the registry matrices, in ``root``."""
+    from w2w.pipeline import demo_config
 
-    return stage_configs(demo_config(str(root), size=256, epochs=1, pretrain_epochs=1))
+    return demo_config(str(root), size=256, epochs=1, pretrain_epochs=1)
+
+
+def _demo_configs(root: Path) -> dict[str, Any]:
+    from w2w.pipeline import stage_configs
+
+    return stage_configs(_demo_config(root))
 
 
 @pytest.fixture(scope="module")
