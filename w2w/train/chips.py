@@ -226,6 +226,77 @@ def class_weights(
 
 # -- reading chips ----------------------------------------------------------------------------
 
+#: Bytes of chips one read task returns when chips are read in chunk order: enough chips to
+#: cover a store chunk's worth of chip origins, few enough to keep a task's output small.
+READ_GROUP_BYTES = 32 * 2**20
+
+
+def by_chunk(windows: list[Window], chunk: int) -> list[int]:
+    """Indices of ``windows`` ordered by the store chunk their origin lies in (chunk row,
+    chunk col), then by origin: chips that share chunks come together."""
+    return sorted(
+        range(len(windows)),
+        key=lambda i: (
+            windows[i].row // chunk,
+            windows[i].col // chunk,
+            windows[i].row,
+            windows[i].col,
+        ),
+    )
+
+
+def _chunk_groups(windows: list[Window], chunk: int) -> list[list[int]]:
+    """Indices of ``windows`` grouped by the store chunk their origin lies in."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, w in enumerate(windows):
+        groups.setdefault((w.row // chunk, w.col // chunk), []).append(i)
+    return list(groups.values())
+
+
+def _union(windows: list[Window]) -> Window:
+    r0, c0 = min(w.row for w in windows), min(w.col for w in windows)
+    r1, c1 = max(w.row_stop for w in windows), max(w.col_stop for w in windows)
+    return Window(r0, c0, r1 - r0, c1 - c0)
+
+
+def read_chips(
+    store: SceneStore,
+    windows: list[Window],
+    norm: Normalizer,
+    *,
+    chunk: int,
+    lut: np.ndarray | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+    """Chips of ``windows``, in their order: normalised float32 images (0 where invalid),
+    valid masks and, with ``lut``, class-index labels (IGNORE where unlabelled or invalid).
+
+    Chips whose origins lie in the same store chunk are cut from one read of the window
+    they span together, so a chunk is fetched and decoded once per group rather than once per
+    chip (a 64 px chip lies in a 512 px chunk: reading it alone decodes 64 times its pixels).
+    Normalisation and the label map work pixel by pixel, so a chip cut from a group's read
+    equals the chip read alone.
+    """
+    images: list[np.ndarray] = [np.empty(0)] * len(windows)
+    valids: list[np.ndarray] = [np.empty(0)] * len(windows)
+    labels: list[np.ndarray] | None = [np.empty(0)] * len(windows) if lut is not None else None
+    for group in _chunk_groups(windows, chunk):
+        span = _union([windows[i] for i in group])
+        raw = store.read_image(span)
+        valid = store.valid_mask(raw, span)
+        image = norm(raw, valid)
+        del raw
+        classes = None
+        if lut is not None:
+            classes = lut[store.read_label(span)]
+            classes[~valid] = IGNORE
+        for i in group:
+            sl = windows[i].relative_to(span).slices
+            images[i] = image[(slice(None), *sl)].copy()
+            valids[i] = valid[sl].copy()
+            if labels is not None and classes is not None:
+                labels[i] = classes[sl].copy()
+    return images, valids, labels
+
 
 @dataclass(frozen=True)
 class ChipReader:
@@ -235,40 +306,30 @@ class ChipReader:
     chip_size: int
     normalizer: dict[str, Any]
     lut: tuple[int, ...]
+    chunk: int = 512  # the store's chunk edge: chips are read in groups by chunk
+
+    @property
+    def chip_bytes(self) -> int:
+        """Bytes of one chip as read (float32 bands and a uint8 label)."""
+        bands = len(self.normalizer.get("offset", ())) or 1
+        return (bands * 4 + 1) * self.chip_size**2
 
     def read(
         self, windows: list[Window], store: SceneStore | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, bands, c, c) float32 images and (N, c, c) uint8 labels (IGNORE where unusable)."""
+        """(N, bands, c, c) float32 images and (N, c, c) uint8 labels (IGNORE where unusable),
+        in the order of ``windows``."""
         store = store or SceneStore.open(self.store_url)
         norm = Normalizer.from_dict(self.normalizer)
         lut = np.asarray(self.lut, dtype=np.uint8)
-        images, labels = [], []
-        for w in windows:
-            image, valid = read_normalised(store, w, norm)
-            images.append(image)
-            lab = lut[store.read_label(w)]
-            lab[~valid] = IGNORE
-            labels.append(lab)
+        images, _, labels = read_chips(store, windows, norm, chunk=self.chunk, lut=lut)
+        assert labels is not None
         return np.stack(images), np.stack(labels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data ``map_batches`` function: window specs in, chip arrays out."""
-        windows = [
-            Window(int(r), int(c), self.chip_size, self.chip_size)
-            for r, c in zip(batch["row"], batch["col"], strict=True)
-        ]
-        images, labels = self.read(windows)
+        images, labels = self.read(_windows(batch, self.chip_size))
         return {"image": images, "label": labels}
-
-
-def read_normalised(
-    store: SceneStore, window: Window, norm: Normalizer
-) -> tuple[np.ndarray, np.ndarray]:
-    """One chip: (bands, h, w) float32 normalised (0 where invalid) and its (h, w) valid mask."""
-    raw = store.read_image(window)
-    valid = store.valid_mask(raw, window)
-    return norm(raw, valid), valid
 
 
 @dataclass(frozen=True)
@@ -279,41 +340,77 @@ class ImageChipReader:
     store_url: str
     chip_size: int
     normalizer: dict[str, Any]
+    chunk: int = 512  # the store's chunk edge: chips are read in groups by chunk
+
+    @property
+    def chip_bytes(self) -> int:
+        """Bytes of one chip as read (float32 bands and a uint8 valid mask)."""
+        bands = len(self.normalizer.get("offset", ())) or 1
+        return (bands * 4 + 1) * self.chip_size**2
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data ``map_batches`` function: window specs in, ``image`` and ``valid`` out."""
         store = SceneStore.open(self.store_url)
         norm = Normalizer.from_dict(self.normalizer)
-        c = self.chip_size
-        chips = [
-            read_normalised(store, Window(int(r), int(col), c, c), norm)
-            for r, col in zip(batch["row"], batch["col"], strict=True)
-        ]
-        return {
-            "image": np.stack([im for im, _ in chips]),
-            "valid": np.stack([v for _, v in chips]).astype(np.uint8),
-        }
+        images, valids, _ = read_chips(
+            store, _windows(batch, self.chip_size), norm, chunk=self.chunk
+        )
+        return {"image": np.stack(images), "valid": np.stack(valids).astype(np.uint8)}
+
+
+def _windows(batch: dict[str, np.ndarray], size: int) -> list[Window]:
+    return [
+        Window(int(r), int(c), size, size) for r, c in zip(batch["row"], batch["col"], strict=True)
+    ]
 
 
 def chip_dataset(
-    rows: list[dict[str, int]], reader: ChipReader | ImageChipReader, *, batch_size: int = 16
+    rows: list[dict[str, int]],
+    reader: ChipReader | ImageChipReader,
+    *,
+    batch_size: int = 16,
+    chunk_order: bool = False,
 ) -> Any:
-    """A Ray Data dataset of chips: window specs read, normalised and labelled in parallel."""
+    """A Ray Data dataset of chips: window specs read, normalised and labelled in parallel,
+    in the order of ``rows``.
+
+    Read in the order of ``rows`` (a shuffled order), each read task's chips lie in chunks of
+    their own, and every chip decodes the chunks it lies in. With ``chunk_order`` -- for a
+    dataset that is cached after one pass -- the chips are read grouped by store chunk, each
+    task cutting a chunk's chips from one read, and then sorted back into the order of
+    ``rows`` (an all-to-all exchange through the object store, partitioned at fixed ranks so
+    the blocks, and with them the batches, are the same at every run). The model sees the same
+    sequence of chips either way; only the reads differ.
+    """
     import ray.data
 
     if not rows:
         raise InputError("no chips to read: the selection is empty")
     n_blocks = max(1, min(len(rows) // batch_size, 64))
-    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
-    return ds.map_batches(
-        _read_batch, fn_kwargs={"reader": reader}, batch_size=batch_size, batch_format="numpy"
+    ds: Any
+    if not chunk_order:
+        ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
+        return ds.map_batches(
+            _read_batch, fn_kwargs={"reader": reader}, batch_size=batch_size, batch_format="numpy"
+        )
+    windows = [Window(r["row"], r["col"], reader.chip_size, reader.chip_size) for r in rows]
+    ranked = [{**rows[i], "rank": i} for i in by_chunk(windows, reader.chunk)]
+    group = max(batch_size, READ_GROUP_BYTES // reader.chip_bytes)
+    ds = ray.data.from_items(ranked, override_num_blocks=max(1, min(len(rows) // group, 64)))
+    ds = ds.map_batches(
+        _read_batch, fn_kwargs={"reader": reader}, batch_size=group, batch_format="numpy"
     )
+    bounds: list[int | float] = [round(k * len(rows) / n_blocks) for k in range(1, n_blocks)]
+    return ds.sort("rank", boundaries=bounds).drop_columns(["rank"])
 
 
 def _read_batch(
     batch: dict[str, np.ndarray], reader: ChipReader | ImageChipReader
 ) -> dict[str, np.ndarray]:
-    return reader(batch)
+    out = reader(batch)
+    if "rank" in batch:
+        out["rank"] = batch["rank"]
+    return out
 
 
 def describe_selection(

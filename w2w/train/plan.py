@@ -154,7 +154,11 @@ def prepare(cfg: TrainConfig, *, progress: bool = True) -> TrainPlan:
         nodata=info.nodata,
         normalizer=normalizer,
         reader=ChipReader(
-            store.url, cfg.chips.size, normalizer.to_dict(), tuple(int(v) for v in lut)
+            store.url,
+            cfg.chips.size,
+            normalizer.to_dict(),
+            tuple(int(v) for v in lut),
+            chunk=info.chunk,
         ),
         train_rows=tuple(rows[i] for i in order),
         val_windows=tuple(val_sel.windows),

@@ -109,7 +109,12 @@ def training_chips(cfg: TrainConfig, plan: TrainPlan, *, cache: bool) -> Any:
     before = context.execution_options.preserve_order
     context.execution_options.preserve_order = cfg.reproducible
     try:
-        ds = chip_dataset(list(plan.train_rows), plan.reader, batch_size=max(4, cfg.batch_size))
+        ds = chip_dataset(
+            list(plan.train_rows),
+            plan.reader,
+            batch_size=max(4, cfg.batch_size),
+            chunk_order=cache,
+        )
         if cache:
             ds = ds.materialize()
     finally:

@@ -30,7 +30,7 @@ from w2w.core.metrics import confusion, summary
 from w2w.core.store import SceneStore
 from w2w.model.models import build_model, has_aux_logits, load_weights
 from w2w.train.augment import augment
-from w2w.train.chips import ChipReader
+from w2w.train.chips import READ_GROUP_BYTES, ChipReader, by_chunk
 from w2w.train.config import TrainConfig
 from w2w.train.losses import SegmentationLoss
 from w2w.train.plan import TrainPlan
@@ -141,8 +141,16 @@ def build(cfg: TrainConfig, plan: TrainPlan, rows_per_worker: int) -> WorkerRun:
         scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
         criterion=SegmentationLoss(cfg.loss, plan.n_classes, list(plan.class_weights)),
         use_bf16=use_bf16,
-        val_windows=list(plan.val_windows)[rank::world],
+        val_windows=_share(plan.val_windows, plan.reader.chunk, rank, world),
     )
+
+
+def _share(windows: tuple[Window, ...], chunk: int, rank: int, world: int) -> list[Window]:
+    """This rank's validation chips: a contiguous share of them in store-chunk order, so that
+    each rank reads the chunks of its own part of the scene (the confusion matrix does not
+    depend on the order)."""
+    ordered = [windows[i] for i in by_chunk(list(windows), chunk)]
+    return ordered[rank * len(ordered) // world : (rank + 1) * len(ordered) // world]
 
 
 def encoder_lr_ratio(cfg: TrainConfig) -> float:
@@ -315,14 +323,20 @@ def validate(
     was_training = model.training
     model.eval()
     store = SceneStore.open(reader.store_url)
+    # Read many chips at once (those of a chunk come from one read), forward a batch at a time.
+    group = max(batch_size, READ_GROUP_BYTES // reader.chip_bytes)
     with torch.no_grad():
-        for i in range(0, len(windows), batch_size):
-            images, labels = reader.read(windows[i : i + batch_size], store)
-            x = torch.from_numpy(images).to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(x)
-            pred = logits.float().argmax(dim=1).cpu().numpy()
-            cm += confusion(labels, pred, n_classes, mask=labels != IGNORE)
+        for g in range(0, len(windows), group):
+            chip_images, chip_labels = reader.read(windows[g : g + group], store)
+            for i in range(0, len(chip_images), batch_size):
+                images, labels = chip_images[i : i + batch_size], chip_labels[i : i + batch_size]
+                x = torch.from_numpy(images).to(device)
+                with torch.autocast(
+                    device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16
+                ):
+                    logits = model(x)
+                pred = logits.float().argmax(dim=1).cpu().numpy()
+                cm += confusion(labels, pred, n_classes, mask=labels != IGNORE)
     model.train(was_training)
     return cm
 

@@ -105,7 +105,7 @@ def prepare(cfg: PretrainConfig, *, progress: bool = True) -> PretrainPlan:
         spec=spec,
         bands=tuple(info.band_names),
         normalizer=normalizer,
-        reader=ImageChipReader(store.url, cfg.chip_size, normalizer.to_dict()),
+        reader=ImageChipReader(store.url, cfg.chip_size, normalizer.to_dict(), chunk=info.chunk),
         rows=tuple(rows),
         chips=chips,
         scene_url=store.url,

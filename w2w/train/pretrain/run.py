@@ -88,7 +88,9 @@ def _fit(cfg: PretrainConfig, plan: PretrainPlan, *, cache: bool) -> PretrainRep
     before = context.execution_options.preserve_order
     context.execution_options.preserve_order = True  # the order decides the batches
     try:
-        ds = chip_dataset(list(plan.rows), plan.reader, batch_size=max(4, cfg.batch_size))
+        ds = chip_dataset(
+            list(plan.rows), plan.reader, batch_size=max(4, cfg.batch_size), chunk_order=cache
+        )
         if cache:
             ds = ds.materialize()
     finally:
