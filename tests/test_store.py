@@ -109,3 +109,75 @@ def test_ingest_to_s3_equals_local(
     assert ds["image"].rio.transform() == a.grid.transform
     with pytest.raises(OutputError, match="exists already"):
         ingest(IngestConfig(images=[image], output=remote), progress=False)
+
+
+def test_a_finished_mosaic_reads_its_block_books_in_one_request_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Block tasks record their blocks one object per block; a reader of the finished mosaic
+    reads each book (finished blocks, valid pixels) in one request, from the copy sealed when
+    it was marked complete, and the copy says what the cells say. A block cleared afterwards
+    makes the mosaic incomplete, and the cells are read again. Counted at zarr's store."""
+    from zarr.storage import LocalStore
+
+    grid = small_grid()
+    store = MosaicStore.create(str(tmp_path / "m.zarr"), grid, block=8, classes=[])
+    blocks = store.blocks()
+    assert len(blocks) == 63
+    for k, w in enumerate(blocks):
+        store.write("class", w, np.full((w.height, w.width), k % 3, "uint8"))
+        store.mark_block_done(w, valid_pixels=w.size - k % 2)
+    expected_valid = np.array([w.size - k % 2 for k, w in enumerate(blocks)]).reshape(7, 9)
+    store.mark_complete()
+
+    fetched: list[str] = []
+    get = LocalStore.get
+
+    async def counting_get(self: object, key: str, *args: object, **kwargs: object) -> object:
+        if "/c/" in key and key.startswith("_w2w/"):
+            fetched.append(key)
+        return await get(self, key, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    finished = MosaicStore.open(store.url)
+    assert finished.done_blocks().all()
+    np.testing.assert_array_equal(finished.expected_valid_pixels(), expected_valid)
+    assert len(fetched) == 2, fetched
+
+    fetched.clear()
+    writer = MosaicStore.open(store.url, mode="r+")
+    writer.clear_block(blocks[10])
+    again = MosaicStore.open(store.url)
+    assert not again.meta["complete"]
+    done = again.done_blocks()
+    assert not done[1, 1] and done.sum() == 62
+    assert len([k for k in fetched if "blocks_done/" in k]) >= 63, fetched
+
+
+def test_an_open_store_looks_up_each_array_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each node's metadata is one request on object storage; a block task writing two blocks
+    and asking what the mosaic holds reads each array's metadata once. Counted at zarr's
+    store."""
+    from collections import Counter
+
+    from zarr.storage import LocalStore
+
+    store = MosaicStore.create(str(tmp_path / "m.zarr"), small_grid(), block=16, classes=[])
+    fetched: Counter[str] = Counter()
+    get = LocalStore.get
+
+    async def counting_get(self: object, key: str, *args: object, **kwargs: object) -> object:
+        if key.endswith("zarr.json"):
+            fetched[key] += 1
+        return await get(self, key, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    task = MosaicStore.open(store.url, mode="r+")
+    for w in task.blocks()[:2]:
+        assert task.has_confidence and not task.has_probabilities
+        task.write("class", w, np.zeros((w.height, w.width), "uint8"))
+        task.write("confidence", w, np.zeros((w.height, w.width), "uint8"))
+        task.mark_block_done(w, valid_pixels=w.size)
+    assert fetched and max(fetched.values()) == 1, fetched

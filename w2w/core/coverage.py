@@ -27,6 +27,7 @@ from w2w.core.grid import Window
 from w2w.core.runtime import Engine, run_blocks
 from w2w.core.store import MosaicStore, SceneStore
 from w2w.core.store.integrity import ChunkProblem, block_digest
+from w2w.core.store.mosaic import EMPTY
 
 log = logging.getLogger("w2w")
 
@@ -128,10 +129,11 @@ def verify_coverage(
     if engine == "auto":
         engine = "local" if mosaic.grid.full_window.size <= COVERAGE_LOCAL_PIXELS else "ray"
     tiling = mosaic.tiling
-    done = mosaic.done_blocks()
+    codes = mosaic.manifest()  # read once: on object storage, a request per block
+    done, empty = codes != 0, codes == EMPTY
     expected = mosaic.expected_valid_pixels()
     blocks = tiling.windows()
-    lost = {p.chunk for p in mosaic.missing_chunks() if p.array == "class"}
+    lost = {p.chunk for p in mosaic.missing_chunks(codes) if p.array == "class"}
     unit = mosaic.chunk_shape("class")
     if lost:  # a finished block whose chunk is gone is not finished
         for w in tiling.windows(done):
@@ -147,9 +149,7 @@ def verify_coverage(
     holes: list[BlockCoverage] = []
     checked = 0
     # Blocks finished empty (outside the state) hold nothing to read back.
-    items = [
-        (mosaic.url, w.to_dict(), contents) for w in tiling.windows(done & ~mosaic.empty_blocks())
-    ]
+    items = [(mosaic.url, w.to_dict(), contents) for w in tiling.windows(done & ~empty)]
     changed: list[Window] = []
     for window, found, same in run_blocks(
         _block_classified,

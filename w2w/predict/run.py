@@ -411,7 +411,7 @@ def _existing_mosaic(url: str, *, overwrite: bool) -> MosaicStore | None:
     endpoint failed while it was being made) is not a mosaic to resume."""
     try:
         mosaic = MosaicStore.open(url, mode="r+")
-        if "class" not in mosaic.array_names():
+        if not mosaic.has_array("class"):
             raise InputError(f"{url} was cut short while it was being created")
         return mosaic
     except InputError:

@@ -90,6 +90,13 @@ class GeoStore:
         self.url = url
         self._group = group
         self.writable = writable
+        # The store's nodes as this instance has looked them up (None: absent), and the names
+        # of its arrays: each node's metadata is one request on object storage, and a block
+        # task asks for the same ones many times. Creating a node through this instance
+        # forgets what it changes; another writer's new nodes are not seen (a block task's
+        # instance lives for one block, and stages create arrays on the driver).
+        self._nodes: dict[str, zarr.Array | zarr.Group | None] = {}
+        self._names: list[str] | None = None
         meta = dict(group.attrs.get("w2w", {}))
         if meta.get("kind") != self.kind:
             maker = "ingest" if self.kind == "scene" else "predict"
@@ -192,6 +199,7 @@ class GeoStore:
             dims = ["band", *dims]
             if shards:
                 shards = (bands, *shards)
+        self._forget(name)
         arr = self._group.create_array(
             name,
             shape=shape,
@@ -207,6 +215,7 @@ class GeoStore:
     def _create_band_coordinate(self, names: list[str]) -> None:
         """A 1-D ``band`` coordinate of band names (Zarr's variable-length UTF-8 strings),
         so that xarray labels the band axis of (band, y, x) arrays by name."""
+        self._forget("band")
         arr = self._group.create_array(
             "band", shape=(len(names),), dtype=str, fill_value="", dimension_names=["band"]
         )
@@ -218,6 +227,7 @@ class GeoStore:
     ) -> None:
         """A small (rows, cols) bookkeeping array with one chunk per cell, so that every
         block's writer owns its own cell; ``depth`` values a cell, e.g. a digest's bytes."""
+        self._forget(self._book_path(name))
         arr = self._group.create_array(
             self._book_path(name),
             shape=(*shape, depth) if depth else shape,
@@ -228,8 +238,12 @@ class GeoStore:
         )
         arr.attrs.update({"block": self.meta.get("block")})
 
-    def _put_book(self, name: str, values: np.ndarray, dims: list[str]) -> None:
-        """A small bookkeeping array in one chunk, written whole by the driver."""
+    def _put_book(
+        self, name: str, values: np.ndarray, dims: list[str], *, overwrite: bool = False
+    ) -> None:
+        """A small bookkeeping array in one chunk, written whole by the driver (``overwrite``:
+        replacing one of that name)."""
+        self._forget(self._book_path(name))
         arr = self._group.create_array(
             self._book_path(name),
             shape=values.shape,
@@ -237,6 +251,7 @@ class GeoStore:
             dtype=values.dtype,
             fill_value=0,
             dimension_names=dims,
+            overwrite=overwrite,
         )
         arr[...] = values
 
@@ -256,7 +271,7 @@ class GeoStore:
 
     def has_book(self, name: str) -> bool:
         """Whether the store holds the bookkeeping array ``name`` (an older one may not)."""
-        return self._book_path(name) in self._group
+        return self._node(self._book_path(name)) is not None
 
     def finalize(self) -> None:
         """Write consolidated metadata so that readers (xarray) open the store in one request;
@@ -276,19 +291,41 @@ class GeoStore:
         self._group.attrs["w2w"] = self.meta
 
     def array_names(self) -> list[str]:
-        """Names of the arrays in the store."""
-        return sorted(self._group.array_keys())
+        """Names of the arrays in the store (listed once per instance)."""
+        if self._names is None:
+            self._names = sorted(self._group.array_keys())
+        return list(self._names)
+
+    def has_array(self, name: str) -> bool:
+        """Whether the store holds an array at ``name`` (its metadata read once, no listing)."""
+        return isinstance(self._node(name), zarr.Array)
+
+    def _node(self, name: str) -> zarr.Array | zarr.Group | None:
+        """The array or group at ``name`` (None where there is none), looked up once."""
+        if name not in self._nodes:
+            try:
+                node = self._group[name]
+            except KeyError:
+                node = None
+            if isinstance(node, zarr.Array):
+                # A block's writer writes every chunk of its block, even one equal to the
+                # fill value (an array's config is not stored with it: set it on every open).
+                node = node.with_config({"write_empty_chunks": True})
+            self._nodes[name] = node
+        return self._nodes[name]
+
+    def _forget(self, name: str) -> None:
+        """Drop what this instance knows of ``name`` (about to be created or replaced)."""
+        self._nodes.pop(name, None)
+        self._names = None
 
     def _array(self, name: str) -> zarr.Array:
-        try:
-            arr = self._group[name]
-        except KeyError:
-            raise InputError(f"{self.url} has no '{name}' array") from None
-        if not isinstance(arr, zarr.Array):
+        node = self._node(name)
+        if node is None:
+            raise InputError(f"{self.url} has no '{name}' array")
+        if not isinstance(node, zarr.Array):
             raise InputError(f"{self.url}: '{name}' is a group, not an array")
-        # A block's writer writes every chunk of its block, even one equal to the fill value
-        # (an array's config is not stored with it: set it on every open).
-        return arr.with_config({"write_empty_chunks": True})
+        return node
 
     def chunk_shape(self, name: str) -> tuple[int, int]:
         """(rows, cols) of the write unit of an array: its shard if sharded, else its chunk."""

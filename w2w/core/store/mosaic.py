@@ -43,6 +43,11 @@ DIGESTS = "block_digests"
 DATA_ARRAYS = ("class", "confidence", PROBABILITIES)
 #: Manifest values: a block written, and a block finished without data (nothing written).
 WRITTEN, EMPTY = 1, 2
+#: The per-block books, one object per block so that block tasks never write the same one.
+CELL_BOOKS = (DONE, VALID_COUNTS, DIGESTS)
+#: Suffix of a cell book's one-chunk copy, written when the mosaic is marked complete: a
+#: reader of a finished mosaic reads each book in one request, not one per block.
+SEALED = "_sealed"
 
 
 class MosaicStore(GeoStore):
@@ -160,12 +165,12 @@ class MosaicStore(GeoStore):
     @property
     def has_confidence(self) -> bool:
         """Whether the mosaic carries a confidence array."""
-        return "confidence" in self.array_names()
+        return self.has_array("confidence")
 
     @property
     def has_probabilities(self) -> bool:
         """Whether the mosaic carries per-class probabilities (``w2w predict --probabilities``)."""
-        return PROBABILITIES in self.array_names()
+        return self.has_array(PROBABILITIES)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -180,13 +185,14 @@ class MosaicStore(GeoStore):
         value = self.meta.get("identity")
         return str(value) if value and self.provenance.get("made_from") else None
 
-    def missing_chunks(self) -> list[ChunkProblem]:
+    def missing_chunks(self, codes: np.ndarray | None = None) -> list[ChunkProblem]:
         """Chunks of finished blocks that storage does not hold (a lost or interrupted
-        copy): one listing per array."""
-        done = self.done_blocks() & ~self.empty_blocks()
+        copy): one listing per array. ``codes``: the manifest as the caller just read it."""
+        codes = self.manifest() if codes is None else codes
+        done = (codes != 0) & (codes != EMPTY)
         problems: list[ChunkProblem] = []
         for name in ("class", "confidence", PROBABILITIES):
-            if name not in self.array_names():
+            if not self.has_array(name):
                 continue
             unit = self.chunk_shape(name)
             stored = self.stored_chunks(name)
@@ -223,14 +229,26 @@ class MosaicStore(GeoStore):
 
     # -- the manifest ----------------------------------------------------------------------
 
+    def _cells(self, name: str) -> np.ndarray:
+        """Every cell of a per-block book: from its one-chunk copy in a complete mosaic (one
+        request), else cell by cell (a mosaic being written, or one sealed by an older w2w)."""
+        sealed = name + SEALED
+        if self.meta.get("complete", False) and self.has_book(sealed):
+            return np.asarray(self._book(sealed)[...])
+        return np.asarray(self._book(name)[...])
+
+    def manifest(self) -> np.ndarray:
+        """(block rows, block cols) manifest codes: 0 to do, :data:`WRITTEN`, :data:`EMPTY`."""
+        return self._cells(DONE)
+
     def done_blocks(self) -> np.ndarray:
         """(block rows, block cols) bool array: which blocks the manifest records as finished."""
-        return np.asarray(self._book(DONE)[...]) != 0
+        return self.manifest() != 0
 
     def empty_blocks(self) -> np.ndarray:
         """(block rows, block cols) bool: blocks finished without a valid input pixel, whose
         chunks were never written (they read as nodata)."""
-        return np.asarray(self._book(DONE)[...]) == EMPTY
+        return self.manifest() == EMPTY
 
     def is_empty(self, window: Window) -> bool:
         """Whether the block at ``window`` finished without data (reads its cell only)."""
@@ -274,13 +292,16 @@ class MosaicStore(GeoStore):
         """The digest of the block's content as it reads now."""
         parts = {}
         for name in DATA_ARRAYS:
-            if name in self.array_names():
+            if self.has_array(name):
                 fill = CLASS_NODATA if name == "class" else 0
                 parts[name] = block_digest(self.read(name, window, fill))
         return _combine(parts)
 
     def clear_block(self, window: Window) -> None:
-        """Forget a block in the manifest, so that the next run predicts it again."""
+        """Forget a block in the manifest, so that the next run predicts it again (driver
+        only: a complete mosaic becomes incomplete, so its sealed books are no longer read)."""
+        if self.meta.get("complete", False):
+            self.update_meta(complete=False)
         self._book(DONE)[self.tiling.index(window)] = 0
 
     def expected_valid_pixels(self) -> np.ndarray | None:
@@ -288,7 +309,7 @@ class MosaicStore(GeoStore):
         or None for a mosaic made before w2w recorded them."""
         if not self.has_book(VALID_COUNTS):
             return None
-        return np.asarray(self._book(VALID_COUNTS)[...])
+        return self._cells(VALID_COUNTS)
 
     # -- data ------------------------------------------------------------------------------
 
@@ -306,7 +327,14 @@ class MosaicStore(GeoStore):
         return self.read(PROBABILITIES, window, 0)
 
     def mark_complete(self, **meta: Any) -> None:
-        """Mark the mosaic complete (every block done) and consolidate its metadata."""
+        """Seal the per-block books (a one-chunk copy of each, read instead of the cells once
+        the mosaic is complete), mark the mosaic complete and consolidate its metadata. The
+        copies are written before the mark: a mosaic killed in between reads its cells."""
+        for name in CELL_BOOKS:
+            if self.has_book(name):
+                cells = np.asarray(self._book(name)[...])
+                dims = ["block_row", "block_col", "byte"][: cells.ndim]
+                self._put_book(name + SEALED, cells, dims, overwrite=True)
         self.update_meta(**meta, complete=True)
         self.finalize()
 

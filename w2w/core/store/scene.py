@@ -237,7 +237,7 @@ class SceneStore(GeoStore):
         problems: list[ChunkProblem] = []
         written = self.tiling.windows(self.written_blocks())
         for name in arrays:
-            if name not in self.array_names():
+            if not self.has_array(name):
                 continue
             uh, uw = self.chunk_shape(name)
             stored = self.stored_chunks(name)
