@@ -30,7 +30,10 @@ import pytest
 from tests.conftest import free_ports, stalled_endpoint_at, write_tif
 from w2w.core import guard, outputs, pins
 from w2w.core.errors import ConfigError, InputError, OutputError
-from w2w.stages import STAGES, Stage
+from w2w.stages import STAGES, TOOLS, Stage
+
+#: Every command that writes outputs: the pipeline's stages and the tools beside them.
+WRITERS = (*STAGES, *TOOLS)
 
 #: Settings a stage needs beyond the paths the matrix fills in; a stage's variants together
 #: must name every input field it has (checked below), so a new input is never left out.
@@ -102,15 +105,15 @@ def _settings(stage: Stage, variant: dict[str, Any], tmp: Path) -> dict[str, Any
 
 
 def _cases() -> list[tuple[str, int]]:
-    return [(s.name, i) for s in STAGES for i in range(len(VARIANTS.get(s.name, [{}])))]
+    return [(s.name, i) for s in WRITERS for i in range(len(VARIANTS.get(s.name, [{}])))]
 
 
 def _stage(name: str) -> Stage:
-    return next(s for s in STAGES if s.name == name)
+    return next(s for s in WRITERS if s.name == name)
 
 
 def test_every_input_field_of_every_stage_is_in_the_matrix(tmp_path: Path) -> None:
-    for stage in STAGES:
+    for stage in WRITERS:
         named: set[str] = set()
         for i, variant in enumerate(VARIANTS.get(stage.name, [{}])):
             cfg = stage.config.from_dict(_settings(stage, variant, tmp_path / f"{stage.name}{i}"))
@@ -202,6 +205,70 @@ def test_existing_outputs_need_overwrite_and_overwrite_replaces_only_what_w2w_ma
             guard.check(stage.config.from_dict({**base, "overwrite": True}))
         assert _snapshot(tmp_path) == before
         _remove(where)
+
+
+@pytest.mark.parametrize("link", ["loop", "dangling", "dangling folder above"])
+@pytest.mark.parametrize(("stage_name", "variant"), _cases())
+def test_an_output_through_a_link_to_nowhere_is_refused_before_any_work(
+    stage_name: str, variant: int, link: str, tmp_path: Path
+) -> None:
+    """A symbolic link at an output (or at a folder above it) that leads nowhere -- a loop,
+    or a target that is gone -- is neither written through nor replaced, with or without
+    --overwrite: the guard refuses it, and nothing changes."""
+    stage = _stage(stage_name)
+    base = _settings(stage, VARIANTS.get(stage_name, [{}])[variant], tmp_path)
+    for f, kind in stage.config.outputs.items():  # a folder output takes any name
+        if kind == "folder" and not base.get(f):
+            base[f] = str(tmp_path / "out" / f)
+    tried = [f for f in stage.config.outputs if base.get(f)]
+    assert tried, f"{stage_name}: no output field set"
+    for field in tried:
+        name = Path(base[field]).name
+        suffix = Path(name).suffix
+        if link == "loop":
+            a, b = tmp_path / f"link_{field}_a{suffix}", tmp_path / f"link_{field}_b{suffix}"
+            a.symlink_to(b)
+            b.symlink_to(a)
+            aliased = str(a)
+        elif link == "dangling":
+            a = tmp_path / f"link_{field}{suffix}"
+            a.symlink_to(tmp_path / "gone" / name)
+            aliased = str(a)
+        else:
+            a = tmp_path / f"link_{field}_dir"
+            a.symlink_to(tmp_path / "gone")
+            aliased = str(a / name)
+        before = _snapshot(tmp_path)
+        for overwrite in (False, True):
+            settings = {**base, field: aliased, "overwrite": overwrite}
+            with pytest.raises(OutputError, match="leads nowhere"):
+                guard.check(stage.config.from_dict(settings))
+        assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("stage_name", "variant"), _cases())
+def test_a_path_that_is_not_utf8_is_refused_before_any_work(
+    stage_name: str, variant: int, tmp_path: Path
+) -> None:
+    """A name whose bytes are not UTF-8 (``os.fsdecode`` gives surrogates) cannot be written
+    into metadata, STAC or logs: refused by the guard, as an output and as an input."""
+    stage = _stage(stage_name)
+    base = _settings(stage, VARIANTS.get(stage_name, [{}])[variant], tmp_path)
+    odd = os.fsdecode(b"bad\xff")
+    for field in stage.config.outputs:
+        if not base.get(field):
+            continue
+        where = Path(base[field])
+        settings = {**base, field: str(where.with_name(odd + where.suffix))}
+        with pytest.raises(OutputError, match="not UTF-8"):
+            guard.check(stage.config.from_dict(settings))
+    for field in stage.config.inputs:
+        value = base.get(field)
+        if not value or isinstance(value, list):
+            continue
+        settings = {**base, field: str(Path(value).with_name(odd))}
+        with pytest.raises(InputError, match="not UTF-8"):
+            guard.check(stage.config.from_dict(settings))
 
 
 def _remove(p: Path) -> None:
@@ -439,6 +506,127 @@ def test_nothing_is_published_from_an_input_that_changed_while_read(tmp_path: Pa
     with pins.pinned(cfg):
         outputs.publish_files([(str(tmp_path / "map.tif"), staged)])
     assert (tmp_path / "map.tif").read_bytes() == b"new map"
+
+
+def test_no_store_is_marked_complete_from_an_input_that_changed_while_read(
+    tmp_path: Path,
+) -> None:
+    """A stage that writes its output in place (a new mosaic, resumable) must not mark it
+    complete when an input changed while it was read: the mark is what later stages trust
+    (a model swapped mid-predict gave a complete mosaic naming the other model). Checked at
+    the store layer, for both kinds of store."""
+    from w2w.core.store import MosaicStore, SceneStore
+    from w2w.export.config import ExportConfig
+    from w2w.ingest.synth import SynthConfig
+
+    source = tmp_path / "m.zarr"
+    _make(source, "mosaic")
+    cfg = ExportConfig(input=str(source), output=str(tmp_path / "map.tif"))
+    grid = SynthConfig(output="unused", height=32, width=32).grid
+    mosaic = MosaicStore.create(str(tmp_path / "new.zarr"), grid, block=16, classes=[])
+    for w in mosaic.blocks():
+        mosaic.write("class", w, np.zeros((w.height, w.width), "uint8"))
+        mosaic.mark_block_done(w, w.size)
+    scene = SceneStore.create(
+        str(tmp_path / "s.zarr"), grid, band_names=["a"], dtype="uint16", nodata=0
+    )
+
+    def swap_the_input_then_mark(store: Any) -> None:
+        with pins.pinned(cfg):
+            other = {**W2W_STORE, "attributes": {"w2w": {"kind": "mosaic", "identity": "b"}}}
+            (source / "zarr.json").write_text(json.dumps(other))
+            store.mark_complete()
+
+    for store in (mosaic, scene):
+        with pytest.raises(pins.InputChangedError):
+            swap_the_input_then_mark(store)
+        (source / "zarr.json").write_text(json.dumps(W2W_STORE))
+        assert not type(store).open(store.url, mode="r+").meta.get("complete")
+
+
+def _float_fields(model: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the float settings of a config model, nested sections included."""
+    import typing
+
+    from pydantic import BaseModel
+
+    found = []
+    for name, field in model.model_fields.items():
+        hint = field.annotation
+        args = typing.get_args(hint) or (hint,)
+        sections = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if sections:
+            found += _float_fields(sections[0], f"{prefix}{name}.")
+        elif any(getattr(m, "allow_inf_nan", None) for m in field.metadata):
+            continue  # a nodata value: NaN is one
+        elif any(typing.get_origin(a) is tuple for a in (hint, *args)):
+            if float in typing.get_args(hint) or any(float in typing.get_args(a) for a in args):
+                found.append(f"{prefix}{name}()")  # a pair of numbers, e.g. an origin
+        elif float in args:
+            found.append(f"{prefix}{name}")
+    return found
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize(("stage_name", "variant"), _cases())
+def test_no_number_of_any_setting_is_infinite_or_nan(
+    stage_name: str, variant: int, value: float, tmp_path: Path
+) -> None:
+    """Every float setting of every stage, nested sections included (an area of ``inf``, a
+    learning rate of ``inf``, a NaN origin passed their bounds and failed deep in the stage
+    or wrote a broken map): refused when the config is read, naming the setting."""
+    stage = _stage(stage_name)
+    base = _settings(stage, VARIANTS.get(stage_name, [{}])[variant], tmp_path)
+    fields = _float_fields(stage.config)
+    for dotted in fields:
+        data = dict(base)
+        pair = dotted.endswith("()")
+        dotted = dotted.removesuffix("()")
+        given: Any = (value, 0.0) if pair else value
+        section, _, leaf = dotted.rpartition(".")
+        if section:
+            data[section] = {**data.get(section, {}), leaf: given}
+        else:
+            data[leaf] = given
+        with pytest.raises(ConfigError, match="finite number"):
+            stage.config.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("stage_name", "setting"),
+    [
+        ("predict", "cpus_per_actor"),
+        ("predict", "read_cpus"),
+        ("train", "workers.cpus_per_worker"),
+        ("train", "workers.gpus_per_worker"),
+        ("pretrain", "workers.cpus_per_worker"),
+    ],
+)
+def test_a_share_of_a_cpu_ray_cannot_reserve_is_refused_with_the_config(
+    stage_name: str, setting: str, tmp_path: Path
+) -> None:
+    """Ray reserves CPUs and GPUs in steps of 0.0001; a smaller share failed on a worker
+    with Ray's traceback, after the output store was made."""
+    stage = _stage(stage_name)
+    data = _settings(stage, VARIANTS.get(stage_name, [{}])[0], tmp_path)
+    section, _, leaf = setting.rpartition(".")
+    if section:
+        data[section] = {**data.get(section, {}), leaf: 1e-9}
+    else:
+        data[leaf] = 1e-9
+    with pytest.raises(ConfigError, match="greater than or equal to 0.0001"):
+        stage.config.from_dict(data)
+
+
+def test_a_config_file_that_is_not_text_is_an_error(tmp_path: Path) -> None:
+    from w2w.core.config import load_yaml
+
+    bad = tmp_path / "c.yaml"
+    bad.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="not a text file in UTF-8"):
+        load_yaml(bad)
+    with pytest.raises(InputError, match="is a folder"):
+        load_yaml(tmp_path)
 
 
 # -- bad input: errors, never internal errors --------------------------------------------------

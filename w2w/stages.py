@@ -338,9 +338,31 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
+def _bundle_export(r: Any) -> StageSummary:
+    return StageSummary(
+        {"served model": r.model, "its metadata": r.metadata},
+        lines=(f"model ({r.format}): {r.model}", f"metadata: {r.metadata}"),
+    )
+
+
+#: Commands that write outputs but are not steps of the pipeline: they pass through the same
+#: rules (:meth:`Stage.execute`), without a pipeline section.
+TOOLS: tuple[Stage, ...] = (
+    Stage(
+        "bundle-export",
+        "Write a bundle's model for serving without w2w (torch.export, TorchScript or ONNX).",
+        "w2w.model.serving:BundleExportConfig",
+        "w2w.model.serving:run",
+        _bundle_export,
+        arguments=("bundle",),
+        short={"output": "-o"},
+    ),
+)
+
+
 def stage_named(name: str) -> Stage:
     """The stage called ``name``."""
-    for s in STAGES:
+    for s in (*STAGES, *TOOLS):
         if s.name == name:
             return s
     raise KeyError(f"no stage '{name}'; stages: {', '.join(STAGE_NAMES)}")

@@ -200,11 +200,15 @@ def bundle_export(
 ) -> None:
     """Write a bundle's model for serving without w2w (TorchScript, torch.export or ONNX),
     with its bands, normalisation and classes in a JSON file beside it."""
-    from w2w.model.serving import export_bundle
+    from w2w.stages import stage_named
 
-    served = export_bundle(bundle, output, fmt, overwrite=overwrite)
-    out.print(f"model ({served.format}): {served.model}")
-    out.print(f"metadata: {served.metadata}")
+    stage = stage_named("bundle-export")
+    cfg = stage.config.from_dict(
+        {"bundle": bundle, "output": output, "format": fmt, "overwrite": overwrite},
+        source="command line",
+    )
+    for line in stage.run(cfg, progress=False).lines:
+        out.print(line)
 
 
 @app.command()

@@ -53,6 +53,9 @@ def overwrite_field(what: str = "an existing output") -> Any:
     return Field(default=False, description=f"replace {what}")
 
 
+#: The smallest share of a CPU or GPU Ray can reserve (it counts resources in 0.0001 units).
+RAY_UNIT = 1e-4
+
 #: A local path or URL, made canonical when the config is validated (on the driver):
 #: accepts :class:`pathlib.Path` and stores a plain string.
 PathStr = Annotated[str, BeforeValidator(canonical_path)]
@@ -61,7 +64,11 @@ PathStr = Annotated[str, BeforeValidator(canonical_path)]
 class StageConfig(BaseModel):
     """A frozen, strictly-keyed configuration of one stage."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # No number of any setting is infinite or NaN (``inf`` given for an area, a learning rate
+    # or an origin would pass a bound check and fail deep in a stage, or write a broken map).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
     #: Name used in error messages and as the section name in pipeline YAML files.
     stage_name: ClassVar[str] = "stage"
@@ -138,10 +145,17 @@ class StageConfig(BaseModel):
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file and the problem."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"config file {path} is a folder; give the path of a YAML file")
     if not p.is_file():
         raise InputError(f"config file not found: {path}; check the path")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text file in UTF-8 ({exc.reason} at byte {exc.start}); "
+            "give a YAML config file"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
     if data is None:

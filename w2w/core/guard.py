@@ -24,6 +24,7 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from w2w.core import storage
@@ -92,6 +93,10 @@ def overlap_problem(cfg: StageConfig, *, expand: bool) -> str | None:
 
 def check(cfg: StageConfig) -> None:
     """The guard (see the module notes); raises :class:`OutputError` naming the output."""
+    for what, url in cfg.input_locations(expand=False):
+        _require_utf8(what, url, InputError)
+    for target in cfg.output_targets():
+        _require_utf8(target.what, target.url, OutputError)
     problem = overlap_problem(cfg, expand=True)
     if problem:
         raise OutputError(problem)
@@ -113,6 +118,7 @@ def check_outputs(cfg: StageConfig, *, settle: bool) -> None:
     if settle:  # all at once: a file set's journal before the staged files it lists
         recover(*(t.url for t in targets if t.kind != "folder"))
     for target in targets:
+        _require_no_broken_link(target)
         if target.kind == "folder":
             continue
         if not storage.exists(target.url):
@@ -122,6 +128,35 @@ def check_outputs(cfg: StageConfig, *, settle: bool) -> None:
             raise OutputError(
                 f"{target.what} {target.url} exists already; pass --overwrite to replace it or "
                 "choose another path"
+            )
+
+
+def _require_utf8(what: str, url: str, error: type[Exception]) -> None:
+    """A path w2w records (in metadata, STAC and logs) must be text: one whose name holds
+    bytes that are not UTF-8 is refused before any work."""
+    try:
+        str(url).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(url).encode("utf-8", "backslashreplace").decode()
+        raise error(
+            f"{what} {shown}: the path holds bytes that are not UTF-8 text; rename it"
+        ) from None
+
+
+def _require_no_broken_link(target: Target) -> None:
+    """A symbolic link at an output that leads nowhere (a loop, or a missing target) is not
+    an output w2w can write through nor one it may replace: refused before any work."""
+    url = target.url
+    if storage.is_remote(url):
+        return
+    path = os.path.expanduser(url)
+    parts = Path(path).parts
+    for k in range(1, len(parts) + 1):  # the link may be the output or a folder above it
+        here = os.path.join(*parts[:k])
+        if os.path.islink(here) and not os.path.exists(here):
+            raise OutputError(
+                f"{target.what} {url}: {here} is a symbolic link that leads nowhere (a loop "
+                "or a missing target); remove the link or choose another path"
             )
 
 

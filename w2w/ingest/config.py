@@ -79,7 +79,11 @@ def _floats(text: str) -> list[float]:
 LabelMap = Annotated[dict[int, int], _from_text(parse_label_map)]
 ClassNames = Annotated[dict[int, str], _from_text(parse_class_names)]
 CommaList = Annotated[list[str], _from_text(_split)]
+#: Nodata values: NaN is the nodata of many float rasters, so these floats may be NaN (or
+#: infinite), unlike every other number of a config (:class:`StageConfig`).
+NodataFloat = Annotated[float, Field(allow_inf_nan=True)]
 CommaFloats = Annotated[list[float], _from_text(_floats)]
+CommaNodata = Annotated[list[NodataFloat], _from_text(_floats)]
 CommaInts = Annotated[list[int], _from_text(lambda t: [int(v) for v in _floats(t)])]
 
 
@@ -158,10 +162,12 @@ class IngestConfig(StageConfig):
     band_names: CommaList | None = Field(
         default=None, description="one name per stacked band, e.g. B02,B03,B04"
     )
-    nodata: CommaFloats | None = Field(
+    nodata: CommaNodata | None = Field(
         default=None, description="nodata per image source (one value applies to all)"
     )
-    label_nodata: float | None = Field(default=None, description="label value meaning no data")
+    label_nodata: NodataFloat | None = Field(
+        default=None, description="label value meaning no data"
+    )
     label_map: LabelMap = Field(
         default_factory=dict, description="label value -> class id, e.g. '-5=0;2,3,6=1'"
     )

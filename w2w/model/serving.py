@@ -22,15 +22,51 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from w2w.core import storage
+from w2w.core.config import PathStr, StageConfig, overwrite_field
 from w2w.core.errors import ConfigError, OutputError
+from w2w.core.guard import OutputKind, Target
 from w2w.core.outputs import publish_files
 from w2w.model.bundle import load_bundle
 
 Format = Literal["torchscript", "pt2", "onnx"]
 FORMATS: tuple[str, ...] = ("torchscript", "pt2", "onnx")
+
+
+class BundleExportConfig(StageConfig):
+    """Settings of ``w2w bundle-export``: its bundle is an input and both files it writes
+    are outputs, so the output guard (and the publish protocol) cover them as they cover
+    every stage's."""
+
+    stage_name: ClassVar[str] = "bundle-export"
+    inputs: ClassVar[dict[str, str]] = {"bundle": "model bundle"}
+    outputs: ClassVar[dict[str, OutputKind]] = {"output": "file"}
+
+    bundle: PathStr = Field(description="a model bundle (.safetensors)")
+    output: PathStr = Field(description="the model file to write")
+    format: Format = Field(default="pt2", description="pt2, torchscript or onnx")
+    overwrite: bool = overwrite_field("an existing model file and its metadata")
+
+    @property
+    def metadata(self) -> str:
+        """Where the metadata file goes: beside the model, ``.json`` appended."""
+        return self.output + ".json"
+
+    def output_targets(self) -> list[Target]:
+        """The model file and its metadata file."""
+        return [
+            Target("output model file", self.output, "file"),
+            Target("metadata file", self.metadata, "file"),
+        ]
+
+
+def run(cfg: BundleExportConfig, *, progress: bool = True) -> ServedModel:
+    """The ``bundle-export`` stage (run through :meth:`w2w.stages.Stage.execute`)."""
+    return export_bundle(cfg.bundle, cfg.output, cfg.format, overwrite=cfg.overwrite)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from w2w.core.config import PathStr, StageConfig
+from w2w.core.config import RAY_UNIT, PathStr, StageConfig
 from w2w.core.guard import OutputKind, Target
 
 
@@ -27,7 +27,7 @@ class PredictConfig(StageConfig):
     tta: bool = Field(default=False, description="average over flips (4x compute)")
     actors: int = Field(default=1, ge=1, description="size of the inference actor pool")
     use_gpu: bool = Field(default=False, description="one GPU per inference actor")
-    cpus_per_actor: float = Field(default=1, gt=0, description="CPUs per inference actor")
+    cpus_per_actor: float = Field(default=1, ge=RAY_UNIT, description="CPUs per inference actor")
     threads: int | None = Field(
         default=None,
         ge=1,
@@ -36,7 +36,7 @@ class PredictConfig(StageConfig):
     )
     read_cpus: float = Field(
         default=0.5,
-        gt=0,
+        ge=RAY_UNIT,
         description="CPUs per read/write task (differs from the actors' so the stages stay apart)",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

@@ -400,7 +400,9 @@ def chip_dataset(
     ds = ds.map_batches(
         _read_batch, fn_kwargs={"reader": reader}, batch_size=group, batch_format="numpy"
     )
+    # Boundaries given (none given would be sampled, at random): a single block's is past the end.
     bounds: list[int | float] = [round(k * len(rows) / n_blocks) for k in range(1, n_blocks)]
+    bounds = bounds or [len(rows)]
     return ds.sort("rank", boundaries=bounds).drop_columns(["rank"])
 
 

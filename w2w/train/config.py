@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from w2w.core import storage
-from w2w.core.config import PathStr, StageConfig, canonical_path
+from w2w.core.config import RAY_UNIT, PathStr, StageConfig, canonical_path
 from w2w.core.guard import OutputKind, Target, real_location, relation
 from w2w.core.split import SplitConfig
 from w2w.model.published import is_published_name
@@ -73,7 +73,7 @@ class OptimConfig(StageConfig):
 
     stage_name: ClassVar[str] = "optim"
 
-    lr: float = Field(default=1e-3, gt=0, description="peak learning rate (AdamW)")
+    lr: float = Field(default=1e-3, gt=0, le=10, description="peak learning rate (AdamW)")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay")
     schedule: Literal["cosine", "onecycle", "constant"] = Field(
         default="cosine", description="learning-rate schedule"
@@ -98,9 +98,9 @@ class WorkersConfig(StageConfig):
 
     num_workers: int = Field(default=2, ge=1, description="training workers (DDP ranks)")
     use_gpu: bool = Field(default=False, description="one GPU per worker")
-    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs per training worker")
+    cpus_per_worker: float = Field(default=1, ge=RAY_UNIT, description="CPUs per training worker")
     gpus_per_worker: float = Field(
-        default=1, gt=0, description="GPUs per training worker (with use_gpu)"
+        default=1, ge=RAY_UNIT, description="GPUs per training worker (with use_gpu)"
     )
     accelerator_type: str | None = Field(default=None, description="e.g. A10G")
 

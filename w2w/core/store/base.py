@@ -286,7 +286,11 @@ class GeoStore:
     # -- metadata --------------------------------------------------------------------------
 
     def update_meta(self, **changes: Any) -> None:
-        """Merge entries into the ``w2w`` attributes (driver only; not from block tasks)."""
+        """Merge entries into the ``w2w`` attributes (driver only; not from block tasks).
+        Marking the store complete first checks the running stage's inputs: a store made from
+        inputs that changed while they were read is never marked complete."""
+        if changes.get("complete"):
+            pins.check()
         self.meta = {**self.meta, **changes}
         self._group.attrs["w2w"] = self.meta
 
