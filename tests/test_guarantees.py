@@ -247,6 +247,24 @@ def test_an_output_through_a_link_to_nowhere_is_refused_before_any_work(
 
 
 @pytest.mark.parametrize(("stage_name", "variant"), _cases())
+def test_an_output_under_a_file_is_refused_before_any_work(
+    stage_name: str, variant: int, tmp_path: Path
+) -> None:
+    """An output whose folder is a file (``-o notes.txt/map.tif``) failed only after the
+    stage's work; the guard refuses it first, for every output of every stage."""
+    stage = _stage(stage_name)
+    base = _settings(stage, VARIANTS.get(stage_name, [{}])[variant], tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    for field in stage.config.outputs:
+        if not base.get(field):
+            continue
+        settings = {**base, field: str(tmp_path / "notes.txt" / "sub" / Path(base[field]).name)}
+        with pytest.raises(OutputError, match="is a file, not a folder"):
+            guard.check(stage.config.from_dict(settings))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("stage_name", "variant"), _cases())
 def test_a_path_that_is_not_utf8_is_refused_before_any_work(
     stage_name: str, variant: int, tmp_path: Path
 ) -> None:
@@ -1140,6 +1158,9 @@ def test_ctrl_c_ends_every_stage_within_seconds_and_keeps_the_old_output(
     print(f"{stage.name}: exit {proc.returncode} {time.monotonic() - sent:.1f} s after Ctrl-C")
     if proc.returncode != 0:  # interrupted (not finished first): the old output as it was
         assert "internal error" not in err, err
+        # Said so, with the shell's code for Ctrl-C (Ray Train's own handler once ended
+        # training with exit 1 and no word).
+        assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err[-2000:])
         assert _targets_snapshot(cfg) == before
 
 

@@ -129,6 +129,24 @@ def test_predict_overwrite_keeps_the_old_mosaic_until_the_new_one_is_complete(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_replacement_left_half_built_goes_once_another_is_published(
+    tiny_run, synthetic_scene: str, tmp_path: Path
+) -> None:
+    """An ``--overwrite`` run stopped part-way leaves its replacement beside the output, to
+    resume; a later run with other settings that publishes its own leaves none behind."""
+    bundle = tiny_run[1].bundle
+    out = tmp_path / "m.zarr"
+    settings = {"scene": synthetic_scene, "bundle": bundle, "output": str(out), "block": 128}
+    predict(PredictConfig(**settings), progress=False)
+    partial = predict(
+        PredictConfig(**settings, stride=16, overwrite=True, max_blocks=2), progress=False
+    )
+    assert Path(partial.output).exists()
+    done = predict(PredictConfig(**settings, stride=32, overwrite=True), progress=False)
+    assert done.output == str(out) and MosaicStore.open(str(out)).provenance["stride"] == 32
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_train_overwrite_puts_the_old_run_back_when_the_new_one_fails(tmp_path: Path) -> None:
     from w2w.core.outputs import set_aside
     from w2w.train.config import TrainConfig

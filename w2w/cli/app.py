@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -397,4 +398,21 @@ def demo(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``argv`` defaults to the process's arguments)."""
-    app(args=argv, prog_name="w2w")
+    try:
+        app(args=argv, prog_name="w2w")
+    finally:
+        _stop_ray()
+
+
+def _stop_ray() -> None:
+    """Stop the embedded Ray (if the command started one) with Ctrl-C held off: left to the
+    interpreter's exit, Ray's shutdown runs in an exit hook, where a Ctrl-C printed a
+    traceback and could crash the process after the command had finished."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ray.shutdown()
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -119,6 +119,7 @@ def check_outputs(cfg: StageConfig, *, settle: bool) -> None:
         recover(*(t.url for t in targets if t.kind != "folder"))
     for target in targets:
         _require_no_broken_link(target)
+        _require_writable_place(target)
         if target.kind == "folder":
             continue
         if not storage.exists(target.url):
@@ -141,6 +142,27 @@ def _require_utf8(what: str, url: str, error: type[Exception]) -> None:
         raise error(
             f"{what} {shown}: the path holds bytes that are not UTF-8 text; rename it"
         ) from None
+
+
+def _require_writable_place(target: Target) -> None:
+    """The folder an output goes in (its nearest existing one: the rest is made) must be a
+    folder w2w may write in -- the replacement is built beside the output -- or the stage
+    would fail only after its work."""
+    url = target.url
+    if storage.is_remote(url):
+        return
+    here = Path(os.path.abspath(os.path.expanduser(url))).parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise OutputError(
+            f"{target.what} {url}: {here} is a file, not a folder; choose another path"
+        )
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{target.what} {url}: cannot write in {here} (a read-only file system, or no "
+            "permission); choose another path"
+        )
 
 
 def _require_no_broken_link(target: Target) -> None:

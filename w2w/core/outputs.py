@@ -128,6 +128,36 @@ def beside(output: str, tag: str) -> str:
     return hidden_beside(output, f"new-{tag}")
 
 
+def discard_replacements(output: str) -> list[str]:
+    """Remove what :func:`beside` holds for ``output`` once a replacement of it has been
+    published: a killed ``--overwrite`` run with other settings left one, which a re-run
+    with those settings would have resumed, and nothing else would ever remove. Returns what
+    was removed."""
+    url = storage.normalize(output)
+    prefix = hidden_beside(url, "new-").rsplit("/", 1)[-1]
+    parent = url.rstrip("/").rpartition("/")[0]
+    removed = []
+    if storage.is_remote(url):
+        scheme = url.split("://", 1)[0]
+        try:
+            entries = storage.remote(parent, "ls", parent, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if str(entry).rstrip("/").rsplit("/", 1)[-1].startswith(prefix):
+                found = f"{scheme}://{str(entry).rstrip('/')}"
+                storage.remove_tree(found)
+                removed.append(found)
+        return removed
+    folder = Path(parent or ".")
+    if folder.is_dir():
+        for q in folder.iterdir():
+            if q.name.startswith(prefix):
+                remove_path(q)
+                removed.append(str(q))
+    return removed
+
+
 def publish_store(work: str, output: str) -> None:
     """Put the finished store at ``work`` in place of ``output`` (see the module notes)."""
     if not storage.is_remote(output):

@@ -31,7 +31,7 @@ from w2w.core import storage
 from w2w.core.coverage import verify_coverage
 from w2w.core.errors import ConfigError, InputError, OutputError, StageFailedError
 from w2w.core.grid import Window
-from w2w.core.outputs import beside, publish_store
+from w2w.core.outputs import beside, discard_replacements, publish_store
 from w2w.core.progress import progress_bar
 from w2w.core.resources import Request, require
 from w2w.core.runtime import ensure_ray, quiet_ray_data, raise_from_worker
@@ -448,7 +448,10 @@ def _other_mosaic(output: str, existing: MosaicStore | None, made_from: dict) ->
 
 
 def _publish(mosaic: MosaicStore, output: str) -> str:
-    """Put a mosaic built beside its output in place of the old one, once complete."""
+    """Put a mosaic built beside its output in place of the old one, once complete; then
+    remove replacements of it that killed runs with other settings left half-built."""
     if mosaic.url != output:
         publish_store(mosaic.url, output)
+    for left in discard_replacements(output):
+        log.info("removed %s: a replacement of %s that an interrupted run left", left, output)
     return output

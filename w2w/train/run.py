@@ -86,13 +86,54 @@ def _fit(cfg: TrainConfig, plan: TrainPlan, *, cache: bool) -> TrainReport:
         datasets={"train": training_chips(cfg, plan, cache=cache)},
         dataset_config=data_config(cfg),
     )
-    try:
-        result = trainer.fit()
-    except Exception as exc:
-        raise training_error(exc) from exc
+    result = fit_interruptibly(trainer)
     if result.error is not None:
         raise training_error(result.error)
     return finish(cfg, plan, result)
+
+
+def fit_interruptibly(trainer: Any) -> Any:
+    """``trainer.fit()``, its failures as w2w errors, and Ctrl-C ending it as it ends every
+    w2w command. Ray Train puts its own Ctrl-C handler in place for the run (and leaves it
+    there): it aborts the run gracefully -- workers stopped, checkpoints closed -- and
+    ``fit()`` then returns or fails as any failed run does. Noted here, the interrupt reaches
+    w2w as :class:`KeyboardInterrupt` once the run has stopped, so the previous run is put
+    back and the command ends with "interrupted"; the handler Ray replaced is restored."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    interrupted = False
+    register = trainer._register_sigint_handler  # Ray Train V2 (2.60) registers it in fit()
+
+    def register_and_note(controller: Any) -> None:
+        register(controller)
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            nonlocal interrupted
+            interrupted = True
+            if callable(ray_handler):
+                ray_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, handler)
+
+    trainer._register_sigint_handler = register_and_note
+    try:
+        result = trainer.fit()
+    except BaseException as exc:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        if isinstance(exc, Exception):
+            raise training_error(exc) from exc
+        raise
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGINT, before)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def training_chips(cfg: TrainConfig, plan: TrainPlan, *, cache: bool) -> Any:

@@ -22,6 +22,7 @@ from w2w.train.pretrain.config import PretrainConfig
 from w2w.train.pretrain.plan import PretrainPlan, claim_run, prepare
 from w2w.train.pretrain.worker import pretrain_loop
 from w2w.train.run import (
+    fit_interruptibly,
     fits_in_object_store,
     ray_filesystem,
     ray_storage_path,
@@ -114,10 +115,7 @@ def _fit(cfg: PretrainConfig, plan: PretrainPlan, *, cache: bool) -> PretrainRep
         datasets={"train": ds},
         dataset_config=split_in_order(True),
     )
-    try:
-        result = trainer.fit()
-    except Exception as exc:
-        raise training_error(exc) from exc
+    result = fit_interruptibly(trainer)
     if result.error is not None:
         raise training_error(result.error)
     return finish(cfg, plan, result)
