@@ -645,6 +645,11 @@ def test_a_config_file_that_is_not_text_is_an_error(tmp_path: Path) -> None:
         load_yaml(bad)
     with pytest.raises(InputError, match="is a folder"):
         load_yaml(tmp_path)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("min_pixels: 4\ninput: m.zarr\nmin_pixels: 8\n")
+    with pytest.raises(ConfigError, match=r"'min_pixels' is given twice at line 3") as err:
+        load_yaml(twice)
+    assert "\n" not in str(err.value)  # one line
 
 
 # -- bad input: errors, never internal errors --------------------------------------------------
