@@ -341,6 +341,7 @@ def _require_resources(cfg: PredictConfig) -> None:
             1.0 if cfg.use_gpu else 0.0,
             spare_cpus=cfg.read_cpus,
             fix="ask for fewer --actors or --cpus-per-actor"
+            + (" or a smaller --read-cpus" if cfg.read_cpus > 0.5 else "")
             + (", or run without --gpu" if cfg.use_gpu else ""),
         )
     )
