@@ -148,3 +148,10 @@ def test_verify_refuses_an_engine_it_does_not_have(tmp_path: Path) -> None:
     assert done.exit_code == 2
     flat = " ".join(done.output.replace("│", " ").split())
     assert "'bogus' is not one of 'auto', 'ray', 'local'" in flat
+
+
+def test_a_pair_of_numbers_is_given_as_yaml_or_comma_separated(tmp_path: Path) -> None:
+    for i, text in enumerate(["300000,3500000", "[300000, 3500000]"]):
+        code, out, err = w2w("synth", str(tmp_path / f"s{i}"), "--size", "16", "--origin", text)
+        assert code == 0, err
+        assert "origin (300000.000000, 3500000.000000)" in out, out

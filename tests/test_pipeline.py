@@ -117,3 +117,11 @@ def test_check_validates_every_stage_and_runs_nothing(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     bad = runner.invoke(app, ["pipeline", str(path), "--check"])
     assert bad.exit_code == 2 and "unknown key 'blok'; did you mean 'block'?" in bad.output
+    # The outputs are checked as a run checks them before its first stage: a workdir that
+    # is a file is refused by --check, not only by the run.
+    del cfg["predict"]["blok"]
+    cfg["workdir"] = str(tmp_path / "notes.txt")
+    (tmp_path / "notes.txt").write_text("mine")
+    path.write_text(yaml.safe_dump(cfg))
+    refused = runner.invoke(app, ["pipeline", str(path), "--check"])
+    assert refused.exit_code != 0 and "is a file, not a folder" in refused.output, refused.output

@@ -177,13 +177,21 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, StageConfig]:
     return out
 
 
-def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> PipelineResult:
-    """Run the configured stages in order; every config is checked before the first runs."""
+def check_pipeline(cfg: PipelineConfig) -> dict[str, StageConfig]:
+    """Every stage's config, validated, and every stage's outputs checked by the guard (what
+    exists, what may be replaced, where it goes) -- what ``run_pipeline`` does before its
+    first stage, and all that ``w2w pipeline --check`` does."""
     configs = stage_configs(cfg)
     if not configs:
         raise ConfigError("the pipeline has no stages; add sections such as 'ingest:' and 'train:'")
     for stage_cfg in configs.values():  # every output, before the first stage runs
         guard.check_outputs(stage_cfg, settle=False)
+    return configs
+
+
+def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> PipelineResult:
+    """Run the configured stages in order; every config is checked before the first runs."""
+    configs = check_pipeline(cfg)
     result = PipelineResult()
     for name, stage_cfg in configs.items():
         log.info("stage %s", name)

@@ -358,13 +358,13 @@ def pipeline(
     ] = False,
 ) -> None:
     """Run the whole job from one config: ingest, train, predict, sieve, export, evaluate."""
-    from w2w.pipeline import PipelineConfig, run_pipeline, stage_configs
+    from w2w.pipeline import PipelineConfig, check_pipeline, run_pipeline
 
     cfg = PipelineConfig.load(str(config))
     if stage:
         cfg = cfg.replace(stages=stage)
     if check:
-        for name, stage_cfg in stage_configs(cfg).items():
+        for name, stage_cfg in check_pipeline(cfg).items():
             fields = ("images", "scene", "input", "bundle", "storage_path", "output")
             paths = {f: getattr(stage_cfg, f) for f in fields if getattr(stage_cfg, f, None)}
             out.print(f"{name}: ok  " + "  ".join(f"{k}={v}" for k, v in paths.items()))

@@ -73,7 +73,18 @@ def _cli_type(field: FieldInfo) -> tuple[Any, Callable[[Any], Any] | None]:
             return int, None
     if any(isinstance(m, BeforeValidator) for m in metadata):
         return str, None  # the config parses its own compact form
+    if get_origin(inner) is tuple:
+        return str, _parse_sequence
     return str, _parse_yaml
+
+
+def _parse_sequence(text: str) -> Any:
+    """A tuple setting, as YAML (``[300000, 3500000]``) or as comma-separated values
+    (``300000,3500000``), as other list options take them."""
+    stripped = text.strip()
+    if "," in stripped and not stripped.startswith(("[", "(")):
+        stripped = f"[{stripped}]"
+    return _parse_yaml(stripped)
 
 
 def _parse_yaml(text: str) -> Any:
