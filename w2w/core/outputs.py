@@ -135,27 +135,28 @@ def discard_replacements(output: str) -> list[str]:
     was removed."""
     url = storage.normalize(output)
     prefix = hidden_beside(url, "new-").rsplit("/", 1)[-1]
-    parent = url.rstrip("/").rpartition("/")[0]
-    removed = []
-    if storage.is_remote(url):
-        scheme = url.split("://", 1)[0]
+    removed = [where for name, where in _beside_entries(url) if name.startswith(prefix)]
+    for where in removed:
+        if storage.is_remote(where):
+            storage.remove_tree(where)
+        else:
+            remove_path(Path(where))
+    return removed
+
+
+def _beside_entries(output: str) -> list[tuple[str, str]]:
+    """(name, location) of everything in the folder (or under the prefix) of ``output``."""
+    parent = output.rstrip("/").rpartition("/")[0]
+    if storage.is_remote(output):
+        scheme = output.split("://", 1)[0]
         try:
             entries = storage.remote(parent, "ls", parent, detail=False, refresh=True)
         except FileNotFoundError:
             return []
-        for entry in entries:
-            if str(entry).rstrip("/").rsplit("/", 1)[-1].startswith(prefix):
-                found = f"{scheme}://{str(entry).rstrip('/')}"
-                storage.remove_tree(found)
-                removed.append(found)
-        return removed
+        found = [str(e).rstrip("/") for e in entries]
+        return [(e.rsplit("/", 1)[-1], f"{scheme}://{e}") for e in found]
     folder = Path(parent or ".")
-    if folder.is_dir():
-        for q in folder.iterdir():
-            if q.name.startswith(prefix):
-                remove_path(q)
-                removed.append(str(q))
-    return removed
+    return [(q.name, str(q)) for q in folder.iterdir()] if folder.is_dir() else []
 
 
 def publish_store(work: str, output: str) -> None:
@@ -244,16 +245,10 @@ def _remove_remote_leftovers(output: str) -> None:
     """On object storage: remove the staging prefixes (``.NAME.w2w-tmp-*``) of processes of
     this host that are gone -- a build that failed where even its clean-up could not reach
     the endpoint leaves one."""
-    parent, _, name = output.rstrip("/").rpartition("/")
-    scheme = output.split("://", 1)[0]
-    try:
-        entries = storage.remote(parent, "ls", parent, detail=False, refresh=True)
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        leaf = str(entry).rstrip("/").rsplit("/", 1)[-1]
+    name = output.rstrip("/").rpartition("/")[2]
+    for leaf, where in _beside_entries(output):
         if leaf.startswith(f".{name}.w2w-tmp-") and _maker_gone(leaf):
-            storage.remove_tree(f"{scheme}://{str(entry).rstrip('/')}")
+            storage.remove_tree(where)
 
 
 def _settle_journals(output: str) -> None:

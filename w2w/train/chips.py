@@ -231,6 +231,18 @@ def class_weights(
 READ_GROUP_BYTES = 32 * 2**20
 
 
+def chip_bytes(bands: int, size: int) -> int:
+    """Bytes of one chip as read: float32 bands and a uint8 label or valid mask."""
+    return (bands * 4 + 1) * size**2
+
+
+def chips_per_read(reader: ChipReader | ImageChipReader, at_least: int) -> int:
+    """How many chips one read takes (at least ``at_least``): :data:`READ_GROUP_BYTES` of
+    them, so that the chips of a chunk come from one read of it."""
+    bands = len(reader.normalizer.get("offset", ())) or 1
+    return max(at_least, READ_GROUP_BYTES // chip_bytes(bands, reader.chip_size))
+
+
 def by_chunk(windows: list[Window], chunk: int) -> list[int]:
     """Indices of ``windows`` ordered by the store chunk their origin lies in (chunk row,
     chunk col), then by origin: chips that share chunks come together."""
@@ -308,12 +320,6 @@ class ChipReader:
     lut: tuple[int, ...]
     chunk: int = 512  # the store's chunk edge: chips are read in groups by chunk
 
-    @property
-    def chip_bytes(self) -> int:
-        """Bytes of one chip as read (float32 bands and a uint8 label)."""
-        bands = len(self.normalizer.get("offset", ())) or 1
-        return (bands * 4 + 1) * self.chip_size**2
-
     def read(
         self, windows: list[Window], store: SceneStore | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -341,12 +347,6 @@ class ImageChipReader:
     chip_size: int
     normalizer: dict[str, Any]
     chunk: int = 512  # the store's chunk edge: chips are read in groups by chunk
-
-    @property
-    def chip_bytes(self) -> int:
-        """Bytes of one chip as read (float32 bands and a uint8 valid mask)."""
-        bands = len(self.normalizer.get("offset", ())) or 1
-        return (bands * 4 + 1) * self.chip_size**2
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data ``map_batches`` function: window specs in, ``image`` and ``valid`` out."""
@@ -395,7 +395,7 @@ def chip_dataset(
         )
     windows = [Window(r["row"], r["col"], reader.chip_size, reader.chip_size) for r in rows]
     ranked = [{**rows[i], "rank": i} for i in by_chunk(windows, reader.chunk)]
-    group = max(batch_size, READ_GROUP_BYTES // reader.chip_bytes)
+    group = chips_per_read(reader, batch_size)
     ds = ray.data.from_items(ranked, override_num_blocks=max(1, min(len(rows) // group, 64)))
     ds = ds.map_batches(
         _read_batch, fn_kwargs={"reader": reader}, batch_size=group, batch_format="numpy"

@@ -25,7 +25,7 @@ from w2w.core.outputs import cleanup
 from w2w.core.plots import plot_confusion, plot_learning_curves
 from w2w.core.resources import Request, require
 from w2w.model.bundle import Bundle, save_bundle
-from w2w.train.chips import chip_dataset
+from w2w.train.chips import chip_bytes, chip_dataset
 from w2w.train.config import TrainConfig, WorkersConfig
 from w2w.train.plan import TrainPlan, claim_run, prepare, release_run
 from w2w.train.worker import history_csv, load_state, train_loop
@@ -233,7 +233,7 @@ def _run_config(cfg: TrainConfig) -> Any:
 def should_cache(cfg: TrainConfig, plan: TrainPlan) -> bool:
     """Whether the training chips are kept in Ray's object store (``cache_chips``; auto: when
     they fit in a third of the free store), decided once per run."""
-    nbytes = len(plan.train_rows) * (len(plan.bands) * 4 + 1) * cfg.chips.size**2
+    nbytes = len(plan.train_rows) * chip_bytes(len(plan.bands), cfg.chips.size)
     return fits_in_object_store(cfg.cache_chips, nbytes)
 
 

@@ -30,7 +30,7 @@ from w2w.core.metrics import confusion, summary
 from w2w.core.store import SceneStore
 from w2w.model.models import build_model, has_aux_logits, load_weights
 from w2w.train.augment import augment
-from w2w.train.chips import READ_GROUP_BYTES, ChipReader, by_chunk
+from w2w.train.chips import ChipReader, by_chunk, chips_per_read
 from w2w.train.config import TrainConfig
 from w2w.train.losses import SegmentationLoss
 from w2w.train.plan import TrainPlan
@@ -324,7 +324,7 @@ def validate(
     model.eval()
     store = SceneStore.open(reader.store_url)
     # Read many chips at once (those of a chunk come from one read), forward a batch at a time.
-    group = max(batch_size, READ_GROUP_BYTES // reader.chip_bytes)
+    group = chips_per_read(reader, batch_size)
     with torch.no_grad():
         for g in range(0, len(windows), group):
             chip_images, chip_labels = reader.read(windows[g : g + group], store)

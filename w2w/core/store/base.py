@@ -90,13 +90,12 @@ class GeoStore:
         self.url = url
         self._group = group
         self.writable = writable
-        # The store's nodes as this instance has looked them up (None: absent), and the names
-        # of its arrays: each node's metadata is one request on object storage, and a block
-        # task asks for the same ones many times. Creating a node through this instance
-        # forgets what it changes; another writer's new nodes are not seen (a block task's
-        # instance lives for one block, and stages create arrays on the driver).
+        # The store's nodes as this instance has looked them up (None: absent): each node's
+        # metadata is one request on object storage, and a block task asks for the same ones
+        # many times. Creating a node through this instance forgets what it knew of it;
+        # another writer's new nodes are not seen (a block task's instance lives for one
+        # block, and stages create arrays on the driver).
         self._nodes: dict[str, zarr.Array | zarr.Group | None] = {}
-        self._names: list[str] | None = None
         meta = dict(group.attrs.get("w2w", {}))
         if meta.get("kind") != self.kind:
             maker = "ingest" if self.kind == "scene" else "predict"
@@ -275,8 +274,8 @@ class GeoStore:
 
     def finalize(self) -> None:
         """Write consolidated metadata so that readers (xarray) open the store in one request;
-        the last step of making a store, so the running stage's inputs are checked first."""
-        pins.check()
+        the last step of making a store (the running stage's inputs were checked when it was
+        marked complete, :meth:`update_meta`)."""
         with warnings.catch_warnings():
             # zarr notes that consolidated metadata is not (yet) part of the v3 spec; xarray
             # and zarr-python read it, other readers fall back to the per-array metadata.
@@ -293,12 +292,6 @@ class GeoStore:
             pins.check()
         self.meta = {**self.meta, **changes}
         self._group.attrs["w2w"] = self.meta
-
-    def array_names(self) -> list[str]:
-        """Names of the arrays in the store (listed once per instance)."""
-        if self._names is None:
-            self._names = sorted(self._group.array_keys())
-        return list(self._names)
 
     def has_array(self, name: str) -> bool:
         """Whether the store holds an array at ``name`` (its metadata read once, no listing)."""
@@ -321,7 +314,6 @@ class GeoStore:
     def _forget(self, name: str) -> None:
         """Drop what this instance knows of ``name`` (about to be created or replaced)."""
         self._nodes.pop(name, None)
-        self._names = None
 
     def _array(self, name: str) -> zarr.Array:
         node = self._node(name)

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from w2w.core import pins, storage
+from w2w.core import storage
 from w2w.core.classes import CLASS_NODATA, CONFIDENCE_NODATA, ClassInfo
 from w2w.core.errors import InputError
 from w2w.core.grid import BlockTiling, Grid, Window
@@ -329,8 +329,8 @@ class MosaicStore(GeoStore):
     def mark_complete(self, **meta: Any) -> None:
         """Seal the per-block books (a one-chunk copy of each, read instead of the cells once
         the mosaic is complete), mark the mosaic complete and consolidate its metadata. The
-        copies are written before the mark: a mosaic killed in between reads its cells."""
-        pins.check()  # inputs that changed while read: nothing is sealed or marked
+        copies are written before the mark: a mosaic killed in between reads its cells, and
+        so does one whose inputs changed while read (the mark refuses, :meth:`update_meta`)."""
         for name in CELL_BOOKS:
             if self.has_book(name):
                 cells = np.asarray(self._book(name)[...])

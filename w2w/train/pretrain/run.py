@@ -16,7 +16,7 @@ from typing import Any
 from w2w.core.errors import StageFailedError
 from w2w.core.outputs import cleanup
 from w2w.model.encoder_file import EncoderFile, save_encoder
-from w2w.train.chips import chip_dataset
+from w2w.train.chips import chip_bytes, chip_dataset
 from w2w.train.plan import release_run
 from w2w.train.pretrain.config import PretrainConfig
 from w2w.train.pretrain.plan import PretrainPlan, claim_run, prepare
@@ -66,7 +66,7 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> PretrainReport:
     plan = prepare(cfg, progress=progress)
     ensure_ray()
     quiet_ray_data()
-    nbytes = len(plan.rows) * (len(plan.bands) * 4 + 1) * cfg.chip_size**2
+    nbytes = len(plan.rows) * chip_bytes(len(plan.bands), cfg.chip_size)
     cache = fits_in_object_store(cfg.cache_chips, nbytes)
     require_workers(cfg.workers, cache=cache, what="pretraining workers")
     aside = claim_run(cfg, plan)
