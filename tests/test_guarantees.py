@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import free_ports, stalled_endpoint_at, write_tif
-from w2w.core import guard, outputs, pins
+from w2w.core import guard, locks, outputs, pins
 from w2w.core.errors import ConfigError, InputError, OutputError
 from w2w.stages import STAGES, TOOLS, Stage
 
@@ -287,6 +287,77 @@ def test_a_path_that_is_not_utf8_is_refused_before_any_work(
         settings = {**base, field: str(Path(value).with_name(odd))}
         with pytest.raises(InputError, match="not UTF-8"):
             guard.check(stage.config.from_dict(settings))
+
+
+@contextlib.contextmanager
+def _locked_as_another_command(location: str) -> Iterator[None]:
+    """The lock of ``location`` held through a descriptor of its own, with a holder's record,
+    as another process holds it (the operating system refuses a second flock either way)."""
+    import fcntl
+
+    with open(locks.lock_path(location), "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        record = {"pid": 4242, "host": "node-a", "since": 0, "command": "w2w predict other"}
+        f.write(json.dumps(record).encode())
+        f.flush()
+        yield
+
+
+@pytest.mark.parametrize(("stage_name", "variant"), _cases())
+def test_an_output_another_command_is_writing_is_refused_before_any_work(
+    stage_name: str,
+    variant: int,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two commands writing one output at once (two ``predict --overwrite`` with different
+    settings) each took the other's half-built replacement for a leftover; every output of
+    every stage is locked while it runs, and a second writer is refused naming the first,
+    however the output is spelled."""
+    monkeypatch.setenv(locks.LOCK_DIR_ENV, str(tmp_path_factory.mktemp("locks")))
+    stage = _stage(stage_name)
+    cfg = stage.config.from_dict(
+        _settings(stage, VARIANTS.get(stage_name, [{}])[variant], tmp_path)
+    )
+    targets = [t for t in cfg.output_targets() if t.kind != "folder"]
+    assert targets, f"{stage_name} has no output to lock"
+    (tmp_path / "link_out").symlink_to(tmp_path / "out", target_is_directory=True)
+    for target in targets:
+        before = _snapshot(tmp_path, hidden=True)
+        spelled = target.url.replace(str(tmp_path / "out"), str(tmp_path / "link_out"))
+        refusal = pytest.raises(OutputError, match=r"being written by .*process 4242 on node-a")
+        with _locked_as_another_command(guard.real_location(spelled)), refusal:
+            stage.execute(cfg, progress=False)
+        assert _snapshot(tmp_path, hidden=True) == before
+    guard.check(cfg)  # released: the guard (and the stage) may go on
+
+
+def test_a_lock_is_released_when_its_holder_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held by a process that is killed (SIGKILL: nothing of its own runs) is free at
+    once; while it lives, the refusal names its command and process."""
+    monkeypatch.setenv(locks.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    where = str(tmp_path / "m.zarr")
+    code = (
+        "import sys; from w2w.core import locks; locks.acquire('mosaic', sys.argv[1]); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, where], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"held"
+        with pytest.raises(OutputError, match=rf"`-c {where}`, process {child.pid} on "):
+            locks.acquire("mosaic", where)
+    finally:
+        child.kill()
+        child.wait(10)
+    with locks.held([("mosaic", where)]), locks.held([("mosaic", where)]):  # re-entrant
+        pass
+    locks.acquire("mosaic", where)
+    locks.release(where)
 
 
 def _remove(p: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from w2w.core import crashpoints, guard, pins
+from w2w.core import crashpoints, guard, locks, pins
 from w2w.core.config import StageConfig
 
 
@@ -58,15 +58,17 @@ class Stage:
         return cls
 
     def execute(self, cfg: StageConfig, *, progress: bool = True) -> Any:
-        """Run the stage through the rules every stage passes -- the output guard first
-        (:mod:`w2w.core.guard`), its inputs pinned while it reads them (:mod:`w2w.core.pins`)
+        """Run the stage through the rules every stage passes -- its outputs locked against
+        other writers (:mod:`w2w.core.locks`), the output guard (:mod:`w2w.core.guard`), its
+        inputs pinned while it reads them (:mod:`w2w.core.pins`)
         -- and return its own report."""
         if not isinstance(cfg, self.config):
             raise TypeError(f"the {self.name} stage takes a {self.config.__name__}")
-        guard.check(cfg)
-        crashpoints.arm()
-        with pins.pinned(cfg):
-            return _load(self.run_path)(cfg, progress=progress)
+        with locks.writing(cfg):
+            guard.check(cfg)
+            crashpoints.arm()
+            with pins.pinned(cfg):
+                return _load(self.run_path)(cfg, progress=progress)
 
     def run(self, cfg: StageConfig, *, progress: bool = True) -> StageSummary:
         """Run the stage (:meth:`execute`) and summarise what it did."""
