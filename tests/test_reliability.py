@@ -667,3 +667,61 @@ def test_bad_input_gets_one_clear_line(
     assert not (tmp / "o.zarr").exists() and not (tmp / "m.zarr").exists()
     after = sorted((p.relative_to(existing), p.stat().st_mtime_ns) for p in existing.rglob("*"))
     assert after == before
+
+
+class _RaisesAUserError:
+    """A Ray Data actor as predict's is: its set-up finds a user's error (a model bundle
+    that changed since the driver checked it) and raises it from its first call."""
+
+    def __init__(self) -> None:
+        from w2w.core.errors import BundleError
+
+        self.error = BundleError("m.safetensors: content hash mismatch; retrain or restore it")
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        raise self.error
+
+
+def test_a_users_error_on_a_ray_worker_is_one_line_without_rays_traces(
+    ray_session: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Ray Data logs a task that raised as an aborted dataset, with stack traces and advice on
+    settings w2w does not offer; w2w's one ``error:`` line says it all, so Ray's lines about
+    a user's error stay in its log files (:class:`w2w.core.runtime.RayConsoleFilter`)."""
+    import ray
+
+    from w2w.core.errors import BundleError
+    from w2w.core.runtime import ensure_ray, quiet_ray_data, raise_from_worker
+
+    ensure_ray()
+    quiet_ray_data()
+    capfd.readouterr()
+    ds = ray.data.range(2).map_batches(
+        _RaisesAUserError, compute=ray.data.ActorPoolStrategy(size=1), batch_size=1
+    )
+
+    def run() -> None:
+        try:
+            ds.take_all()
+        except Exception as exc:  # noqa: BLE001 - as every stage does
+            raise_from_worker(exc, "prediction")
+
+    with pytest.raises(BundleError, match="content hash mismatch"):
+        run()
+    err = capfd.readouterr().err
+    for noise in ("Traceback", "Exception occurred", "will now abort", "BundleError"):
+        assert noise not in err, err
+
+
+def test_predicts_actor_raises_a_bad_bundle_from_its_first_call(tmp_path: Path) -> None:
+    """An actor whose set-up raises dies as a system failure (Ray prints retry notices and
+    traces); predict's actor keeps a user's error for its first call instead."""
+    from w2w.core.errors import BundleError
+    from w2w.predict.actor import Predictor
+
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(b"not a bundle")
+    plan = {"height": 64, "width": 64, "block": 32, "chip": 16, "stride": 8}
+    actor = Predictor(str(bad), plan, {"use_gpu": False, "batch_size": 2, "tta": False})
+    with pytest.raises(BundleError):
+        actor({})

@@ -37,6 +37,7 @@ def ensure_ray(**init_kwargs: Any) -> None:
     """Connect to the Ray cluster in ``RAY_ADDRESS``, or start a local one, unless connected."""
     import ray
 
+    filter_ray_console()
     if ray.is_initialized():
         return
     # Ray Data logs every dataset execution at INFO (each training epoch is one); w2w keeps
@@ -79,12 +80,60 @@ _IDLE_WORKER_SETTING = "RAY_idle_worker_killing_time_threshold_ms"
 
 
 def quiet_ray_data() -> None:
-    """No per-operator progress bars from Ray Data (w2w shows its own progress)."""
+    """No per-operator progress bars from Ray Data (w2w shows its own progress), and none of
+    Ray's console lines that :class:`RayConsoleFilter` drops."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    filter_ray_console()
+
+
+def filter_ray_console() -> None:
+    """Put :class:`RayConsoleFilter` on the console handlers Ray and Ray Data set up (at
+    import and in ``ray.init``) and on the loggers of its notices; idempotent."""
+    handlers = [h for name in ("", "ray", "ray.data") for h in logging.getLogger(name).handlers]
+    loggers = [logging.getLogger(name) for name, _ in RayConsoleFilter.NOTICES]
+    for where in (*handlers, *loggers):
+        if not any(isinstance(f, RayConsoleFilter) for f in where.filters):
+            where.addFilter(RayConsoleFilter())
+
+
+class RayConsoleFilter(logging.Filter):
+    """Keeps Ray's lines about what w2w handles itself off the console (its log files keep
+    them):
+
+    * a failure w2w reports: a record Ray logs while it handles an exception that holds a
+      user error (:func:`user_error`: a w2w error, a full disk), such as Ray Data's stack
+      traces of a task that raised one, and Ray Data's notice that a failed task aborts the
+      dataset (with advice on ``max_errored_blocks``, which w2w does not offer): every such
+      failure ends in w2w's own ``error:`` line, which alone says what is wrong and what to do;
+    * notices of what w2w chose on purpose: Ray Data's progress bars (w2w shows its own) and
+      token authentication of the embedded local Ray.
+    """
+
+    #: (logger, start of the message) of the notices; ``""``: every record below ERROR.
+    NOTICES = (
+        ("ray.data._internal.progress", ""),
+        ("ray._private.authentication.authentication_token_setup", ""),
+        (
+            "ray.data._internal.execution.streaming_executor_state",
+            "An exception was raised from a task of operator",
+        ),
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether the record reaches the console."""
+        import sys
+
+        for name, start in self.NOTICES:
+            if record.name == name and (
+                record.getMessage().startswith(start) if start else record.levelno < logging.ERROR
+            ):
+                return False
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return exc is None or user_error(unwrap_ray_error(exc)) is None
 
 
 def unwrap_ray_error(exc: BaseException) -> BaseException:

@@ -21,6 +21,19 @@ class Predictor:
     """Predict stage (actor): loads the bundle once, predicts the blocks of each batch."""
 
     def __init__(self, bundle_url: str, plan: dict[str, int], settings: dict[str, Any]) -> None:
+        from w2w.core.errors import W2WError
+
+        # A user's error found here (the bundle changed since the driver checked it) is
+        # raised by the first call, as that task's error: an actor whose set-up raises dies
+        # as a system failure, which Ray reports with retry notices and stack traces before
+        # w2w's one error line.
+        self.error: W2WError | None = None
+        try:
+            self._set_up(bundle_url, plan, settings)
+        except W2WError as exc:
+            self.error = exc
+
+    def _set_up(self, bundle_url: str, plan: dict[str, int], settings: dict[str, Any]) -> None:
         import torch
 
         from w2w.model.bundle import load_bundle
@@ -47,6 +60,8 @@ class Predictor:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.error is not None:
+            raise self.error
         blocks = batch_windows(batch)
         staged = [
             self.engine.stage(block, batch["image"][i], batch["valid"][i])
