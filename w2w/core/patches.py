@@ -22,13 +22,16 @@ def label_patches(cls: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.nd
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     labels = np.zeros(cls.shape, dtype=np.int32)
     classes = [np.full(1, CLASS_NODATA, dtype=np.uint8)]
+    # Each class's patches are numbered 1..n on its own pixels (0 elsewhere), summed, and
+    # moved past the classes before them in one pass at the end (nodata stays 0).
+    offset = np.zeros(max(256, int(cls.max()) + 1), dtype=np.int32)
     count = 0
-    for value in np.unique(cls):
-        if value == CLASS_NODATA:
-            continue
+    present = np.flatnonzero(np.bincount(cls.ravel(), minlength=256))
+    for value in present[present != CLASS_NODATA]:
         found, n = ndimage.label(cls == value, structure=structure, output=np.int32)
-        inside = found > 0
-        labels[inside] = found[inside] + count
+        labels += found
+        offset[value] = count
         classes.append(np.full(n, value, dtype=np.uint8))
         count += n
+    labels += offset[cls]
     return labels, np.concatenate(classes)

@@ -128,7 +128,7 @@ def largest_neighbours(
     h, w = image.shape[0] - 1, image.shape[1] - 2
     key_type = _small_int(4 * h * w)
     current = image[1:, 1:-1]
-    best = (image[:0, 0], image[:0, 0], np.zeros(0, dtype=key_type))
+    best = _Best(len(size), key_type, image.dtype)
     for code, dr, dc in steps:
         other = image[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
         touch = (current != other) & (current >= 0) & (other >= 0)
@@ -138,24 +138,35 @@ def largest_neighbours(
         for node, neighbour in ((a, b), (b, a)):
             keep = wanted[node]
             # Fold each direction into the best so far: memory stays at one direction's pairs.
-            best = _keep_largest(
-                np.concatenate([best[0], node[keep]]),
-                np.concatenate([best[1], neighbour[keep]]),
-                np.concatenate([best[2], key[keep]]),
-                size,
-            )
-    return best
+            best.fold(node[keep], neighbour[keep], key[keep], size)
+    found = np.flatnonzero(best.neighbour >= 0)
+    return found.astype(image.dtype), best.neighbour[found], best.key[found]
 
 
-def _keep_largest(
-    node: np.ndarray, neighbour: np.ndarray, key: np.ndarray, size: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per node, the neighbour GDAL keeps: the largest, and of equals the first compared."""
-    order = np.lexsort((key, -size[neighbour], node))
-    node, neighbour, key = node[order], neighbour[order], key[order]
-    first = np.ones(len(node), dtype=bool)
-    first[1:] = node[1:] != node[:-1]
-    return node[first], neighbour[first], key[first]
+class _Best:
+    """Per node, the neighbour GDAL keeps so far: the largest, and of equals the first
+    compared (smallest scan key). Kept in arrays indexed by node, so that folding in a
+    direction's pairs costs a few passes over them (no sort)."""
+
+    def __init__(self, n: int, key_type: type[np.signedinteger], node_type: np.dtype) -> None:
+        self.size = np.full(n, -1, dtype=np.int64)
+        self.none = np.iinfo(key_type).max
+        self.key = np.full(n, self.none, dtype=key_type)
+        self.neighbour = np.full(n, -1, dtype=node_type)
+
+    def fold(
+        self, node: np.ndarray, neighbour: np.ndarray, key: np.ndarray, size: np.ndarray
+    ) -> None:
+        """Take in pairs (node, neighbour, scan key); a node's keys are all distinct."""
+        their = size[neighbour]
+        before = self.size[node]
+        np.maximum.at(self.size, node, their)
+        now = self.size[node]
+        self.key[node[now > before]] = self.none  # a larger neighbour: earlier keys are out
+        tied = their == now
+        np.minimum.at(self.key, node[tied], key[tied])
+        won = tied & (key == self.key[node])
+        self.neighbour[node[won]] = neighbour[won]
 
 
 def chain_ends(largest: np.ndarray, stop: np.ndarray) -> np.ndarray:
