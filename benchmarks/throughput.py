@@ -189,11 +189,11 @@ def block_costs(store: str, bundle: str, out: Path, s: Settings) -> dict[str, fl
     for block in blocks:
         rows = {k: np.asarray([v]) for k, v in block.to_dict().items()}
         t0 = time.process_time()
-        batch = read_blocks(rows, store, plan.__dict__)
+        batch = read_blocks(rows, store, scene.identity, plan.__dict__)
         t1 = time.process_time()
         result = actor(batch)
         t2 = time.process_time()
-        write_blocks(result, mosaic.url, True)
+        write_blocks(result, mosaic.url, mosaic.identity, True)
         spent["read"] += t1 - t0
         spent["engine"] += t2 - t1
         spent["write"] += time.process_time() - t2

@@ -411,25 +411,44 @@ def test_sieve_on_ray(tmp_path: Path, rng: np.random.Generator, ray_session: Non
     assert report.changed_pixels == int((got != cls).sum())
 
 
+def _peak_python_allocations(tmp: str, height: int, width: int) -> int:
+    """Peak of Python allocations (numpy arrays included) of a local-engine sieve."""
+    cls = blobs(np.random.default_rng(3), height, width, cell=9)
+    src = write_mosaic(str(Path(tmp) / f"in{height}.zarr"), cls, 128)
+    cfg = SieveConfig(
+        input=src, output=str(Path(tmp) / f"out{height}.zarr"), min_pixels=20, engine="local"
+    )
+    tracemalloc.start()
+    try:
+        sieve(cfg, progress=False)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_memory_does_not_grow_with_the_raster(tmp_path: Path) -> None:
     # Same block size, 4x the area: the peak of Python allocations (numpy arrays included)
     # is set by one block's working set, not by the raster. The driver's few integers per
     # edge patch do grow with the number of blocks, but stay small next to a block's working
     # set: measured 1.13x here; margin 1.25x (a whole-raster sieve would take about 4x).
-    def peak(height: int, width: int) -> int:
-        cls = blobs(np.random.default_rng(3), height, width, cell=9)
-        src = write_mosaic(str(tmp_path / f"in{height}.zarr"), cls, 128)
-        cfg = SieveConfig(
-            input=src, output=str(tmp_path / f"out{height}.zarr"), min_pixels=20, engine="local"
-        )
-        tracemalloc.start()
-        try:
-            sieve(cfg, progress=False)
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    # Measured in a process of its own: tracemalloc counts every thread's allocations, and
+    # the test session's (a local Ray's) would be counted too.
+    import subprocess
+    import sys
 
-    small, large = peak(256, 256), peak(512, 512)
+    code = (
+        "import sys; from tests.test_sieve import _peak_python_allocations as p; "
+        "p(sys.argv[1], 128, 128); "  # warm: imports and one-time set-up are not counted
+        "print(p(sys.argv[1], 256, 256), p(sys.argv[1], 512, 512))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
+    small, large = (int(v) for v in out.split())
     print(f"peak Python allocations: {small:,} B for 4 blocks, {large:,} B for 16 blocks")
     assert large < 1.25 * small, (small, large)
 

@@ -181,3 +181,59 @@ def test_an_open_store_looks_up_each_array_once(
         task.write("confidence", w, np.zeros((w.height, w.width), "uint8"))
         task.mark_block_done(w, valid_pixels=w.size)
     assert fetched and max(fetched.values()) == 1, fetched
+
+
+def test_block_tasks_of_a_process_read_a_stores_metadata_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Predict's read and write tasks (and the sieve's) open their stores through
+    ``open_for_blocks``: one process reads each store's metadata once for all the blocks it
+    works on, not once a block; a store whose content identity is not the driver's is an
+    error. Counted at zarr's store."""
+    from collections import Counter
+
+    from zarr.storage import LocalStore
+
+    from w2w.core.pins import InputChangedError
+    from w2w.core.store import base
+    from w2w.predict.plan import BlockPlan
+    from w2w.predict.run import read_blocks, write_blocks
+
+    monkeypatch.setattr(base, "_OPENED", {})
+    grid = small_grid(64, 64)
+    scene = SceneStore.create(
+        str(tmp_path / "s.zarr"), grid, band_names=["a"], dtype="uint16", nodata=0
+    )
+    scene.write("image", grid.full_window, np.ones((1, 64, 64), "uint16"))
+    scene.update_meta(identity="scene-1", complete=True)
+    mosaic = MosaicStore.create(
+        str(tmp_path / "m.zarr"), grid, block=16, classes=[], provenance={"made_from": {"a": 1}}
+    )
+    assert scene.identity and mosaic.identity
+    plan = BlockPlan(64, 64, 16, 8, 8).__dict__
+    fetched: Counter[str] = Counter()
+    get = LocalStore.get
+
+    async def counting_get(self: object, key: str, *args: object, **kwargs: object) -> object:
+        if key.endswith("zarr.json"):
+            fetched[f"{self.root}/{key}"] += 1  # type: ignore[attr-defined]
+        return await get(self, key, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    for w in mosaic.blocks()[:4]:  # one block a task, as predict runs them
+        rows = {k: np.asarray([v]) for k, v in w.to_dict().items()}
+        read = read_blocks(rows, scene.url, scene.identity, plan)
+        assert read["valid"][0].any()
+        out = {
+            **rows,
+            "class": np.zeros((1, 16, 16), "uint8"),
+            "confidence": np.zeros((1, 16, 16), "uint8"),
+            "valid_pixels": np.asarray([256]),
+            "chips_forwarded": np.asarray([1]),
+            "chips_skipped": np.asarray([0]),
+        }
+        write_blocks(out, mosaic.url, mosaic.identity, True)
+    assert fetched and max(fetched.values()) == 1, fetched
+    assert MosaicStore.open(mosaic.url).done_blocks().sum() == 4
+    with pytest.raises(InputChangedError, match="changed while it was being read"):
+        SceneStore.open_for_blocks(scene.url, "another-identity")

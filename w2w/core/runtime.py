@@ -92,9 +92,14 @@ def quiet_ray_data() -> None:
 
 def filter_ray_console() -> None:
     """Put :class:`RayConsoleFilter` on the console handlers Ray and Ray Data set up (at
-    import and in ``ray.init``) and on the loggers of its notices; idempotent."""
+    import and in ``ray.init``) and on every logger of Ray's that exists (``ray.init`` sets
+    its handlers up anew before it logs); idempotent."""
     handlers = [h for name in ("", "ray", "ray.data") for h in logging.getLogger(name).handlers]
-    loggers = [logging.getLogger(name) for name, _ in RayConsoleFilter.NOTICES]
+    loggers = [
+        logger
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if name.split(".")[0] == "ray" and isinstance(logger, logging.Logger)
+    ]
     for where in (*handlers, *loggers):
         if not any(isinstance(f, RayConsoleFilter) for f in where.filters):
             where.addFilter(RayConsoleFilter())
@@ -113,25 +118,19 @@ class RayConsoleFilter(logging.Filter):
       token authentication of the embedded local Ray.
     """
 
-    #: (logger, start of the message) of the notices; ``""``: every record below ERROR.
+    #: How Ray's notices begin (Ray Data's progress bars, token authentication, the abort).
     NOTICES = (
-        ("ray.data._internal.progress", ""),
-        ("ray._private.authentication.authentication_token_setup", ""),
-        (
-            "ray.data._internal.execution.streaming_executor_state",
-            "An exception was raised from a task of operator",
-        ),
+        "Progress bars disabled.",
+        "Token authentication is enabled for this Ray cluster.",
+        "An exception was raised from a task of operator",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Whether the record reaches the console."""
         import sys
 
-        for name, start in self.NOTICES:
-            if record.name == name and (
-                record.getMessage().startswith(start) if start else record.levelno < logging.ERROR
-            ):
-                return False
+        if record.name.startswith("ray") and record.getMessage().startswith(self.NOTICES):
+            return False
         exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
         return exc is None or user_error(unwrap_ray_error(exc)) is None
 

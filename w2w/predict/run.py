@@ -57,11 +57,11 @@ log = logging.getLogger("w2w")
 
 
 def read_blocks(
-    batch: dict[str, np.ndarray], scene_url: str, plan: dict[str, int]
+    batch: dict[str, np.ndarray], scene_url: str, scene_identity: str | None, plan: dict[str, int]
 ) -> dict[str, Any]:
     """Read stage: the padded halo window of each block, raw pixels and valid mask."""
     bp = BlockPlan(**plan)
-    store = SceneStore.open(scene_url)
+    store = SceneStore.open_for_blocks(scene_url, scene_identity)
     images, valids = [], []
     for block in batch_windows(batch):
         win = bp.window(block)
@@ -72,10 +72,13 @@ def read_blocks(
 
 
 def write_blocks(
-    batch: dict[str, np.ndarray], mosaic_url: str, with_confidence: bool
+    batch: dict[str, np.ndarray],
+    mosaic_url: str,
+    mosaic_identity: str | None,
+    with_confidence: bool,
 ) -> dict[str, Any]:
     """Write stage: each block's own chunks, then its manifest entry (after the data)."""
-    mosaic = MosaicStore.open(mosaic_url, mode="r+")
+    mosaic = MosaicStore.open_for_blocks(mosaic_url, mosaic_identity, mode="r+")
     for i, block in enumerate(batch_windows(batch)):
         h, w = block.height, block.width
         mosaic.write("class", block, batch["class"][i][:h, :w])
@@ -151,10 +154,10 @@ def predict(cfg: PredictConfig, *, progress: bool = True) -> PredictReport:
     work = [w for w in todo if scene.valid_pixels_in(w) != 0]
 
     t0 = time.time()
-    tally = _run_blocks(cfg, work, plan, scene.url, mosaic.url, progress=progress)
+    tally = _run_blocks(cfg, work, plan, scene, mosaic, progress=progress)
     output = mosaic.url
     if mosaic.done_blocks().all():
-        tally.written += _check_coverage(cfg, mosaic, plan, scene.url, progress=progress)
+        tally.written += _check_coverage(cfg, mosaic, plan, scene, progress=progress)
         output = _publish(mosaic, cfg.output)
     seconds = time.time() - t0
     pixels = sum(b.size for b in todo)
@@ -199,7 +202,7 @@ def _stride(cfg: PredictConfig, chip_size: int) -> int:
 
 
 def _check_coverage(
-    cfg: PredictConfig, mosaic: MosaicStore, plan: BlockPlan, scene_url: str, *, progress: bool
+    cfg: PredictConfig, mosaic: MosaicStore, plan: BlockPlan, scene: SceneStore, *, progress: bool
 ) -> int:
     """Check the finished mosaic for holes; predict blocks with holes once more; mark the
     mosaic complete, or fail naming the blocks. Returns the blocks written again."""
@@ -213,7 +216,7 @@ def _check_coverage(
         mosaic.update_meta(complete=False)
         for w in redo:
             mosaic.clear_block(w)
-        written = _run_blocks(cfg, redo, plan, scene_url, mosaic.url, progress=progress).written
+        written = _run_blocks(cfg, redo, plan, scene, mosaic, progress=progress).written
         coverage = verify_coverage(mosaic.url, progress=progress)
     if not coverage.ok:
         mosaic.update_meta(complete=False)
@@ -232,8 +235,8 @@ def _run_blocks(
     cfg: PredictConfig,
     todo: list[Window],
     plan: BlockPlan,
-    scene_url: str,
-    mosaic_url: str,
+    scene: SceneStore,
+    mosaic: MosaicStore,
     *,
     progress: bool,
 ) -> Tally:
@@ -249,7 +252,7 @@ def _run_blocks(
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(
         read_blocks,
-        fn_kwargs={"scene_url": scene_url, "plan": plan.__dict__},
+        fn_kwargs={"scene_url": scene.url, "scene_identity": scene.identity, "plan": plan.__dict__},
         batch_size=1,
         num_cpus=cfg.read_cpus,
     )
@@ -282,7 +285,11 @@ def _run_blocks(
     )
     ds = ds.map_batches(
         write_blocks,
-        fn_kwargs={"mosaic_url": mosaic_url, "with_confidence": cfg.confidence},
+        fn_kwargs={
+            "mosaic_url": mosaic.url,
+            "mosaic_identity": mosaic.identity,
+            "with_confidence": cfg.confidence,
+        },
         batch_size=1,
         num_cpus=cfg.read_cpus,
     )

@@ -40,10 +40,12 @@ class MosaicReader:
     """Reads the classes of a mosaic store."""
 
     url: str
+    #: The mosaic's content identity, as the driver read it (:meth:`GeoStore.open_for_blocks`).
+    identity: str | None = None
 
     def read_class(self, window: Window) -> np.ndarray:
         """(h, w) classes of ``window``, 255 on nodata."""
-        return MosaicStore.open(self.url).read_class(window)
+        return MosaicStore.open_for_blocks(self.url, self.identity).read_class(window)
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,14 @@ class MosaicWriter:
 
     input_url: str
     output_url: str
+    #: Content identities of both, as the driver read them (:meth:`GeoStore.open_for_blocks`).
+    input_identity: str | None = None
+    output_identity: str | None = None
 
     def write_block(self, window: Window, sieved: np.ndarray, changed: np.ndarray) -> None:
         """Write one block's chunks, then mark the block done."""
-        target = MosaicStore.open(self.output_url, mode="r+")
-        source = MosaicStore.open(self.input_url)
+        target = MosaicStore.open_for_blocks(self.output_url, self.output_identity, mode="r+")
+        source = MosaicStore.open_for_blocks(self.input_url, self.input_identity)
         if source.is_empty(window):  # outside the state: nothing was, nothing is written
             target.mark_block_done(window, 0, empty=True)
             return
@@ -117,8 +122,8 @@ def sieve(cfg: SieveConfig, *, progress: bool = True) -> SieveReport:
         )
         try:
             changed = sieve_blocks(
-                MosaicReader(source.url),
-                MosaicWriter(source.url, work_url),
+                MosaicReader(source.url, source.identity),
+                MosaicWriter(source.url, work_url, source.identity, target.identity),
                 source.grid,
                 source.block,
                 min_pixels=min_pixels,

@@ -81,6 +81,13 @@ def coordinate_attrs(grid: Grid) -> dict[str, dict[str, str]]:
     }
 
 
+#: Stores a process keeps open for its block tasks (:meth:`GeoStore.open_for_blocks`), by
+#: kind, location, mode and content identity; the least recently used beyond
+#: :data:`OPENED_KEPT` is dropped.
+_OPENED: dict[tuple[str, str, str, str], GeoStore] = {}
+OPENED_KEPT = 8
+
+
 class GeoStore:
     """Shared machinery of scene and mosaic stores: open, create, padded reads, owned writes."""
 
@@ -135,6 +142,36 @@ class GeoStore:
                 raise storage.remote_error(u, exc) from None
             raise InputError(f"cannot open {url} as a Zarr store: {exc}") from None
         return cls(u, group, writable=mode != "r")
+
+    @classmethod
+    def open_for_blocks(
+        cls, url: str, identity: str | None, *, mode: Literal["r", "r+"] = "r"
+    ) -> Self:
+        """The store for a block task: opened once in this process and shared by the tasks
+        that name the same store, mode and content identity, so that its metadata is read
+        once a process rather than once a block (on object storage each lookup is a request).
+
+        ``identity`` is the store's content identity as the driver read it: a store found
+        with another one changed since, and is an error naming it; a store without one (not
+        finished) is opened anew each time. Only what does not change while a stage runs is
+        kept (the group's and arrays' metadata); data and per-block books are read each time.
+        """
+        if identity is None:
+            return cls.open(url, mode=mode)
+        key = (cls.kind, storage.normalize(url), mode, identity)
+        store = _OPENED.pop(key, None)
+        if store is None:
+            store = cls.open(url, mode=mode)
+            found = store.meta.get("identity")
+            if found != identity:
+                raise pins.InputChangedError(
+                    f"the {cls.kind} store {url} changed while it was being read (its content "
+                    f"identity is {found}, not {identity}); run again once it is settled"
+                )
+        _OPENED[key] = store  # the most recent last
+        while len(_OPENED) > OPENED_KEPT:
+            del _OPENED[next(iter(_OPENED))]
+        return store  # type: ignore[return-value]
 
     @classmethod
     def _create_group(
