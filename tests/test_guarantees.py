@@ -395,6 +395,23 @@ def test_a_pipeline_refuses_a_later_stages_output_before_the_first_stage_runs(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["landcover.tif"]
 
 
+def test_a_pipeline_refuses_a_later_stages_output_another_command_writes_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline locks every stage's outputs before its first stage: a COG another command is
+    writing is refused at once, not after ingest, training and prediction."""
+    from w2w.pipeline import demo_config, run_pipeline, stage_configs
+
+    monkeypatch.setenv(locks.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    work = tmp_path / "job"
+    cfg = demo_config(str(work), size=64)
+    cog = stage_configs(cfg)["export"].output_targets()[0].url
+    refusal = pytest.raises(OutputError, match=r"landcover\.tif is being written by .*4242")
+    with _locked_as_another_command(guard.real_location(cog)), refusal:
+        run_pipeline(cfg, progress=False)
+    assert not work.exists() or not any(work.iterdir())
+
+
 # -- the examples of the kind ------------------------------------------------------------------
 
 

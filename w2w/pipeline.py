@@ -13,6 +13,7 @@ cluster entry point ``jobs/pipeline.py`` runs it under ``ray job submit``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from w2w.core import guard, storage
+from w2w.core import guard, locks, storage
 from w2w.core.config import PathStr, StageConfig, load_yaml
 from w2w.core.errors import ConfigError
 from w2w.stages import STAGE_NAMES, stage_named
@@ -193,13 +194,18 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool = True) -> PipelineResul
     """Run the configured stages in order; every config is checked before the first runs."""
     configs = check_pipeline(cfg)
     result = PipelineResult()
-    for name, stage_cfg in configs.items():
-        log.info("stage %s", name)
-        t0 = time.time()
-        summary = stage_named(name).run(stage_cfg, progress=progress)
-        result.outputs.update(summary.outputs)
-        result.metrics.update(summary.metrics)
-        result.seconds[name] = round(time.time() - t0, 1)
+    with contextlib.ExitStack() as held:
+        # Every stage's outputs locked before the first stage runs: a later stage's output
+        # that another command is writing is refused now, not after hours of earlier stages.
+        for stage_cfg in configs.values():
+            held.enter_context(locks.writing(stage_cfg))
+        for name, stage_cfg in configs.items():
+            log.info("stage %s", name)
+            t0 = time.time()
+            summary = stage_named(name).run(stage_cfg, progress=progress)
+            result.outputs.update(summary.outputs)
+            result.metrics.update(summary.metrics)
+            result.seconds[name] = round(time.time() - t0, 1)
     return result
 
 
