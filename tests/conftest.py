@@ -18,11 +18,13 @@ import pytest
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With ``W2W_SLOW_PICK=k/n``, keep of the slow tests parametrized by stage (the registry
-    matrices: kill, stall, full disk, Ctrl-C for every stage) every ``n``-th case of each
-    matrix, starting at its ``k``-th (in the registry's order): CI runs a rotating share of
-    each matrix (``.ci/run`` picks ``k`` by the day, so ``n`` days run every case), and the
-    same ``k/n`` picks the same cases again. Unset, every case runs."""
+    """With ``W2W_SLOW_PICK=k/n``, keep a rotating share of the slow tests that take minutes
+    each: of every registry matrix (the slow tests parametrized by stage: kill, stall, full
+    disk, Ctrl-C for every stage) every ``n``-th case, starting at its ``k``-th (in the
+    registry's order), and likewise of the whole-program fault tests marked ``rotate`` (taken
+    as one matrix, in the order they are collected). CI runs such a share (``.ci/run`` picks
+    ``k`` by the day, so ``n`` days run every case); the same ``k/n`` picks the same cases
+    again. Unset, every case runs; other tests always run."""
     pick = os.environ.get("W2W_SLOW_PICK")
     if not pick:
         return
@@ -33,10 +35,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(getattr(item, "callspec", None), "params", {})
         if item.get_closest_marker("slow") and "stage" in params:
             matrix = item.nodeid.split("[")[0]
-            index = seen[matrix] = seen.get(matrix, -1) + 1
-            (keep if index % n == k else drop).append(item)
+        elif item.get_closest_marker("slow") and item.get_closest_marker("rotate"):
+            matrix = "rotate"
         else:
             keep.append(item)
+            continue
+        index = seen[matrix] = seen.get(matrix, -1) + 1
+        (keep if index % n == k else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import TINY_MODEL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.rotate]
 REPO = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.2, 0.5, 0.8)
 

@@ -1,7 +1,7 @@
 """Node loss on a real multi-node Ray: a head and two worker nodes (separate raylets) on this
 machine; a worker node is killed in the middle of ingest, training and prediction, and each
 finishes with output identical to an undisturbed run. Slow (several minutes): run with
-``pytest -m slow``; ``.ci/run`` runs it."""
+``pytest -m slow``; ``.ci/run`` runs it on a rotating share of days (``rotate``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.rotate]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,7 @@ def test_blocks_are_found_and_every_left_out_command_has_a_reason() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the whole tour, a command at a time (each under its own limit)
 def test_the_readme_and_docs_run_as_written(tmp_path: Path, s3_server: str) -> None:
     import boto3
 
@@ -91,16 +93,20 @@ def test_the_readme_and_docs_run_as_written(tmp_path: Path, s3_server: str) -> N
     # Each command on its own embedded Ray, as for a user (not on a cluster a test started).
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
-    ran = 0
+    ran = 0  # what each command took is printed (shown with -rP, or with a failure)
     for doc in DOCUMENTS:
         for lang, text, line in blocks(doc):
             where = f"{doc.relative_to(REPO)}:{line}"
             if lang == "bash":
                 for command in filter(runnable, commands(text)):
+                    t0 = time.monotonic()
                     _run(["bash", "-euo", "pipefail", "-c", command], tmp_path, env, where)
+                    print(f"{time.monotonic() - t0:7.1f} s  {where} {command[:70]}")
                     ran += 1
             elif lang == "python":
+                t0 = time.monotonic()
                 _run([sys.executable, "-c", text], tmp_path, env, where)
+                print(f"{time.monotonic() - t0:7.1f} s  {where} python block")
                 ran += 1
     assert ran >= 20
     # The tour's outputs are where it says: on the S3 server and in the folder.

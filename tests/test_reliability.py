@@ -123,6 +123,8 @@ def test_killed_inference_actor_gives_the_same_mosaic(
     assert verify_coverage(str(out), engine="local").ok
 
 
+@pytest.mark.slow
+@pytest.mark.rotate
 def test_killed_prediction_job_resumes_from_its_manifest(
     tiny_run, synthetic_scene: str, clean_mosaic: str, tmp_path: Path
 ) -> None:
@@ -166,6 +168,8 @@ def test_killed_prediction_job_resumes_from_its_manifest(
     assert MosaicStore.open(str(out)).meta["complete"]
 
 
+@pytest.mark.slow
+@pytest.mark.rotate
 def test_killed_training_worker_restarts_from_the_last_checkpoint(
     synthetic_scene: str, tmp_path: Path, ray_session: None
 ) -> None:

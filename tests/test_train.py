@@ -192,6 +192,8 @@ def _train_yaml(tmp_path: Path, scene: str, epochs: int) -> Path:
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.rotate
 def test_killed_training_resumes_from_its_checkpoint(
     tmp_path: Path, synthetic_scene: str, ray_session: None
 ) -> None:
