@@ -97,16 +97,18 @@ def test_the_readme_and_docs_run_as_written(tmp_path: Path, s3_server: str) -> N
     for doc in DOCUMENTS:
         for lang, text, line in blocks(doc):
             where = f"{doc.relative_to(REPO)}:{line}"
+            runs: list[tuple[list[str], str]] = []
             if lang == "bash":
-                for command in filter(runnable, commands(text)):
-                    t0 = time.monotonic()
-                    _run(["bash", "-euo", "pipefail", "-c", command], tmp_path, env, where)
-                    print(f"{time.monotonic() - t0:7.1f} s  {where} {command[:70]}")
-                    ran += 1
+                runs = [
+                    (["bash", "-euo", "pipefail", "-c", command], command[:70])
+                    for command in filter(runnable, commands(text))
+                ]
             elif lang == "python":
+                runs = [([sys.executable, "-c", text], "python block")]
+            for args, what in runs:
                 t0 = time.monotonic()
-                _run([sys.executable, "-c", text], tmp_path, env, where)
-                print(f"{time.monotonic() - t0:7.1f} s  {where} python block")
+                _run(args, tmp_path, env, where)
+                print(f"{time.monotonic() - t0:7.1f} s  {where} {what}")
                 ran += 1
     assert ran >= 20
     # The tour's outputs are where it says: on the S3 server and in the folder.
