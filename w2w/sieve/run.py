@@ -77,8 +77,9 @@ class MosaicWriter:
             target.write("confidence", window, confidence)
         if target.has_probabilities:  # the model's, as predicted: the sieve does not change them
             target.write(PROBABILITIES, window, source.read_probabilities(window))
-        # The sieve never changes nodata: the input's classified pixels are the expectation.
-        expected = int((source.read_class(window) != CLASS_NODATA).sum())
+        # The sieve never changes nodata: the input's classified pixels are the expectation,
+        # counted on the sieved block (the same pixels; no second read of the input).
+        expected = int((sieved != CLASS_NODATA).sum())
         target.mark_block_done(window, expected)
 
 
