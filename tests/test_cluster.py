@@ -201,7 +201,8 @@ class RayHead:
         return done.stdout
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        # `ray start --block` may outlive a SIGTERM by minutes; its whole group goes after 10 s.
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
                 os.killpg(self.proc.pid, sig)
                 self.proc.wait(timeout=wait)

@@ -103,7 +103,7 @@ def test_predict_overwrite_keeps_the_old_mosaic_until_the_new_one_is_complete(
             bundle=bundle,
             output=str(out),
             block=128,
-            stride=16,
+            stride=64,
             overwrite=True,
             max_blocks=2,
         ),
@@ -119,13 +119,13 @@ def test_predict_overwrite_keeps_the_old_mosaic_until_the_new_one_is_complete(
             bundle=bundle,
             output=str(out),
             block=128,
-            stride=16,
+            stride=64,
             overwrite=True,
         ),
         progress=False,
     )
     assert done.output == str(out) and done.blocks_done_before == 2
-    assert MosaicStore.open(str(out)).provenance["stride"] == 16
+    assert MosaicStore.open(str(out)).provenance["stride"] == 64
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -137,13 +137,13 @@ def test_a_replacement_left_half_built_goes_once_another_is_published(
     bundle = tiny_run[1].bundle
     out = tmp_path / "m.zarr"
     settings = {"scene": synthetic_scene, "bundle": bundle, "output": str(out), "block": 128}
-    predict(PredictConfig(**settings), progress=False)
+    predict(PredictConfig(**settings, stride=64), progress=False)
     partial = predict(
-        PredictConfig(**settings, stride=16, overwrite=True, max_blocks=2), progress=False
+        PredictConfig(**settings, stride=32, overwrite=True, max_blocks=2), progress=False
     )
     assert Path(partial.output).exists()
-    done = predict(PredictConfig(**settings, stride=32, overwrite=True), progress=False)
-    assert done.output == str(out) and MosaicStore.open(str(out)).provenance["stride"] == 32
+    done = predict(PredictConfig(**settings, stride=64, overwrite=True), progress=False)
+    assert done.output == str(out) and MosaicStore.open(str(out)).provenance["stride"] == 64
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -18,25 +18,18 @@ runner = CliRunner()
 
 
 def test_small_demo_runs_every_stage(tmp_path: Path, ray_session: None) -> None:
+    """`w2w demo` end to end, small and short (its map quality is the slow test's below).
+
+    Without pretraining here: the demo with its pretraining stage runs end to end in the
+    registry matrices' demo run (tests/test_guarantees.py, slow, every CI run), and the
+    pretraining stage's link to training is checked in tests/test_pretrain.py."""
     result = runner.invoke(
-        app,
-        [
-            "--quiet",
-            "demo",
-            str(tmp_path / "demo"),
-            "--size",
-            "256",
-            "--epochs",
-            "3",
-            "--pretrain-epochs",
-            "1",
-        ],
+        app, ["--quiet", "demo", str(tmp_path / "demo"), "--size", "256", "--epochs", "1"]
     )
     assert result.exit_code == 0, result.output
     out = result.stdout
     for name in (
         "scene store",
-        "pretrained encoder",
         "model bundle",
         "mosaic",
         "sieved mosaic",
