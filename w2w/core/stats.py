@@ -83,15 +83,26 @@ class BandAccumulator:
         n = int(values.size)
         if n == 0:
             return
-        v = values.astype(np.float64, copy=False)
-        mean = float(v.mean())
-        self.parts.append((n, mean, float(((v - mean) ** 2).sum())))
-        self.min = min(self.min, float(v.min()))
-        self.max = max(self.max, float(v.max()))
         if self.hist is not None:
+            # Integers: one count of each value, and the moments from the counts (a pass over
+            # the block, not the four of converting it to float and summing).
             lo = int(values.min())
-            self._count(np.bincount(values.astype(np.int64) - lo), lo)
+            if values.dtype.kind == "u":
+                counts = np.bincount(values)[lo:]
+            else:
+                counts = np.bincount(values.astype(np.int64) - lo)
+            x = np.arange(lo, lo + counts.size, dtype=np.float64)
+            mean = float(counts @ x) / n
+            self.parts.append((n, mean, float(counts @ (x - mean) ** 2)))
+            self.min = min(self.min, float(lo))
+            self.max = max(self.max, float(lo + counts.size - 1))
+            self._count(counts, lo)
         else:
+            v = values.astype(np.float64, copy=False)
+            mean = float(v.mean())
+            self.parts.append((n, mean, float(((v - mean) ** 2).sum())))
+            self.min = min(self.min, float(v.min()))
+            self.max = max(self.max, float(v.max()))
             keys = np.random.default_rng(seed).random(n)
             take = np.argsort(keys)[:_SAMPLE_PER_BLOCK]
             self._keep(v[take], keys[take])
@@ -183,8 +194,9 @@ class SceneAccumulator:
         self, image: np.ndarray, valid: np.ndarray, label: np.ndarray | None, seed: int
     ) -> None:
         """Add a (band, h, w) image block with its (h, w) valid mask and optional labels."""
+        every = bool(valid.all())  # the usual block inside the state: no copy through the mask
         for b, acc in enumerate(self.bands):
-            acc.add(image[b][valid], seed=seed * 1009 + b)
+            acc.add(image[b].ravel() if every else image[b][valid], seed=seed * 1009 + b)
         if label is not None:
             self.class_counts += np.bincount(label.ravel(), minlength=256)[:256]
 

@@ -51,8 +51,13 @@ def _open_zarr_store(url: str, *, read_only: bool) -> zarr.abc.store.Store:
 
 
 def _compressors() -> list[Any]:
-    """Blosc-zstd, then a CRC32C of the compressed chunk: a damaged chunk fails to decode."""
-    return [BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle), Crc32cCodec()]
+    """Blosc-zstd level 1 with byte shuffle, then a CRC32C of the compressed chunk: a damaged
+    chunk fails to decode.
+
+    Level 1, not zstd's default 3: on Sentinel-2 chunks (10 bands, uint16, 256 px) it encodes
+    4.9x as fast (478 against 98 MB/s on one core here) for chunks 3.8 % larger (ratio 0.489
+    against 0.471), and ingest and predict write every chunk of the state once."""
+    return [BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.shuffle), Crc32cCodec()]
 
 
 def _spatial_ref_attrs(grid: Grid) -> dict[str, Any]:
