@@ -80,7 +80,9 @@ class ArrayWriter:
         self.out = np.zeros(shape, dtype=np.uint8)
         self.writes = np.zeros(shape, dtype=np.int32)
 
-    def write_block(self, window: Window, sieved: np.ndarray, changed: np.ndarray) -> None:
+    def write_block(
+        self, window: Window, sieved: np.ndarray, changed: np.ndarray, classified: int
+    ) -> None:
         self.out[window.slices] = sieved
         self.writes[window.slices] += 1
 

@@ -26,6 +26,5 @@ def label_patches(cls: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.nd
     labels = label(cls, background=CLASS_NODATA, connectivity=1 if connectivity == 4 else 2)
     labels = labels.astype(np.int32, copy=False)
     classes = np.full(int(labels.max(initial=0)) + 1, CLASS_NODATA, dtype=np.uint8)
-    classes[labels] = cls  # every pixel of a patch holds its class; nodata stays at 0
-    classes[0] = CLASS_NODATA
+    classes[labels] = cls  # every pixel of a patch holds its class; label 0 is nodata's
     return labels, classes

@@ -249,7 +249,7 @@ class WriteTask:
         # Nodata pixels have node -1, which picks the nodata value appended last.
         out = np.append(new_class, np.uint8(CLASS_NODATA))[graph.label_node[graph.labels]]
         changed = out != cls
-        self.sink.write_block(job.window, out, changed)
+        self.sink.write_block(job.window, out, changed, int((cls != CLASS_NODATA).sum()))
         return int(changed.sum())
 
 

@@ -32,8 +32,11 @@ class BlockReader(Protocol):
 class BlockWriter(Protocol):
     """Where block tasks write sieved blocks; picklable like :class:`BlockReader`."""
 
-    def write_block(self, window: Window, sieved: np.ndarray, changed: np.ndarray) -> None:
-        """Store one sieved block; ``changed`` marks the pixels whose class changed."""
+    def write_block(
+        self, window: Window, sieved: np.ndarray, changed: np.ndarray, classified: int
+    ) -> None:
+        """Store one sieved block; ``changed`` marks the pixels whose class changed and
+        ``classified`` counts the pixels of the input block that hold a class."""
         ...
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from w2w.core import storage
-from w2w.core.classes import CLASS_NODATA, CONFIDENCE_SIEVED
+from w2w.core.classes import CONFIDENCE_SIEVED
 from w2w.core.grid import Grid, Window
 from w2w.core.outputs import replace_store
 from w2w.core.store import MosaicStore
@@ -63,7 +63,9 @@ class MosaicWriter:
     input_identity: str | None = None
     output_identity: str | None = None
 
-    def write_block(self, window: Window, sieved: np.ndarray, changed: np.ndarray) -> None:
+    def write_block(
+        self, window: Window, sieved: np.ndarray, changed: np.ndarray, classified: int
+    ) -> None:
         """Write one block's chunks, then mark the block done."""
         target = MosaicStore.open_for_blocks(self.output_url, self.output_identity, mode="r+")
         source = MosaicStore.open_for_blocks(self.input_url, self.input_identity)
@@ -77,10 +79,9 @@ class MosaicWriter:
             target.write("confidence", window, confidence)
         if target.has_probabilities:  # the model's, as predicted: the sieve does not change them
             target.write(PROBABILITIES, window, source.read_probabilities(window))
-        # The sieve never changes nodata: the input's classified pixels are the expectation,
-        # counted on the sieved block (the same pixels; no second read of the input).
-        expected = int((sieved != CLASS_NODATA).sum())
-        target.mark_block_done(window, expected)
+        # The sieve never changes nodata: the input's classified pixels are the expectation
+        # (counted by the task on the input block it read, not on what it wrote).
+        target.mark_block_done(window, classified)
 
 
 def sieve(cfg: SieveConfig, *, progress: bool = True) -> SieveReport:
