@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import tracemalloc
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,9 @@ class ArrayWriter:
         self.writes[window.slices] += 1
 
 
-def sieve_in_memory(cls: np.ndarray, block: int, min_pixels: int, connectivity: int) -> np.ndarray:
+def sieve_in_memory(
+    cls: np.ndarray, block: int, min_pixels: int, connectivity: int, max_pairs: float = 2.0
+) -> np.ndarray:
     """The block-wise sieve (the same passes as ``w2w sieve``) on an in-memory raster."""
     writer = ArrayWriter(cls.shape)
     sieve_blocks(
@@ -99,6 +102,7 @@ def sieve_in_memory(cls: np.ndarray, block: int, min_pixels: int, connectivity: 
         connectivity=connectivity,
         engine="local",
         progress=False,
+        max_pairs=max_pairs,
     )
     assert (writer.writes == 1).all()
     return writer.out
@@ -170,13 +174,18 @@ def sieve_cases(draw: st.DrawFn) -> tuple[np.ndarray, int, int, int]:
     return cls, block, min_pixels, connectivity
 
 
+#: How many pixel pairs pass 1 may hand to pass 3 per edge pixel: none (pass 3 reads every
+#: block again), the default, and no limit (pass 3 never reads a block).
+MAX_PAIRS = st.sampled_from([0.0, 2.0, 1e9])
+
+
 @settings(max_examples=120, deadline=None)
-@given(case=sieve_cases())
+@given(case=sieve_cases(), max_pairs=MAX_PAIRS)
 def test_blockwise_sieve_equals_rasterio_on_the_whole_raster(
-    case: tuple[np.ndarray, int, int, int],
+    case: tuple[np.ndarray, int, int, int], max_pairs: float
 ) -> None:
     cls, block, min_pixels, connectivity = case
-    got = sieve_in_memory(cls, block, min_pixels, connectivity)
+    got = sieve_in_memory(cls, block, min_pixels, connectivity, max_pairs)
     np.testing.assert_array_equal(got, reference(cls, min_pixels, connectivity))
     assert ((got == CLASS_NODATA) == (cls == CLASS_NODATA)).all()
 
@@ -264,6 +273,47 @@ def test_small_patches_that_are_each_others_largest_neighbour_stay() -> None:
         got = sieve_in_memory(cls, block, 5, 4)
         np.testing.assert_array_equal(got, reference(cls, 5, 4))
         np.testing.assert_array_equal(got, cls)
+
+
+class CountingReader:
+    """Blocks of an in-memory class raster, counting how often each block is read."""
+
+    def __init__(self, cls: np.ndarray) -> None:
+        self.cls = cls
+        self.reads: Counter[Window] = Counter()
+
+    def read_class(self, window: Window) -> np.ndarray:
+        self.reads[window] += 1
+        return self.cls[window.slices].copy()
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_pass_3_reads_only_blocks_whose_pairs_were_too_many(
+    rng: np.random.Generator, connectivity: int
+) -> None:
+    # Land cover with specks: pass 1 hands pass 3 the pairs it needs, so every block is read
+    # twice (label, write), not three times. Pure speckle in one block: that block's pairs
+    # are more than pass 1 may report, and pass 3 reads it again. Both as rasterio.
+    cls = np.kron(rng.integers(0, 3, (8, 8)), np.ones((12, 12), np.int64)).astype(np.uint8)
+    specks = rng.random(cls.shape) < 0.02
+    cls[specks] = rng.integers(0, 3, int(specks.sum()))
+    cls[:32, :32] = rng.integers(0, 3, (32, 32))  # the first block: speckle
+    reader, writer = CountingReader(cls), ArrayWriter(cls.shape)
+    sieve_blocks(
+        reader,
+        writer,
+        make_grid(*cls.shape),
+        32,
+        min_pixels=20,
+        connectivity=connectivity,
+        engine="local",
+        progress=False,
+    )
+    np.testing.assert_array_equal(writer.out, reference(cls, 20, connectivity))
+    reads = reader.reads
+    assert reads.pop(Window(0, 0, 32, 32)) == 3
+    assert set(reads.values()) == {2}
+    assert len(reads) == 3 * 3 - 1
 
 
 def test_nodata_never_changes_and_never_wins(rng: np.random.Generator) -> None:

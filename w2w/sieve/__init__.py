@@ -29,14 +29,19 @@ everything else inside each block.
 The passes
 ----------
 1. *Label* (a task per block): label the block's patches; report those that touch the
-   block's edge ("edge patches": class and pixels in the block) and the block's four edge
-   lines of labels, run-length coded.
+   block's edge ("edge patches": class and pixels in the block), the block's four edge
+   lines of labels, run-length coded, and the pairs of touching pixels step 3 needs inside
+   the block: those of the small patches that touching joins to an edge patch small in the
+   block (every chain step 3 follows stays among them), unless they are more than two per
+   pixel of the block's edge lines.
 2. *Join* (driver): join edge patches across block seams (connected components of a sparse
    graph) into global patches with their true sizes.
 3. *Neighbours* (a task per block that touches a small edge patch, given the global patches
    of the one-pixel ring above, left and right of it): for each small edge patch, the best
    neighbour this block sees (size, scan position) and where that neighbour leads -- a
-   patch inside the block is followed along its chain inside the block.
+   patch inside the block is followed along its chain inside the block. From step 1's
+   pairs and the pairs across the block's seams, which the edge lines give; a block whose
+   pairs step 1 did not report (speckle) is read and labelled again.
 4. *Resolve* (driver): the best neighbour of every small edge patch over all blocks, then
    the chains between edge patches (pointer doubling): the final class of every edge patch.
 5. *Write* (a task per block): patches inside the block follow their chain up to a large
@@ -45,12 +50,13 @@ The passes
 
 Memory: a task holds a few arrays the size of its block, never more (measured peaks: about
 16 bytes a pixel of the block for land-cover-like patches, 80 for pure speckle). The driver
-holds a few integers per edge patch and per run of equal labels along block edges: it grows
-with the length of the block edges, at most about (4 / block) of the raster's pixels for
-pure speckle and far less for real maps, never with the whole raster. Chains are not bounded
-by any halo: an edge patch's chain may cross any number of blocks, and is followed on the
-driver; an inner patch's chain is followed inside its block until it reaches a large patch
-or an edge patch.
+holds a few integers per edge patch, per run of equal labels along block edges and per pair
+step 1 reports (at most two per edge pixel): it grows with the length of the block edges
+(edge pixels are 4 in 1024 of the raster's pixels in blocks of 1024 px; pure speckle costs a
+few integers for each, real maps far less), never with the whole raster. Chains are not
+bounded by any halo: an edge patch's chain may cross any number of blocks, and is followed
+on the driver; an inner patch's chain is followed inside its block until it reaches a large
+patch or an edge patch.
 
 Confidence: where the sieve changes a pixel's class its confidence becomes 1
 (``CONFIDENCE_SIEVED``: class set by the minimum mapping unit, probability unknown), never 0,

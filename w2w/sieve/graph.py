@@ -1,13 +1,16 @@
 """A block as a graph of patches, and GDAL's largest-neighbour rule over it.
 
 Used by passes 3 and 5: the patches of a block (and of the one-pixel ring of global patch
-ids around it) become nodes; :func:`largest_neighbours` reproduces GDAL's choice of the
-largest neighbour with its scan order and tie rule; :func:`chain_ends` follows chains of
-largest neighbours by pointer doubling.
+ids around it) become nodes, either from the block read and labelled again
+(:func:`build_graph`) or, in pass 3, from the pairs pass 1 listed (:func:`graph_from_pairs`);
+:func:`largest_neighbours` reproduces GDAL's choice of the largest neighbour with its scan
+order and tie rule; :func:`chain_ends` follows chains of largest neighbours by pointer
+doubling.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,30 +18,53 @@ import numpy as np
 from w2w.core.classes import CLASS_NODATA
 from w2w.core.errors import InputError
 from w2w.core.patches import label_patches
-from w2w.sieve.patches import edge_labels
+from w2w.sieve.pairs import Border, Pairs, label_pairs, ring_pairs, scan_pairs, small_int
+from w2w.sieve.patches import SmallPatchPairs, edge_labels
 
 
 @dataclass(frozen=True)
-class BlockGraph:
-    """The patches of a block (and of the ring of pixels above, left and right of it).
+class PatchNodes:
+    """The patches a block sees, as nodes: those that touch a block edge first (nodes
+    ``0..len(gids)-1``, the global ids ``gids`` sorted, ring patches included), then the
+    block's inner patches."""
 
-    Patches that touch a block edge are nodes ``0..len(gids)-1`` (the global ids ``gids``,
-    sorted); the block's inner patches follow. ``image`` holds the node of every pixel of the
-    block with the ring around it (row 0 = the row above; columns 0 and -1 = left and right),
-    -1 on nodata and outside the raster.
-    """
-
-    labels: np.ndarray
-    label_node: np.ndarray
     gid: np.ndarray  # per node: global id, -1 for inner patches
     size: np.ndarray  # per node: true size
-    klass: np.ndarray  # per node: class (nodata for ring patches that do not reach in)
-    image: np.ndarray
+    klass: np.ndarray  # per node: class
 
     @property
     def is_edge(self) -> np.ndarray:
         """Per node: whether it is a global (edge) patch."""
         return self.gid >= 0
+
+
+@dataclass(frozen=True)
+class BlockGraph(PatchNodes):
+    """The patches of a block read and labelled again: ``labels`` per pixel and the node of
+    each label (``label_node``, -1 for nodata's label 0). Global patches of the ring that do
+    not reach into the block have class nodata."""
+
+    labels: np.ndarray
+    label_node: np.ndarray
+
+    def pairs(self, connectivity: int, ring: Ring | None = None) -> list[Pairs]:
+        """All the block's pairs of touching pixels of different nodes, in nodes, with
+        those across its top, left and right seams where ``ring`` is given."""
+        h, w = self.labels.shape
+        image = np.full((h + 1, w + 2), -1, dtype=self.label_node.dtype)
+        image[1:, 1:-1] = self.label_node[self.labels]
+        if ring is not None:
+            gids = self.gid[self.is_edge]
+            image[0, :] = _gid_nodes(ring.top, gids)
+            image[1:, 0] = _gid_nodes(ring.left, gids)
+            image[1:, -1] = _gid_nodes(ring.right, gids)
+        return list(scan_pairs(image, connectivity))
+
+    def pairs_of(self, wanted: np.ndarray, connectivity: int) -> list[Pairs]:
+        """The block's pairs inside it, in nodes, with a ``wanted`` node on one side."""
+        near = np.append(wanted, False)[self.label_node]  # by label; nodata's -1: not wanted
+        a, b, key = label_pairs(self.labels, connectivity, near)
+        return [(self.label_node[a], self.label_node[b], key)]
 
 
 @dataclass(frozen=True)
@@ -62,7 +88,6 @@ def build_graph(
     edge_gids: np.ndarray,
     gids: np.ndarray,
     gid_sizes: np.ndarray,
-    ring: Ring | None = None,
 ) -> BlockGraph:
     """Label a block and make its patches nodes, with the true sizes of its edge patches."""
     labels, classes = label_patches(cls, connectivity)
@@ -77,7 +102,7 @@ def build_graph(
     inner[edge] = False
     inner_labels = np.flatnonzero(inner)
     g = len(gids)
-    label_node = np.full(n + 1, -1, dtype=_small_int(g + n))
+    label_node = np.full(n + 1, -1, dtype=small_int(g + n))
     label_node[edge] = np.searchsorted(gids, edge_gids)
     label_node[inner_labels] = g + np.arange(len(inner_labels))
     local_sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -85,20 +110,43 @@ def build_graph(
     klass = np.full(g + len(inner_labels), CLASS_NODATA, dtype=np.uint8)
     klass[label_node[1:]] = classes[1:]
     gid = np.concatenate([gids, np.full(len(inner_labels), -1, dtype=np.int64)])
-
-    h, w = labels.shape
-    image = np.full((h + 1, w + 2), -1, dtype=label_node.dtype)
-    image[1:, 1:-1] = label_node[labels]
-    if ring is not None:
-        image[0, :] = _gid_nodes(ring.top, gids)
-        image[1:, 0] = _gid_nodes(ring.left, gids)
-        image[1:, -1] = _gid_nodes(ring.right, gids)
-    return BlockGraph(labels, label_node, gid, size, klass, image)
+    return BlockGraph(gid=gid, size=size, klass=klass, labels=labels, label_node=label_node)
 
 
-def _small_int(largest: int) -> type[np.signedinteger]:
-    """int32 where it holds ``largest`` (half the memory of int64 in block tasks)."""
-    return np.int32 if largest < 2**31 else np.int64
+def graph_from_pairs(
+    small: SmallPatchPairs,
+    *,
+    edge: np.ndarray,
+    edge_gids: np.ndarray,
+    gids: np.ndarray,
+    gid_sizes: np.ndarray,
+    gid_classes: np.ndarray,
+    border: Border,
+    ring: Ring,
+    connectivity: int,
+) -> tuple[PatchNodes, list[Pairs]]:
+    """Pass 3's graph of a block without reading it: the pairs pass 1 listed inside the block
+    (those of the patches a small edge patch's chain can reach) and the pairs across its
+    seams, over the global patches it sees and the inner patches those pairs name."""
+    g = len(gids)
+    local = np.concatenate([edge, small.inner])
+    node_of = np.concatenate([np.searchsorted(gids, edge_gids), g + np.arange(len(small.inner))])
+    order = np.argsort(local)
+    local, node_of = local[order], node_of[order]
+
+    def nodes(labels: np.ndarray) -> np.ndarray:
+        return node_of[np.searchsorted(local, labels)]
+
+    pairs = [(nodes(small.a), nodes(small.b), small.key)]
+    for a, b, key in ring_pairs(border, ring.top, ring.left, ring.right, connectivity):
+        pairs.append((np.searchsorted(gids, a), np.searchsorted(gids, b), key))
+    inner_gid = np.full(len(small.inner), -1, dtype=np.int64)
+    table = PatchNodes(
+        gid=np.concatenate([gids, inner_gid]),
+        size=np.concatenate([gid_sizes, small.inner_sizes]).astype(np.int64),
+        klass=np.concatenate([gid_classes, small.inner_classes]).astype(np.uint8),
+    )
+    return table, pairs
 
 
 def _gid_nodes(line: np.ndarray, gids: np.ndarray) -> np.ndarray:
@@ -109,38 +157,23 @@ def _gid_nodes(line: np.ndarray, gids: np.ndarray) -> np.ndarray:
     return np.where(line >= 0, nodes, -1)
 
 
-#: GDAL's comparisons for each pixel, in its order: (code, row offset, column offset) into
-#: the ring-padded image, for the pixel above, above-left, above-right and left.
-_UP, _UP_LEFT, _UP_RIGHT, _LEFT = (0, -1, 0), (1, -1, -1), (2, -1, 1), (3, 0, -1)
-
-
 def largest_neighbours(
-    image: np.ndarray, size: np.ndarray, wanted: np.ndarray, connectivity: int
+    pairs: Iterable[Pairs], size: np.ndarray, wanted: np.ndarray, key_type: type[np.signedinteger]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GDAL's largest neighbour of every ``wanted`` node that has a neighbour in ``image``.
+    """GDAL's largest neighbour of every ``wanted`` node that has a neighbour in ``pairs``.
 
-    Looks at the pairs of touching pixels whose later pixel (in scan order) lies in the block
-    and returns ``(node, neighbour, scan key)``; the scan key ``(pixel * 4 + code)`` (pixel
-    row-major in the block) orders GDAL's comparisons, so that of equal neighbours the one
-    with the smallest key is the one GDAL keeps.
+    ``pairs`` are a block's pairs of touching pixels of different nodes with their scan keys
+    (:mod:`w2w.sieve.pairs`); returns ``(node, neighbour, scan key)`` where, of neighbours of
+    equal size, the one with the smallest key is the one GDAL keeps.
     """
-    steps = [_UP, _UP_LEFT, _UP_RIGHT, _LEFT] if connectivity == 8 else [_UP, _LEFT]
-    h, w = image.shape[0] - 1, image.shape[1] - 2
-    key_type = _small_int(4 * h * w)
-    current = image[1:, 1:-1]
-    best = _Best(len(size), key_type, image.dtype)
-    for code, dr, dc in steps:
-        other = image[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
-        touch = (current != other) & (current >= 0) & (other >= 0)
-        key = (np.flatnonzero(touch) * 4 + code).astype(key_type)
-        a, b = current[touch], other[touch]
-        del touch
+    best = _Best(len(size), key_type)
+    for a, b, key in pairs:
         for node, neighbour in ((a, b), (b, a)):
             keep = wanted[node]
             # Fold each direction into the best so far: memory stays at one direction's pairs.
             best.fold(node[keep], neighbour[keep], key[keep], size)
     found = np.flatnonzero(best.neighbour >= 0)
-    return found.astype(image.dtype), best.neighbour[found], best.key[found]
+    return found, best.neighbour[found], best.key[found]
 
 
 class _Best:
@@ -148,11 +181,11 @@ class _Best:
     compared (smallest scan key). Kept in arrays indexed by node, so that folding in a
     direction's pairs costs a few passes over them (no sort)."""
 
-    def __init__(self, n: int, key_type: type[np.signedinteger], node_type: np.dtype) -> None:
+    def __init__(self, n: int, key_type: type[np.signedinteger]) -> None:
         self.size = np.full(n, -1, dtype=np.int64)
         self.none = np.iinfo(key_type).max
         self.key = np.full(n, self.none, dtype=key_type)
-        self.neighbour = np.full(n, -1, dtype=node_type)
+        self.neighbour = np.full(n, -1, dtype=np.int64)
 
     def fold(
         self, node: np.ndarray, neighbour: np.ndarray, key: np.ndarray, size: np.ndarray

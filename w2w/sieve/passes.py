@@ -1,7 +1,8 @@
 """Passes 3 to 5 of the sieve, and the five passes run block by block.
 
 Pass 3 (a task per block that may see a small edge patch) finds the best neighbour of each
-small edge patch that the block sees; pass 4 (the driver) resolves the chains between edge
+small edge patch that the block sees, from the pairs pass 1 listed (or, where those were too
+many, from the block read and labelled again); pass 4 (the driver) resolves the chains between edge
 patches; pass 5 (a task per block) settles the block's inner patches and writes the block.
 :func:`sieve_blocks` runs them all on Ray tasks or in this process.
 """
@@ -17,13 +18,23 @@ import numpy as np
 from w2w.core.classes import CLASS_NODATA
 from w2w.core.grid import BlockKey, Grid, Window
 from w2w.core.runtime import run_blocks
-from w2w.sieve.graph import BlockGraph, Ring, build_graph, chain_ends, largest_neighbours
+from w2w.sieve.graph import (
+    BlockGraph,
+    PatchNodes,
+    Ring,
+    build_graph,
+    chain_ends,
+    graph_from_pairs,
+    largest_neighbours,
+)
+from w2w.sieve.pairs import Border, Pairs, key_type
 from w2w.sieve.patches import (
     BlockReader,
     BlockWriter,
     EdgePatches,
     GlobalEdgePatches,
     LabelTask,
+    SmallPatchPairs,
     join_edges,
 )
 
@@ -35,14 +46,19 @@ LEADS_TO_CLASS, LEADS_NOWHERE, LEADS_TO_EDGE = 0, 1, 2
 
 @dataclass(frozen=True)
 class NeighbourJob:
-    """Pass 3's input for a block: its edge patches' global ids and sizes, and its ring."""
+    """Pass 3's input for a block: its edge patches' global ids, sizes and classes, its ring,
+    and the pairs pass 1 listed with the global ids of the block's own border (None: read
+    the block again)."""
 
     window: Window
     edge: np.ndarray
     edge_gids: np.ndarray
     gids: np.ndarray
     gid_sizes: np.ndarray
+    gid_classes: np.ndarray
     ring: Ring
+    small: SmallPatchPairs | None = None
+    border: Border | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ class EdgeCandidates:
 
 
 def _read_graph(
-    source: BlockReader, connectivity: int, job: NeighbourJob | WriteJob, ring: Ring | None = None
+    source: BlockReader, connectivity: int, job: NeighbourJob | WriteJob
 ) -> tuple[np.ndarray, BlockGraph]:
     """Read a job's block and make it a graph of patches with its edge patches' true sizes."""
     cls = source.read_class(job.window)
@@ -74,7 +90,6 @@ def _read_graph(
         edge_gids=job.edge_gids,
         gids=job.gids,
         gid_sizes=job.gid_sizes,
-        ring=ring,
     )
     return cls, graph
 
@@ -89,9 +104,10 @@ class NeighbourTask:
     raster_width: int
 
     def __call__(self, job: NeighbourJob) -> EdgeCandidates:
-        _, graph = _read_graph(self.source, self.connectivity, job, job.ring)
+        graph, pairs = self._graph(job)
         small = graph.size < self.min_pixels
-        node, neighbour, key = largest_neighbours(graph.image, graph.size, small, self.connectivity)
+        keys = key_type(job.window.height, job.window.width)
+        node, neighbour, key = largest_neighbours(pairs, graph.size, small, keys)
         largest = np.full(len(graph.size), -1, dtype=np.int64)
         largest[node] = neighbour
         ends = chain_ends(largest, ~small | graph.is_edge)
@@ -111,6 +127,23 @@ class NeighbourTask:
             key=self._global_key(job.window, key),
             leads=leads,
             value=value.astype(np.int64),
+        )
+
+    def _graph(self, job: NeighbourJob) -> tuple[PatchNodes, list[Pairs]]:
+        """The block's graph: from pass 1's pairs, or from the block read again."""
+        if job.small is None or job.border is None:
+            _, graph = _read_graph(self.source, self.connectivity, job)
+            return graph, graph.pairs(self.connectivity, job.ring)
+        return graph_from_pairs(
+            job.small,
+            edge=job.edge,
+            edge_gids=job.edge_gids,
+            gids=job.gids,
+            gid_sizes=job.gid_sizes,
+            gid_classes=job.gid_classes,
+            border=job.border,
+            ring=job.ring,
+            connectivity=self.connectivity,
         )
 
     def _global_key(self, window: Window, key: np.ndarray) -> np.ndarray:
@@ -155,7 +188,20 @@ def neighbour_job(edges: GlobalEdgePatches, key: BlockKey) -> NeighbourJob:
     edge_gids = edges.gids[key]
     seen = np.concatenate([edge_gids, ring.top, ring.left, ring.right])
     gids = np.unique(seen[seen >= 0])
-    return NeighbourJob(w, report.labels, edge_gids, gids, edges.sizes[gids], ring)
+    border = None
+    if report.small is not None:
+        border = Border(*(edges.line(key, side) for side in ("top", "left", "right")))
+    return NeighbourJob(
+        w,
+        report.labels,
+        edge_gids,
+        gids,
+        edges.sizes[gids],
+        edges.classes[gids],
+        ring,
+        report.small,
+        border,
+    )
 
 
 def _ring_part(
@@ -232,7 +278,9 @@ class WriteTask:
         cls, graph = _read_graph(self.source, self.connectivity, job)
         small = graph.size < self.min_pixels
         wanted = small & ~graph.is_edge
-        node, neighbour, _ = largest_neighbours(graph.image, graph.size, wanted, self.connectivity)
+        pairs = graph.pairs_of(wanted, self.connectivity)  # an inner patch's all lie inside
+        keys = key_type(job.window.height, job.window.width)
+        node, neighbour, _ = largest_neighbours(pairs, graph.size, wanted, keys)
         largest = np.full(len(graph.size), -1, dtype=np.int64)
         largest[node] = neighbour
         ends = chain_ends(largest, ~small | graph.is_edge)
@@ -246,8 +294,9 @@ class WriteTask:
         end_class[ends < 0] = -1
         new_class = np.where(end_class >= 0, end_class, graph.klass).astype(np.uint8)
 
-        # Nodata pixels have node -1, which picks the nodata value appended last.
-        out = np.append(new_class, np.uint8(CLASS_NODATA))[graph.label_node[graph.labels]]
+        # Per label (nodata's node -1 picks the nodata value appended last), then per pixel.
+        label_class = np.append(new_class, np.uint8(CLASS_NODATA))[graph.label_node]
+        out = np.take(label_class, graph.labels)
         changed = out != cls
         self.sink.write_block(job.window, out, changed, int((cls != CLASS_NODATA).sum()))
         return int(changed.sum())
@@ -273,16 +322,19 @@ def sieve_blocks(
     connectivity: int,
     engine: Literal["ray", "local"] = "ray",
     progress: bool = True,
+    max_pairs: float = 2.0,
 ) -> int:
     """Sieve a raster block by block (passes 1 to 5, see the module's notes), reading from
     ``source`` and writing every block to ``sink``; returns how many pixels changed class.
+
+    ``max_pairs``: how many pixel pairs pass 1 may hand to pass 3 per pixel of a block's
+    edge lines (:class:`LabelTask`); 0 makes pass 3 read every block again.
     """
     common: dict[str, Any] = {"engine": engine, "progress": progress}
     tiling = grid.blocks(block)
     blocks: dict[BlockKey, EdgePatches] = {}
-    for report in run_blocks(
-        LabelTask(source, connectivity), tiling.windows(), what="sieve: label", **common
-    ):
+    label = LabelTask(source, connectivity, min_pixels, max_pairs)
+    for report in run_blocks(label, tiling.windows(), what="sieve: label", **common):
         blocks[tiling.index(report.window)] = report
     edges = join_edges(blocks, connectivity)
 

@@ -1,10 +1,12 @@
 """Passes 1 and 2 of the sieve: label each block's patches, join edge patches across seams.
 
 Pass 1 (a task per block) labels the block's patches and reports those that touch its edge
-("edge patches": class and pixels in the block) and its four edge lines of labels,
-run-length coded. Pass 2 (the driver) joins edge patches across block seams -- connected
-components of a sparse graph -- into global patches with their true sizes. Pure numpy and
-scipy: what a block task needs is a :class:`BlockReader` it can call.
+("edge patches": class and pixels in the block), its four edge lines of labels, run-length
+coded, and the touching pixel pairs that pass 3 needs (:class:`SmallPatchPairs`), so that
+pass 3 reads and labels again only blocks where those pairs are too many. Pass 2 (the
+driver) joins edge patches across block seams -- connected components of a sparse graph --
+into global patches with their true sizes. Pure numpy and scipy: what a block task needs is
+a :class:`BlockReader` it can call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from scipy.sparse.csgraph import connected_components
 from w2w.core.grid import BlockKey, Window
 from w2w.core.patches import label_patches
 from w2w.sieve.config import MAX_SIZE
+from w2w.sieve.pairs import label_pairs
 
 
 class BlockReader(Protocol):
@@ -67,8 +70,31 @@ class Runs:
 
 
 @dataclass(frozen=True)
+class SmallPatchPairs:
+    """What pass 3 needs of a block's inside, listed by pass 1 so that pass 3 need not read
+    and label the block again.
+
+    Pass 3 follows, for each small edge patch, the chain of largest neighbours inside the
+    block. Every patch on such a chain up to its last step is small, so the chain stays in
+    the set of small patches joined by touching to an edge patch that is small in the block
+    (a globally small patch is small in every block it touches). ``a``, ``b`` and ``key``
+    are the touching pixel pairs inside the block (local labels, scan key) with a patch of
+    that set on one side; ``inner`` the sorted labels of the inner patches the pairs name,
+    with their sizes and classes.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    key: np.ndarray
+    inner: np.ndarray
+    inner_sizes: np.ndarray
+    inner_classes: np.ndarray
+
+
+@dataclass(frozen=True)
 class EdgePatches:
-    """Pass 1's report on a block: its edge patches and its four edge lines of labels."""
+    """Pass 1's report on a block: its edge patches, its four edge lines of labels and the
+    pairs pass 3 needs (None where they were more than pass 1 may report)."""
 
     window: Window
     labels: np.ndarray  # sorted local labels of the patches touching the block's edge
@@ -78,14 +104,22 @@ class EdgePatches:
     bottom: Runs
     left: Runs
     right: Runs
+    small: SmallPatchPairs | None = None
 
 
 @dataclass(frozen=True)
 class LabelTask:
-    """Pass 1, one block: label it and report its edge patches."""
+    """Pass 1, one block: label it and report its edge patches.
+
+    ``max_pairs`` bounds the pairs a report may hold for pass 3, per pixel of the block's
+    edge lines, so that what the driver holds grows with the length of the block edges as
+    the rest of the report does; a block with more (speckle) is read again by pass 3.
+    """
 
     source: BlockReader
     connectivity: int
+    min_pixels: int
+    max_pairs: float = 2.0
 
     def __call__(self, window: Window) -> EdgePatches:
         cls = self.source.read_class(window)
@@ -101,7 +135,36 @@ class LabelTask:
             bottom=Runs.encode(labels[-1]),
             left=Runs.encode(labels[:, 0]),
             right=Runs.encode(labels[:, -1]),
+            small=self._small_pairs(labels, classes, sizes, edge),
         )
+
+    def _small_pairs(
+        self, labels: np.ndarray, classes: np.ndarray, sizes: np.ndarray, edge: np.ndarray
+    ) -> SmallPatchPairs | None:
+        """The pairs pass 3 needs from this block, or None when they are too many."""
+        h, w = labels.shape
+        limit = int(self.max_pairs * 2 * (h + w))
+        if limit <= 0:
+            return None
+        small = sizes < self.min_pixels
+        small[0] = False  # nodata
+        seeds = edge[small[edge]]
+        if len(seeds) == 0:  # no chain starts here: the seams' pairs are pass 3's own
+            small[:] = False
+        a, b, key = label_pairs(labels, self.connectivity, small)
+        if len(a):  # keep the pairs of the small patches that touching joins to a seed
+            both = small[a] & small[b]
+            n = len(sizes)
+            joined = coo_matrix((np.ones(int(both.sum()), np.int8), (a[both], b[both])), (n, n))
+            _, comp = connected_components(joined.tocsr(), directed=False)
+            reach = np.isin(comp, comp[seeds])
+            keep = reach[a] | reach[b]
+            a, b, key = a[keep], b[keep], key[keep]
+        if len(a) > limit:
+            return None
+        named = np.unique(np.concatenate([a, b]))
+        inner = named[~np.isin(named, edge)]
+        return SmallPatchPairs(a, b, key, inner, sizes[inner].astype(np.int64), classes[inner])
 
 
 # -- pass 2: join edge patches across seams (driver) -----------------------------------------
