@@ -78,6 +78,7 @@ class Settings:
     pixel_m: float = 10.0
     scaling: bool = True
     overlap: bool = False  # also predict the realistic model with stride = chip / 2
+    bf16: bool = True  # also predict the realistic model in bf16
     seed: int = 0
 
     @property
@@ -777,6 +778,7 @@ def run(s: Settings, out: Path, log: Any = print) -> dict[str, Any]:
         )
         if name == "realistic":
             mosaic_for_export = str(mosaic)
+        if name == "realistic" and s.bf16:
             # bf16 on the CPU: a user's choice; its speed and how often its class agrees.
             bf = timed(
                 lambda b=bundle: w2w_predict(
@@ -1033,6 +1035,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overlap", action="store_true", help="also predict the realistic model at stride chip/2"
     )
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="skip the bf16 predict (slow where the CPU has no bf16 instructions)",
+    )
     parser.add_argument("--out", default="bench-out/throughput")
     parser.add_argument("--results", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
@@ -1044,6 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         scaling=not args.no_scaling,
         overlap=args.overlap,
+        bf16=not args.no_bf16,
     )
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
