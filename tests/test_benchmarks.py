@@ -155,3 +155,22 @@ def test_the_request_log_counts_what_the_s3_server_answered(tmp_path) -> None:  
         "other": 1,
         "total": 7,
     }
+
+
+def test_export_phases_time_the_footprint_inside_staging(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A mosaic whose valid area does not fill its blocks: the footprint is polygonized, and
+    # its time is counted inside staging, beside the phases and GDAL's COG driver.
+    import numpy as np
+
+    from benchmarks.export_phases import export_phases
+    from tests.test_export import make_mosaic
+
+    rng = np.random.default_rng(0)
+    classes = rng.integers(1, 4, (96, 80)).astype("uint8")
+    classes[:40, :30] = 255  # outside the state
+    make_mosaic(str(tmp_path / "m.zarr"), classes, block=32)
+    got = export_phases(str(tmp_path / "m.zarr"), tmp_path / "out")
+    assert got["within_write_stages"]["footprint"] > 0
+    assert got["within_write_stages"]["footprint"] <= got["phases"]["write_stages"]
+    assert got["phases"]["to_cog"] > 0 and got["gdal_cog_seconds"] > 0
+    assert got["total_seconds"] > 0 and got["other_seconds"] < got["total_seconds"]
