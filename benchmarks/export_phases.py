@@ -50,13 +50,18 @@ def export_phases(mosaic: str, out: Path) -> dict[str, Any]:
     methods = {name: getattr(FootprintBuilder, name) for name in FOOTPRINT}
     inside: dict[str, float] = {}
 
+    depth: dict[str, int] = {}  # the builder's add calls itself on tiles: outer calls only
+
     def timed_call(fn: Any, books: dict[str, float], name: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
+            depth[name] = depth.get(name, 0) + 1
             try:
                 return fn(*args, **kwargs)
             finally:
-                books[name] = books.get(name, 0.0) + time.perf_counter() - t0
+                depth[name] -= 1
+                if depth[name] == 0:
+                    books[name] = books.get(name, 0.0) + time.perf_counter() - t0
 
         return call
 

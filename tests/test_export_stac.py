@@ -21,9 +21,9 @@ from pyproj import CRS, Transformer
 from shapely.geometry import shape
 
 from tests.test_export import CLASSES, PROVENANCE, make_mosaic
-from w2w.core.grid import Grid
+from w2w.core.grid import Grid, Window
 from w2w.core.store import MosaicStore
-from w2w.export import ExportConfig, export
+from w2w.export import ExportConfig, export, footprint
 from w2w.export.stac_schemas import EXTENSIONS, validator
 
 
@@ -113,6 +113,25 @@ def test_item_validates_offline_with_wkt2_and_a_tight_ccw_footprint(
     assert len(shapely.get_coordinates(footprint)) < 0.9 * len(shapely.get_coordinates(valid))
     lon, lat = shapely.get_coordinates(footprint).T
     assert item.bbox == pytest.approx([lon.min(), lat.min(), lon.max(), lat.max()], abs=1e-7)
+
+
+@pytest.mark.parametrize("tile", [7, 16, 1000])
+def test_footprint_pieces_are_gdals_outline_of_the_valid_pixels_whatever_the_tiling(
+    monkeypatch: pytest.MonkeyPatch, tile: int
+) -> None:
+    # Windows split into tiles (only those the border crosses are polygonized) give exactly
+    # the union GDAL's polygonize gives for the whole mask, holes and notches included.
+    monkeypatch.setattr(footprint, "TILE", tile)
+    cls = irregular_map(101, 93)
+    builder = footprint.FootprintBuilder()
+    for row in range(0, 101, 50):
+        for col in range(0, 93, 40):
+            window = Window(row, col, min(50, 101 - row), min(40, 93 - col))
+            builder.add(window, cls[window.slices] != 255)
+    union = shapely.union_all(builder._pieces)
+    expected = valid_area(cls, Affine.identity())
+    assert union.symmetric_difference(expected).area == 0
+    assert union.area == int((cls != 255).sum())
 
 
 def test_links_and_hrefs_resolve_relative_to_the_item(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 :class:`FootprintBuilder` is fed the class raster window by window while the export streams
 the mosaic (:func:`w2w.export.cog.write_stages`): a window with no valid pixel adds nothing, a
-window whose pixels are all valid adds its rectangle, and only a partly valid window is
+window whose pixels are all valid adds its rectangle, and a partly valid window is split
+into tiles of the same kind, so that only tiles the valid area's border crosses are
 polygonized (GDAL's polygonize through ``rasterio.features.shapes``). Pieces are kept in
 pixel coordinates, whose corners are whole numbers, so their union is exact.
 :meth:`FootprintBuilder.outline` then grows the union by a tolerance and simplifies it with
@@ -33,6 +34,9 @@ from shapely.geometry.base import BaseGeometry
 
 from w2w.core.grid import Grid, Window
 
+#: The edge of the tiles a partly valid window is polygonized in.
+TILE = 256
+
 
 class FootprintBuilder:
     """Collects the valid area of a raster fed to it window by window, in pixel units."""
@@ -41,13 +45,25 @@ class FootprintBuilder:
         self._pieces: list[BaseGeometry] = []
 
     def add(self, window: Window, valid: np.ndarray) -> None:
-        """Add one window's valid-pixel mask (``valid`` has the window's shape)."""
+        """Add one window's valid-pixel mask (``valid`` has the window's shape).
+
+        A partly valid window larger than :data:`TILE` is split into tiles, so that only the
+        tiles the valid area's border crosses are polygonized (the rest add a rectangle or
+        nothing): the same union, for a cost that follows the border, not the window.
+        """
         if not valid.any():
             return
         if valid.all():
             self._pieces.append(
                 box(window.col, window.row, window.col + window.width, window.row + window.height)
             )
+            return
+        if window.height > TILE or window.width > TILE:
+            for r in range(0, window.height, TILE):
+                for c in range(0, window.width, TILE):
+                    h, w = min(TILE, window.height - r), min(TILE, window.width - c)
+                    part = Window(window.row + r, window.col + c, h, w)
+                    self.add(part, valid[r : r + h, c : c + w])
             return
         from rasterio import features
 
