@@ -4,9 +4,10 @@ GDAL's sieve visits pixels row by row and compares each with the pixel above, th
 (8-connectivity only) above-left and above-right, then left. A pair of touching pixels is
 owned by the block that holds its later pixel, and its *scan key* ``pixel * 4 + code``
 (pixel row-major in that block) orders the comparisons: of neighbours of equal size, the
-one with the smallest key is the one GDAL keeps. Pass 1 lists a block's pairs inside it,
-pass 3 adds those across its top, left and right seams (:func:`ring_pairs`), and passes 3
-and 5 take the pairs of a block read again from its padded image (:func:`scan_pairs`).
+one with the smallest key is the one GDAL keeps. Passes 1 and 5 list the pairs inside a
+block around the patches they ask about (:func:`label_pairs`); pass 3 adds those across the
+block's top, left and right seams (:func:`ring_pairs`), or, where it reads a block again,
+takes all of them from its padded image (:func:`scan_pairs`).
 """
 
 from __future__ import annotations

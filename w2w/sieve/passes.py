@@ -2,15 +2,16 @@
 
 Pass 3 (a task per block that may see a small edge patch) finds the best neighbour of each
 small edge patch that the block sees, from the pairs pass 1 listed (or, where those were too
-many, from the block read and labelled again); pass 4 (the driver) resolves the chains between edge
-patches; pass 5 (a task per block) settles the block's inner patches and writes the block.
+many, from the block read and labelled again); pass 4 (the driver) resolves the chains
+between edge patches; pass 5 (a task per block) settles the block's inner patches and writes
+the block.
 :func:`sieve_blocks` runs them all on Ray tasks or in this process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +30,7 @@ from w2w.sieve.graph import (
 )
 from w2w.sieve.pairs import Border, Pairs, key_type
 from w2w.sieve.patches import (
+    MAX_PAIRS,
     BlockReader,
     BlockWriter,
     EdgePatches,
@@ -322,7 +324,7 @@ def sieve_blocks(
     connectivity: int,
     engine: Literal["ray", "local"] = "ray",
     progress: bool = True,
-    max_pairs: float = 2.0,
+    max_pairs: float = MAX_PAIRS,
 ) -> int:
     """Sieve a raster block by block (passes 1 to 5, see the module's notes), reading from
     ``source`` and writing every block to ``sink``; returns how many pixels changed class.
@@ -350,6 +352,8 @@ def sieve_blocks(
     )
     outcomes = resolve_edges(candidates, edges.sizes, edges.classes, min_pixels)
     del candidates
+    for key, report in blocks.items():  # pass 1's pairs were for pass 3 only
+        blocks[key] = replace(report, small=None)
 
     return sum(
         run_blocks(

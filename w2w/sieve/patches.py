@@ -21,7 +21,10 @@ from scipy.sparse.csgraph import connected_components
 from w2w.core.grid import BlockKey, Window
 from w2w.core.patches import label_patches
 from w2w.sieve.config import MAX_SIZE
-from w2w.sieve.pairs import label_pairs
+from w2w.sieve.pairs import key_type, label_pairs
+
+#: How many pixel pairs pass 1 may report for pass 3, per pixel of a block's edge lines.
+MAX_PAIRS = 2.0
 
 
 class BlockReader(Protocol):
@@ -119,7 +122,7 @@ class LabelTask:
     source: BlockReader
     connectivity: int
     min_pixels: int
-    max_pairs: float = 2.0
+    max_pairs: float = MAX_PAIRS
 
     def __call__(self, window: Window) -> EdgePatches:
         cls = self.source.read_class(window)
@@ -150,7 +153,15 @@ class LabelTask:
         small[0] = False  # nodata
         seeds = edge[small[edge]]
         if len(seeds) == 0:  # no chain starts here: the seams' pairs are pass 3's own
-            small[:] = False
+            none = np.zeros(0, dtype=labels.dtype)
+            return SmallPatchPairs(
+                none,
+                none,
+                none.astype(key_type(h, w)),
+                none,
+                none.astype(np.int64),
+                classes[none],
+            )
         a, b, key = label_pairs(labels, self.connectivity, small)
         if len(a):  # keep the pairs of the small patches that touching joins to a seed
             both = small[a] & small[b]
